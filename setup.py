@@ -1,0 +1,41 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nnunet_liver",
+    version="0.1.0",
+    description="Liver lesion detection and classification on multi-phase CT as an nnU-Net v2 extension",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # the top-level dataset_conversion/ folder (nnU-Net style conversion scripts) installs as
+    # nnunet_liver.dataset_conversion, so the console commands work after a plain `pip install .`
+    packages=find_packages(include=["nnunet_liver", "nnunet_liver.*"]) + ["nnunet_liver.dataset_conversion"],
+    package_dir={"nnunet_liver.dataset_conversion": "dataset_conversion"},
+    include_package_data=True,
+    package_data={"nnunet_liver": ["py.typed", "demo_models/**/*", "inference/*.json"]},
+    install_requires=[
+        "nnunetv2>=2.6,<2.9",
+        "torch>=2.1",
+        "dynamic-network-architectures>=0.3",
+        "batchgenerators>=0.25",
+        "batchgeneratorsv2>=0.2",
+        "acvl-utils>=0.2",
+        "SimpleITK>=2.2",
+        "scikit-image>=0.21",
+        "connected-components-3d>=3.12",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "tqdm",
+        "matplotlib>=3.6",
+    ],
+    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2", "jsonschema>=4"]},
+    entry_points={
+        "console_scripts": [
+            "nnunet-liver-phantom=nnunet_liver.phantom.cli:main",
+            "nnunet-liver-convert=nnunet_liver.dataset_conversion.cli:main",
+            "nnunet-liver-evaluate=nnunet_liver.evaluation.cli:main",
+            "nnunet-liver-detect=nnunet_liver.inference.cli:main",
+        ],
+    },
+)
