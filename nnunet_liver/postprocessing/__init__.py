@@ -1,6 +1,6 @@
 """Post-processing of the whole-CT model's output: multi-sensitivity label maps, seg2det, match, patient rules.
 
-Public API (imported lazily, so ``import nnunet_liver.postprocessing`` stays light)::
+Public API (importing the package does not import torch, scipy or cc3d)::
 
     lesion_sensitivity_masks(probabilities, factors=(1.0, 4.0)) -> {factor: label_map}
     seg2det(label_map, spacing, images=None, liver_mask=None, probabilities=None) -> list[Lesion]
@@ -10,27 +10,15 @@ Public API (imported lazily, so ``import nnunet_liver.postprocessing`` stays lig
     classify_patient(lesions) -> str ; consensus(a, b) -> str ; liver_max(probabilities, label_map) -> dict
     lesion_features(...) -> {"APHE", "NPW", "EC"}
 """
-from importlib import import_module
+# These modules import only numpy and the label scheme at import time (scipy, cc3d and torch are imported inside
+# the functions that need them). The functions are bound eagerly on purpose: ``seg2det`` and ``match`` are both a
+# module and a function, and the function must win as the package attribute.
+from nnunet_liver.postprocessing.sensitivity import lesion_sensitivity_masks
+from nnunet_liver.postprocessing.seg2det import Lesion, instance_map, lesion_mask, lesions_from_instance_map, seg2det
+from nnunet_liver.postprocessing.features import lesion_features, parenchyma_mask
+from nnunet_liver.postprocessing.match import MatchResult, match, parse_overlap
+from nnunet_liver.postprocessing.patient import classify_patient, consensus, is_malignant_class, liver_max
 
-_EXPORTS = {
-    "lesion_sensitivity_masks": "sensitivity",
-    "Lesion": "seg2det", "seg2det": "seg2det", "instance_map": "seg2det", "lesion_mask": "seg2det",
-    "lesions_from_instance_map": "seg2det",
-    "lesion_features": "features", "parenchyma_mask": "features",
-    "MatchResult": "match", "match": "match", "parse_overlap": "match",
-    "classify_patient": "patient", "consensus": "patient", "liver_max": "patient", "is_malignant_class": "patient",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = ["lesion_sensitivity_masks", "Lesion", "seg2det", "instance_map", "lesion_mask",
+           "lesions_from_instance_map", "lesion_features", "parenchyma_mask", "MatchResult", "match",
+           "parse_overlap", "classify_patient", "consensus", "is_malignant_class", "liver_max"]
