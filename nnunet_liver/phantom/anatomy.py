@@ -1,0 +1,183 @@
+"""Cartoon abdominal anatomy of the phantoms, with plausible HU per contrast phase.
+
+The body is laid out in a *standard* frame: a 384 x 384 mm axial field of view, 320 mm along z, centred on the
+field of view, axes (z, y, x) = (superior, posterior, patient-left), the LPS directions of an image written with
+the identity direction (so the liver, on the patient's right, sits at small x: the image's left in the usual
+radiological display). The standard frame is scaled per axis onto the requested field of view, so any shape and
+spacing holds the whole anatomy (small test shapes hold a squashed one).
+
+Two maps come out: ``label`` in our 13-class ids and ``tissue`` (``TISSUES`` below, finer than the labels: fat,
+muscle, bone, aorta ...), from which each phase's image is a table look-up (:func:`tissue_hu`).
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+
+from nnunet_liver import labels as L
+from nnunet_liver.phantom.shapes import ellipsoid, tube
+
+__all__ = ["STANDARD_FOV_MM", "TISSUES", "TISSUE_HU", "BLOOD_POOL_HU", "LIVER_HU", "standard_coords",
+           "build_anatomy", "tissue_hu"]
+
+#: field of view of the standard frame, (z, y, x) in mm
+STANDARD_FOV_MM = (320.0, 384.0, 384.0)
+
+#: tissue name -> HU in (NC, A, V, D); the enhancement above NC is scaled per case by a contrast-timing factor
+TISSUES: Dict[str, Tuple[float, float, float, float]] = {
+    "air": (-1000, -1000, -1000, -1000),
+    "fat": (-100, -100, -100, -100),
+    "visceral_fat": (-95, -95, -95, -95),
+    "muscle": (50, 58, 66, 62),
+    "bone": (450, 455, 460, 458),
+    "csf": (12, 12, 12, 12),
+    "aorta": (40, 300, 160, 120),
+    "ivc": (40, 70, 150, 120),
+    "kidney": (35, 170, 165, 130),
+    "bowel": (30, 60, 80, 70),
+    "liver": (55, 70, 110, 90),
+    "hepatic_vessel": (40, 120, 175, 125),
+    "portal_vein": (40, 130, 180, 130),
+    "gallbladder_bile": (8, 8, 9, 9),
+    "gallbladder_wall": (40, 75, 85, 80),
+    "spleen": (45, 120, 120, 100),
+    "pancreas": (40, 115, 95, 75),
+    "stomach_wall": (40, 90, 110, 85),
+    "stomach_fluid": (10, 10, 10, 10),
+    "stomach_air": (-950, -950, -950, -950),
+}
+TISSUE_IDS = {name: i for i, name in enumerate(TISSUES)}
+TISSUE_HU = np.array(list(TISSUES.values()), dtype=np.float32)  # (n_tissues, 4)
+#: blood pool (aorta) and liver parenchyma HU in (NC, A, V, D): lesion patterns are defined against them
+BLOOD_POOL_HU = np.array(TISSUES["aorta"], dtype=np.float32)
+LIVER_HU = np.array(TISSUES["liver"], dtype=np.float32)
+
+
+def tissue_hu(tissue: np.ndarray, phase_index: int, enhancement: float = 1.0) -> np.ndarray:
+    """Image (float32 HU) of a tissue map in one phase; ``enhancement`` scales every tissue's rise above NC."""
+    table = TISSUE_HU[:, 0] + enhancement * (TISSUE_HU[:, phase_index] - TISSUE_HU[:, 0])
+    return table.astype(np.float32)[tissue]
+
+
+def standard_coords(shape: Sequence[int], spacing: Sequence[float]):
+    """Per-axis 1D coordinates (mm, standard frame) of voxel centres, and the per-axis scale real/standard."""
+    scale = tuple(n * s / f for n, s, f in zip(shape, spacing, STANDARD_FOV_MM))
+    coords = tuple(((np.arange(n) - (n - 1) / 2.0) * s / k).astype(np.float32)
+                   for n, s, k in zip(shape, spacing, scale))
+    return coords, scale
+
+
+def _paint(label, tissue, hit, label_id=None, tissue_name=None, where=None):
+    """Paint a (box, mask) hit, optionally only where ``where(label_box, tissue_box)`` is True."""
+    if hit is None:
+        return
+    box, mask = hit[0], hit[1]
+    if where is not None:
+        mask = mask & where(label[box], tissue[box])
+    if label_id is not None:
+        label[box][mask] = label_id
+    if tissue_name is not None:
+        tissue[box][mask] = TISSUE_IDS[tissue_name]
+
+
+def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float]):
+    """Draw one body: returns ``(label uint8 (Z,Y,X), tissue uint8 (Z,Y,X))`` for a case's random anatomy."""
+    coords, _ = standard_coords(shape, spacing)
+    cz, cy, cx = coords
+    T = TISSUE_IDS
+    j = lambda s: float(rng.uniform(-s, s))  # noqa: E731 - jitter in mm
+
+    # --- body wall, spine and great vessels: axial 2D, the same on every slice ---
+    Y, X = cy[:, None], cx[None, :]
+    bx, by, bcy = 170 * (1 + j(0.06)), 125 * (1 + j(0.08)), 10 + j(4)
+    fat_mm, muscle_mm = rng.uniform(12, 30), rng.uniform(8, 13)
+
+    def inside(ax, ay, c=(0.0, 0.0)):
+        return ((X - c[0]) / ax) ** 2 + ((Y - c[1]) / ay) ** 2 <= 1.0
+
+    t2 = np.full((shape[1], shape[2]), T["air"], np.uint8)
+    t2[inside(bx, by, (0, bcy))] = T["fat"]
+    t2[inside(bx - fat_mm, by - fat_mm, (0, bcy))] = T["muscle"]
+    cavity = inside(bx - fat_mm - muscle_mm, by - fat_mm - muscle_mm, (0, bcy))
+    t2[cavity] = T["visceral_fat"]
+    for side in (-1, 1):
+        t2[inside(28, 22, (side * 38, 112))] = T["muscle"]  # paraspinal muscles
+    t2[inside(21, 19, (0, 78))] = T["bone"]  # vertebral body
+    t2[inside(11, 15, (0, 110))] = T["bone"]  # posterior elements
+    t2[inside(6, 6, (0, 104))] = T["csf"]  # spinal canal
+    t2[inside(11, 11, (14, 50))] = T["aorta"]
+    tissue = np.broadcast_to(t2, tuple(shape)).copy()
+    ivc = tube(coords, (-160, 44, -24), (125, 44, -24), 11)
+    _paint(None, tissue, ivc, tissue_name="ivc")
+    label = np.zeros(tuple(shape), np.uint8)
+
+    in_cavity = lambda lab, tis: (lab == 0) & ((tis == T["visceral_fat"]) | (tis == T["bowel"]))  # noqa: E731
+
+    # --- bowel loops (lower abdomen) and kidneys: background class ---
+    for _ in range(int(rng.integers(4, 8))):
+        c = (rng.uniform(-150, -40), rng.uniform(-80, 20), rng.uniform(-110, 110))
+        _paint(label, tissue, ellipsoid(coords, c, (rng.uniform(20, 35), 18, 18), rng, 0.2), None, "bowel",
+               lambda lab, tis: tis == T["visceral_fat"])
+    for side, zc in ((-1, -55), (1, -40)):
+        hit = ellipsoid(coords, (zc + j(8), 80 + j(5), side * 72 + j(5)), (52, 24, 26), rng, 0.08)
+        _paint(label, tissue, hit, None, "kidney", lambda lab, tis: tis == T["visceral_fat"])
+
+    # --- stomach (wall, fluid, air cap), spleen, pancreas ---
+    sc = np.array((50 + j(10), -12 + j(8), 80 + j(8)))
+    sr = np.array((55, 38, 40)) * (1 + j(0.1))
+    _paint(label, tissue, ellipsoid(coords, sc, sr, rng, 0.1), L.STOMACH, "stomach_wall", in_cavity)
+    lumen = ellipsoid(coords, sc, sr - 5, rng, 0.05)
+    if lumen is not None:
+        box, mask, _ = lumen
+        mask = mask & (label[box] == L.STOMACH)
+        tissue[box][mask] = T["stomach_fluid"]
+        air = mask & (cy[box[1]][None, :, None] < sc[1] - 0.45 * sr[1])
+        tissue[box][air] = T["stomach_air"]
+    _paint(label, tissue, ellipsoid(coords, (55 + j(10), 58 + j(6), 110 + j(6)), np.array((50, 45, 26)) *
+                                    (1 + j(0.15)), rng, 0.1), L.SPLEEN, "spleen", in_cavity)
+    pancreas = [(-15, 20, -28), (-2, 24, 0), (12, 34, 40), (28, 46, 86)]
+    pancreas = [np.add(p, (j(5), j(4), j(4))) for p in pancreas]
+    for a, b, r0, r1 in zip(pancreas[:-1], pancreas[1:], (13, 10, 10), (10, 10, 8)):
+        _paint(label, tissue, tube(coords, a, b, r0, r1), L.PANCREAS, "pancreas", in_cavity)
+
+    # --- liver: right lobe + left lobe ---
+    lc = np.array((50 + j(10), 5 + j(6), -70 + j(6)))
+    lr = np.array((85, 90, 92)) * (1 + j(0.1))
+    left = np.array((68 + j(8), -52 + j(5), 15 + j(8)))
+    liver_free = lambda lab, tis: (lab == 0) & ((tis == T["visceral_fat"]) | (tis == T["bowel"]))  # noqa: E731
+    _paint(label, tissue, ellipsoid(coords, lc, lr, rng, 0.06), L.LIVER, "liver", liver_free)
+    _paint(label, tissue, ellipsoid(coords, left, np.array((40, 40, 68)) * (1 + j(0.15)), rng, 0.08), L.LIVER,
+           "liver", liver_free)
+
+    # --- gallbladder under the right lobe, with a thin wall ---
+    gc, gr = (lc[0] - 0.62 * lr[0] + j(5), -60 + j(5), -50 + j(6)), np.array((36, 15, 16)) * (1 + j(0.15))
+    gb_where = lambda lab, tis: (lab == 0) | (lab == L.LIVER)  # noqa: E731
+    _paint(label, tissue, ellipsoid(coords, gc, gr), L.GALLBLADDER, "gallbladder_wall", gb_where)
+    inner = ellipsoid(coords, gc, gr - 2.5)
+    if inner is not None:
+        box, mask, _ = inner
+        tissue[box][mask & (label[box] == L.GALLBLADDER)] = T["gallbladder_bile"]
+
+    # --- portal vein (confluence -> hilum), splenic vein behind the pancreas, SMV down ---
+    hilum = np.array((lc[0] - 0.15 * lr[0], 8 + j(4), -38 + j(4)))
+    conf = np.array((-6 + j(4), 36 + j(3), -6 + j(4)))
+    pv_where = lambda lab, tis: ((lab == 0) | (lab == L.LIVER) | (lab == L.PANCREAS)) & (  # noqa: E731
+        (tis != T["bone"]) & (tis != T["aorta"]) & (tis != T["ivc"]))
+    for a, b, r in ((conf, hilum, 8), (conf, pancreas[2] + (0, 12, 0), 5.5),
+                    (pancreas[2] + (0, 12, 0), pancreas[3] + (4, 10, 0), 5), (conf, conf + (-70, -6, 2), 6)):
+        _paint(label, tissue, tube(coords, a, b, r), L.PORTAL_SPLENIC_VEIN, "portal_vein", pv_where)
+
+    # --- hepatic vessels inside the liver: portal branches from the hilum, hepatic veins into the IVC ---
+    only_liver = lambda lab, tis: lab == L.LIVER  # noqa: E731
+    top = np.array((lc[0] + 0.75 * lr[0], 44, -24))
+    branches = [(hilum, hilum + (12, -40, -50), 5.5, 3.5), (hilum, hilum + (8, 35, -70), 5.5, 3.5),
+                (hilum, hilum + (25, -50, 55), 5, 3), (top, top + (-25, -35, -95), 5.5, 3),
+                (top, top + (-30, -90, -30), 5, 3), (top, top + (-15, -80, 45), 5, 3)]
+    for a, b, r0, r1 in branches:
+        b = np.asarray(b) + (j(6), j(6), j(6))
+        _paint(label, tissue, tube(coords, a, b, r0, r1), L.HEPATIC_VESSELS, "hepatic_vessel", only_liver)
+        mid = a + 0.6 * (b - a)  # one side branch each
+        tip = mid + (j(25), j(30), j(30))
+        _paint(label, tissue, tube(coords, mid, tip, r1, 2.5), L.HEPATIC_VESSELS, "hepatic_vessel", only_liver)
+    return label, tissue
