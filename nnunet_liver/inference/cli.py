@@ -1,0 +1,69 @@
+"""``nnunet-liver-detect``: a thin command line over :class:`nnunet_liver.inference.LiverDetector`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from nnunet_liver.utils.io import InputError
+
+PROG = "nnunet-liver-detect"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Detect and classify liver lesions on multi-phase CT: UNet-whole (folds ensembled), lesion "
+                    "sensitivity factors, seg2det, reclassification with UNet-patch, patient class and LiverMax. "
+                    "Writes CASE.json, CASE_lesions.nii.gz, summary.csv and report.html.")
+    p.add_argument("-i", required=True, metavar="CASES_DIR",
+                   help="input folder, nnU-Net naming: CASE_0000.nii.gz ... in the model's channel order "
+                        "(NC, A, V, D)")
+    p.add_argument("-o", required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("-m", required=True, metavar="WHOLE_MODEL_DIR",
+                   help="UNet-whole's nnU-Net training output folder, or 'demo' for the bundled demo model")
+    p.add_argument("-f", nargs="+", default=None, metavar="FOLD",
+                   help="folds to ensemble (default: every fold holding the checkpoint)")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
+    p.add_argument("--patch-model", default=None, metavar="PATCH_MODEL_DIR",
+                   help="UNet-patch's training output folder ('demo' for the bundled one); without it the "
+                        "reclassification step is skipped")
+    p.add_argument("--factors", nargs="+", type=float, default=[1.0, 4.0],
+                   help="lesion sensitivity factors; the highest gives the final lesions, the lowest the "
+                        "same/diff split")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
+    p.add_argument("--register", action="store_true",
+                   help="register phases on another grid onto the venous phase (rigid, SimpleITK) instead of "
+                        "failing the case")
+    p.add_argument("--num-parts", type=int, default=1, help="split the cases into this many interleaved parts")
+    p.add_argument("--part-id", type=int, default=0, help="which part this process runs (0 .. num_parts-1)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist")
+    p.add_argument("--num-patches", type=int, default=10, help="reclassification patches per lesion")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reclassification patches")
+    p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from nnunet_liver.inference.detector import LiverDetector
+        from nnunet_liver.inference.runner import run_folder
+
+        detector = LiverDetector(args.m, folds=args.f, checkpoint=args.chk, patch_model_dir=args.patch_model,
+                                 factors=args.factors, device=args.device, register=args.register,
+                                 num_patches=args.num_patches, seed=args.seed, use_mirroring=not args.disable_tta)
+        result = run_folder(detector, args.i, args.o, num_parts=args.num_parts, part_id=args.part_id,
+                            overwrite=args.overwrite, report=not args.no_report)
+    except InputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    for case_id, message in result.failed.items():
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: {result} -> {args.o}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

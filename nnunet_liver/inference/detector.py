@@ -1,0 +1,239 @@
+"""LiverDetector: the whole cascade of seed 003 on one case, in memory (DESIGN.md "Data flow").
+
+load + validate + align + fill -> UNet-whole (nnUNetPredictor, folds ensembled) -> sensitivity maps for every
+factor from one pass -> seg2det -> reclassify with UNet-patch -> same/diff split -> patient class per factor,
+consensus, malignancy, LiverMax. :mod:`nnunet_liver.inference.runner` adds folders, outputs and sharding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from nnunet_liver.inference.cases import CaseFiles, LoadedCase, load_case
+from nnunet_liver.inference.model import LoadedModel, load_model, make_predictor
+from nnunet_liver.labels import MALIGNANT_IDS, id_of, name_of
+from nnunet_liver.utils.io import InputError
+
+__all__ = ["LiverDetector", "CaseResult", "SCHEMA_VERSION", "factor_key"]
+
+SCHEMA_VERSION = "1.0"
+
+
+def factor_key(f: float) -> str:
+    """JSON key of a sensitivity factor: ``1.0 -> "1"``, ``2.5 -> "2.5"``."""
+    return f"{float(f):g}"
+
+
+@dataclass
+class CaseResult:
+    """The detector's result for one case.
+
+    ``record`` is the CASE.json content; ``instance_map`` (Z, Y, X) uint16 holds the final lesions' ids on the
+    reference grid whose SimpleITK image is ``case.reference``; ``lesions`` are the final ``Lesion`` objects.
+    """
+    record: dict
+    instance_map: np.ndarray
+    lesions: list
+    case: LoadedCase
+    label_maps: Dict[float, np.ndarray] = field(default_factory=dict, repr=False)
+
+
+class LiverDetector:
+    """Detect, reclassify and classify liver lesions with a trained UNet-whole (and optionally UNet-patch).
+
+    Parameters
+    ----------
+    model_dir : UNet-whole's nnU-Net training output folder, or ``"demo"`` for the bundled demo model.
+    folds : folds to ensemble (``None``: every fold holding ``checkpoint``).
+    checkpoint : checkpoint file name in each ``fold_X``.
+    patch_model_dir : UNet-patch's folder (``None``: reclassification is skipped, and the JSON says so).
+    factors : lesion sensitivity factors; the lowest and the highest give the same/diff split, the final lesions
+        are the highest factor's.
+    device : ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.
+    register : register phases on other grids onto the reference (venous) phase instead of failing.
+    num_patches, max_reclassify_volume_cm3, min_score_cm3 : reclassification settings (10, 64 cm3, 0.5 cm3).
+    seed : seeds the reclassification patches per case (results are reproducible).
+    use_mirroring : nnU-Net's test-time mirroring for UNet-whole.
+
+    Raises
+    ------
+    InputError
+        at construction when a model folder, a requested fold or the checkpoint is missing.
+    """
+
+    def __init__(self, model_dir: str, folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth",
+                 patch_model_dir: Optional[str] = None, factors: Sequence[float] = (1.0, 4.0), device: str = "cpu",
+                 register: bool = False, num_patches: int = 10, max_reclassify_volume_cm3: float = 64.0,
+                 min_score_cm3: float = 0.5, seed: int = 0, use_mirroring: bool = True,
+                 patch_folds: Optional[Sequence] = None):
+        factors = tuple(sorted({float(f) for f in factors}))
+        if not factors or any(not np.isfinite(f) or f <= 0 for f in factors):
+            raise InputError(f"--factors {list(factors)}: sensitivity factors must be finite and > 0")
+        self.device = _check_device(device)
+        self.model: LoadedModel = load_model(model_dir, folds, checkpoint, which="whole")
+        if self.model.num_classes != 14:
+            raise InputError(f"{model_dir}: UNet-whole must predict 14 classes (background + 13), this model "
+                             f"predicts {self.model.num_classes}")
+        self.patch_model = None
+        if patch_model_dir is not None:
+            from nnunet_liver.inference.patch_model import PatchModel
+
+            self.patch_model = PatchModel(patch_model_dir, patch_folds, checkpoint, device=self.device)
+        self.predictor = make_predictor(self.model, self.device, use_mirroring=use_mirroring)
+        self.factors = factors
+        self.register = bool(register)
+        self.num_patches, self.seed = int(num_patches), int(seed)
+        self.max_reclassify_volume_cm3, self.min_score_cm3 = float(max_reclassify_volume_cm3), float(min_score_cm3)
+        self.use_mirroring = bool(use_mirroring)
+
+    @property
+    def channel_names(self) -> tuple:
+        return self.model.channel_names
+
+    @property
+    def file_ending(self) -> str:
+        return self.model.dataset_json.get("file_ending", ".nii.gz")
+
+    def settings(self) -> dict:
+        """The settings recorded in every CASE.json."""
+        recls = {"enabled": self.patch_model is not None, "num_patches": self.num_patches,
+                 "max_volume_cm3": self.max_reclassify_volume_cm3, "min_score_cm3": self.min_score_cm3,
+                 "seed": self.seed}
+        if self.patch_model is None:
+            recls["skipped_reason"] = "no patch model given (--patch-model); lesions are not reclassified"
+        else:
+            recls["patch_size"] = list(self.patch_model.patch_size)
+        return {"factors": [float(f) for f in self.factors], "device": str(self.device), "register": self.register,
+                "mirroring": self.use_mirroring, "reclassification": recls}
+
+    def models(self) -> dict:
+        out = {"whole": self.model.describe(), "patch": None}
+        if self.patch_model is not None:
+            out["patch"] = self.patch_model.describe()
+        from nnunet_liver import __version__
+
+        out["nnunet_liver_version"] = __version__
+        return out
+
+    def detect(self, files: Union[Sequence[Optional[str]], Dict[str, Optional[str]]], case_id: str = "case"
+               ) -> CaseResult:
+        """Run the cascade on one case given as file paths, one per model channel (or {channel name: path}).
+
+        A ``None`` (or absent) entry is a missing phase, allowed for IFM models only.
+        """
+        if isinstance(files, dict):
+            unknown = set(files) - set(self.channel_names)
+            if unknown:
+                raise InputError(f"case {case_id}: unknown phase(s) {sorted(unknown)}; the model's channels are "
+                                 f"{list(self.channel_names)}")
+            files = [files.get(n) for n in self.channel_names]
+        return self.detect_case(CaseFiles(case_id, list(files)))
+
+    def detect_case(self, case: CaseFiles) -> CaseResult:
+        """The cascade on one discovered case (see :func:`nnunet_liver.inference.cases.discover_cases`)."""
+        from nnunet_liver.inference.predict import predict_probabilities
+        from nnunet_liver.postprocessing.sensitivity import lesion_sensitivity_masks
+        from nnunet_liver.postprocessing.seg2det import instance_map, seg2det
+
+        t0 = time.perf_counter()
+        loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
+        probabilities = predict_probabilities(self.predictor, self.model, loaded.data, loaded.spacing)
+        t_predict = time.perf_counter() - t0
+        maps = lesion_sensitivity_masks(probabilities, tuple(sorted(set(self.factors) | {1.0})))
+        maps = {float(f): m for f, m in maps.items()}
+        ref = loaded.reference
+        images = loaded.images_by_phase()
+        shape = loaded.data.shape[1:]
+        detections, reclassified, recls_results = {}, {}, {}
+        rng = np.random.default_rng([self.seed, _stable_hash(loaded.case_id)])
+        for f in self.factors:
+            detections[f] = seg2det(maps[f], loaded.spacing, images=images, probabilities=probabilities,
+                                    origin=ref.GetOrigin(), direction=ref.GetDirection())
+            if self.patch_model is None:
+                reclassified[f], recls_results[f] = detections[f], {}
+            else:
+                from nnunet_liver.inference.patch_model import reclassify_on_case
+
+                reclassified[f], recls_results[f] = reclassify_on_case(
+                    self.patch_model, detections[f], instance_map(detections[f], shape), maps[f], loaded.data,
+                    loaded.spacing, rng, n=self.num_patches, max_volume_cm3=self.max_reclassify_volume_cm3,
+                    min_score_cm3=self.min_score_cm3)
+        record, final = self._record(loaded, maps, probabilities, detections, reclassified, recls_results)
+        record["timing_s"] = {"load_and_predict": round(t_predict, 3),
+                              "total": round(time.perf_counter() - t0, 3)}
+        return CaseResult(record=record, instance_map=instance_map(final, shape), lesions=final, case=loaded,
+                          label_maps=maps)
+
+    def _record(self, loaded, maps, probabilities, detections, reclassified, recls_results):
+        from nnunet_liver.postprocessing.match import match
+        from nnunet_liver.postprocessing.patient import classify_patient, consensus, liver_max
+
+        f_lo, f_hi = self.factors[0], self.factors[-1]
+        same_ids = {l.id for l in reclassified[f_hi]}
+        if f_lo != f_hi:
+            result = match(reclassified[f_lo], reclassified[f_hi], min_ref_volume_cm3=0, min_pred_volume_cm3=0)
+            same_ids = {int(p) for _, p in result.pairs}
+        final, lesions_json = [], []
+        for new_id, les in enumerate(reclassified[f_hi], start=1):
+            entry = les.to_dict()
+            entry.update(id=new_id, detection_id=int(les.id), type=name_of(les.label), label=int(les.label),
+                         sensitivity="same" if les.id in same_ids else "diff",
+                         reclassification=(recls_results[f_hi][les.id].to_dict()
+                                           if les.id in recls_results[f_hi] else None))
+            lesions_json.append(entry)
+            final.append(dataclasses.replace(les, id=new_id))
+        class_by_factor = {factor_key(f): classify_patient(reclassified[f]) for f in self.factors}
+        classes = list(class_by_factor.values())
+        patient_class = classes[0]
+        for c in classes[1:]:
+            patient_class = consensus(patient_class, c)
+        malignant = None if patient_class == "uncertain" else (
+            patient_class != "normal" and id_of(patient_class) in MALIGNANT_IDS)
+        livermax = {k: float(v) for k, v in liver_max(probabilities, maps[1.0]).items()}
+        dropped = {factor_key(f): sorted(int(i) for i, r in recls_results[f].items() if not r.kept)
+                   for f in self.factors}
+        ref = loaded.reference
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            "case": loaded.case_id,
+            "phases_present": list(loaded.phases_present),
+            "phases_missing": list(loaded.phases_missing),
+            "inputs": dict(loaded.inputs),
+            "geometry": {"shape_zyx": [int(s) for s in loaded.data.shape[1:]],
+                         "spacing_zyx_mm": [float(s) for s in loaded.spacing],
+                         "origin_xyz_mm": [float(v) for v in ref.GetOrigin()],
+                         "direction_xyz": [float(v) for v in ref.GetDirection()],
+                         "reference_phase": self.channel_names[loaded.reference_channel],
+                         "registration": loaded.registration or None},
+            "model": self.models(),
+            "settings": self.settings(),
+            "detections_by_factor": {factor_key(f): {"before_reclassification": len(detections[f]),
+                                                     "after_reclassification": len(reclassified[f]),
+                                                     "dropped_detection_ids": dropped[factor_key(f)]}
+                                     for f in self.factors},
+            "lesions": lesions_json,
+            "patient": {"class_by_factor": class_by_factor, "class": patient_class, "malignant": malignant,
+                        "livermax": livermax},
+        }
+        return record, final
+
+
+def _stable_hash(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise InputError(f"--device {device}: use cpu, cuda or cuda:K")
+    return device

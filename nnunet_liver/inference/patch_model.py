@@ -1,0 +1,100 @@
+"""UNet-patch for reclassification: its grid, its intensity normalisation, one batched call per fold."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from nnunet_liver.inference.model import LoadedModel, load_model
+from nnunet_liver.inference.predict import preprocess_like_training
+from nnunet_liver.labels import LIVER_REGION_IDS
+
+__all__ = ["PatchModel", "reclassify_on_case"]
+
+
+class PatchModel:
+    """A trained UNet-patch (labels 0 masked, 1..6 lesion types, 7 liver), ready to segment batches of patches.
+
+    Parameters
+    ----------
+    model_dir : the patch model's nnU-Net training output folder (or ``"demo"``).
+    folds : folds to ensemble (``None``: all folds holding ``checkpoint``); softmax averaged over folds.
+    device : torch device string.
+    """
+
+    def __init__(self, model_dir: str, folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth",
+                 device: str = "cpu"):
+        import torch
+
+        self.model: LoadedModel = load_model(model_dir, folds, checkpoint, which="patch")
+        self.device = torch.device(device)
+        self.network = self.model.network.to(self.device).eval()
+        self.patch_size: Tuple[int, ...] = tuple(int(p) for p in self.model.configuration_manager.patch_size)
+        self.spacing: Tuple[float, ...] = tuple(float(s) for s in self.model.configuration_manager.spacing)
+
+    def describe(self) -> dict:
+        return self.model.describe()
+
+    def prepare(self, data: np.ndarray, spacing: Sequence[float], instance_map: np.ndarray,
+                liver_mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[float, ...]]:
+        """Bring one case onto UNet-patch's grid with nnU-Net's preprocessor (as the patch model was trained).
+
+        Parameters
+        ----------
+        data : (C, Z, Y, X) float32 HU on the whole-CT grid. spacing : (z, y, x) mm.
+        instance_map : (Z, Y, X) lesion ids. liver_mask : (Z, Y, X) bool.
+
+        Returns
+        -------
+        (image (C, z, y, x) normalised float32, instance map (z, y, x) int32, liver mask (z, y, x) bool,
+        spacing (z, y, x) mm of UNet-patch's grid)
+        """
+        if instance_map.max() >= np.iinfo(np.int32).max // 2:
+            raise ValueError("too many lesions to encode")
+        # one label map carries both: lesion ids 1..n, liver (without lesion) n + 1
+        combined = instance_map.astype(np.int32)
+        liver_id = int(combined.max()) + 1
+        combined[(combined == 0) & liver_mask] = liver_id
+        image, seg, properties = preprocess_like_training(self.model, data, spacing, seg=combined[None])
+        seg = seg[0].astype(np.int32)
+        pm = self.model.plans_manager
+        spacing_pp = tuple(float(s) for s in self.model.configuration_manager.spacing)
+        if list(pm.transpose_forward) != [0, 1, 2]:
+            back = [0, *[i + 1 for i in pm.transpose_backward]]
+            image = image.transpose(back)
+            seg = seg.transpose(pm.transpose_backward)
+            spacing_pp = tuple(spacing_pp[i] for i in pm.transpose_backward)
+        seg[seg < 0] = 0
+        liver = seg > 0
+        instances = np.where(seg == liver_id, 0, seg)
+        return np.ascontiguousarray(image, dtype=np.float32), instances, liver, spacing_pp
+
+    def predict_patches(self, patches: np.ndarray) -> np.ndarray:
+        """Labels (N, pz, py, px) for a batch (N, C, pz, py, px); one forward pass per fold, softmax averaged."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).to(self.device)
+        probabilities = None
+        with torch.inference_mode():
+            for params in self.model.parameters:
+                self.network.load_state_dict(params)
+                out = self.network(x)
+                out = out[0] if isinstance(out, (list, tuple)) else out
+                p = torch.softmax(out.float(), 1)
+                probabilities = p if probabilities is None else probabilities + p
+        return probabilities.argmax(1).cpu().numpy()
+
+
+def reclassify_on_case(patch_model: PatchModel, lesions: List, instance_map: np.ndarray, label_map: np.ndarray,
+                       data: np.ndarray, spacing: Sequence[float], rng: np.random.Generator, n: int = 10,
+                       max_volume_cm3: float = 64.0, min_score_cm3: float = 0.5) -> Tuple[List, Dict[int, object]]:
+    """Reclassify one factor's lesions on a case (arrays on the whole-CT grid); see ``reclassify``."""
+    from nnunet_liver.postprocessing.reclassify import reclassify
+
+    if not lesions:
+        return [], {}
+    liver_mask = np.isin(label_map, LIVER_REGION_IDS)
+    image, instances, liver, spacing_pp = patch_model.prepare(data, spacing, instance_map, liver_mask)
+    return reclassify(lesions, instances, liver, image, spacing_pp, patch_model.predict_patches, n=n,
+                      patch_size=patch_model.patch_size, max_volume_cm3=max_volume_cm3, min_score_cm3=min_score_cm3,
+                      rng=rng)
