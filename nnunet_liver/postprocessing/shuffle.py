@@ -1,0 +1,303 @@
+"""Lesion shuffle: liver patches for training UNet-patch and for reclassifying lesion proposals (seed 003, III-B).
+
+Four training schemes (:data:`SCHEMES`), drawn per patch at configurable rates:
+
+- ``original_positive``: a crop around a lesion, at a random offset that keeps the lesion's box inside the patch;
+- ``original_negative``: a crop of liver that holds no lesion voxel;
+- ``shuffled_positive``: a lesion (its voxels, all channels, and its labels) transplanted into a negative crop, onto
+  lesion-free liver;
+- ``shuffled_negative``: a positive crop whose lesion voxels are replaced by lesion-free liver texture of the same
+  case (the image moved by a random shift that lands on liver only; labels become liver).
+
+Images and labels are shuffled together; voxels outside the liver are then masked (image = ``masked_value``,
+label 0). Label maps use the patch scheme: 0 outside liver, 1..6 lesion types, 7 liver. Arrays are (C, Z, Y, X)
+images (normalised intensities) and (Z, Y, X) labels; patch sizes are (z, y, x) voxels. Inputs are never modified.
+
+Reclassification at inference uses :func:`make_reclassification_patches` (original and shuffled positives of one
+lesion proposal).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from nnunet_liver.labels import LESION_IDS, PATCH_LIVER, PATCH_MASKED
+
+__all__ = ["SCHEMES", "DEFAULT_SCHEME_RATES", "crop", "lesion_components", "sample_training_patch",
+           "transplant_lesion", "erase_lesions", "make_reclassification_patches"]
+
+SCHEMES: Tuple[str, ...] = ("original_positive", "original_negative", "shuffled_positive", "shuffled_negative")
+DEFAULT_SCHEME_RATES: Dict[str, float] = {s: 0.25 for s in SCHEMES}
+_TRIES = 30
+
+
+def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], pad_value=0) -> np.ndarray:
+    """Crop the last ``len(size)`` axes of ``array`` at ``start`` (may lie outside), padding with ``pad_value``."""
+    nd = len(size)
+    lead = array.shape[:-nd]
+    out = np.full(lead + tuple(size), pad_value, dtype=array.dtype)
+    src, dst = [], []
+    for s, n, dim in zip(start, size, array.shape[-nd:]):
+        lo, hi = max(s, 0), min(s + n, dim)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
+    return out
+
+
+def lesion_components(label: np.ndarray) -> List[Tuple[Tuple[slice, ...], np.ndarray]]:
+    """Connected lesions (labels 1..6, 26-connectivity) as ``(bbox slices, bool mask of the bbox)``."""
+    lesion = np.isin(label, LESION_IDS)
+    cc, n = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
+    return [(sl, cc[sl] == i + 1) for i, sl in enumerate(ndimage.find_objects(cc)) if sl is not None]
+
+
+def _start_around(box: Tuple[slice, ...], patch_size, rng) -> List[int]:
+    """Random patch start keeping ``box`` inside the patch (centred on the box where it does not fit)."""
+    start = []
+    for sl, p in zip(box, patch_size):
+        lo, hi = sl.start, sl.stop
+        if hi - lo <= p:
+            start.append(int(rng.integers(hi - p, lo + 1)))
+        else:
+            start.append((lo + hi) // 2 - p // 2)
+    return start
+
+
+def _negative_start(label: np.ndarray, patch_size, rng, tries: int = _TRIES) -> Optional[List[int]]:
+    """Start of a patch centred on a random liver voxel that holds no lesion voxel, or None."""
+    liver = np.argwhere(label == PATCH_LIVER)
+    if len(liver) == 0:
+        return None
+    lesion = np.isin(label, LESION_IDS)
+    for _ in range(tries):
+        c = liver[rng.integers(len(liver))]
+        start = [int(ci) - p // 2 + int(rng.integers(-(p // 4), p // 4 + 1)) for ci, p in zip(c, patch_size)]
+        if not crop(lesion, start, patch_size, False).any():
+            return start
+    return None
+
+
+def transplant_lesion(image: np.ndarray, label: np.ndarray, src_image: np.ndarray, src_label: np.ndarray,
+                      src_mask: np.ndarray, rng, target: Optional[np.ndarray] = None, tries: int = _TRIES):
+    """Paste a lesion into a patch, onto target voxels where possible.
+
+    Parameters
+    ----------
+    image, label : (C, Z, Y, X) float, (Z, Y, X) int
+        The patch (not modified).
+    src_image, src_label, src_mask : (C, z, y, x), (z, y, x), (z, y, x) bool
+        The lesion's box: intensities, labels and its voxels. Cropped centrally where larger than the patch.
+    target : (Z, Y, X) bool, optional
+        Where the lesion should land (default: liver voxels of ``label``). The offset with most lesion voxels on
+        the target among ``tries`` random offsets is used (the first with all of them wins).
+
+    Returns
+    -------
+    image, label, lesion_mask (Z, Y, X) bool : the patch with the lesion's voxels and labels copied in, and where.
+    """
+    shape = label.shape
+    sizes = [min(a, b) for a, b in zip(src_mask.shape, shape)]
+    cut = tuple(slice((a - s) // 2, (a - s) // 2 + s) for a, s in zip(src_mask.shape, sizes))
+    src_image, src_label, src_mask = src_image[(slice(None),) + cut], src_label[cut], src_mask[cut]
+    target = (label == PATCH_LIVER) if target is None else target
+    best, best_hit = None, -1
+    for _ in range(tries):
+        off = [int(rng.integers(0, n - s + 1)) for n, s in zip(shape, sizes)]
+        region = tuple(slice(o, o + s) for o, s in zip(off, sizes))
+        hit = int(np.count_nonzero(target[region] & src_mask))
+        if hit > best_hit:
+            best, best_hit = region, hit
+        if hit == np.count_nonzero(src_mask):
+            break
+    image, label = image.copy(), label.copy()
+    where = np.zeros(shape, bool)
+    where[best] = src_mask
+    image[:, where] = src_image[:, src_mask]
+    label[where] = src_label[src_mask]
+    return image, label, where
+
+
+def erase_lesions(case_image: np.ndarray, case_label: np.ndarray, start: Sequence[int], patch_size, rng,
+                  masked_value: float = 0.0, tries: int = _TRIES):
+    """Crop a patch at ``start`` and replace its lesion voxels by lesion-free liver texture of the same case.
+
+    The texture is the case image shifted by a random vector under which the lesion voxels land on liver (label 7)
+    voxels (the shift with the most such voxels among ``tries``); voxels left over take random liver voxels' values.
+    Returns ``(image patch, label patch)``; the label patch holds no lesion label.
+    """
+    image = crop(case_image, start, patch_size, masked_value)
+    label = crop(case_label, start, patch_size, PATCH_MASKED)
+    lesion = np.isin(label, LESION_IDS)
+    if not lesion.any():
+        return image, label
+    liver_vox = np.argwhere(case_label == PATCH_LIVER)
+    pts = np.argwhere(lesion) + np.asarray(start)
+    if len(liver_vox) == 0:  # no texture available: flat mean of the patch's lesion-free region
+        image[:, lesion] = image[:, ~lesion].mean(axis=1, keepdims=True) if (~lesion).any() else masked_value
+        label[lesion] = PATCH_LIVER
+        return image, label
+    best_ok, best_src = None, None
+    for _ in range(tries):
+        shift = liver_vox[rng.integers(len(liver_vox))] - pts[rng.integers(len(pts))]
+        src = pts + shift
+        inside = np.all((src >= 0) & (src < case_label.shape), axis=1)
+        ok = inside.copy()
+        ok[inside] = case_label[tuple(src[inside].T)] == PATCH_LIVER
+        if best_ok is None or ok.sum() > best_ok.sum():
+            best_ok, best_src = ok, src
+        if ok.all():
+            break
+    values = np.empty((case_image.shape[0], len(pts)), case_image.dtype)
+    values[:, best_ok] = case_image[(slice(None),) + tuple(best_src[best_ok].T)]
+    fill = liver_vox[rng.integers(len(liver_vox), size=int((~best_ok).sum()))]
+    values[:, ~best_ok] = case_image[(slice(None),) + tuple(fill.T)]
+    image[:, lesion] = values
+    label[lesion] = PATCH_LIVER
+    return image, label
+
+
+def _mask_outside(image: np.ndarray, label: np.ndarray, masked_value: float) -> np.ndarray:
+    image[:, label == PATCH_MASKED] = masked_value
+    return image
+
+
+def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_size: Sequence[int], rng,
+                          rates: Optional[Dict[str, float]] = None, masked_value: float = 0.0,
+                          components=None) -> Tuple[np.ndarray, np.ndarray, str]:
+    """One UNet-patch training patch by lesion shuffle.
+
+    Parameters
+    ----------
+    case_image : (C, Z, Y, X) float
+        Normalised case (liver-cropped in practice).
+    case_label : (Z, Y, X) int
+        Patch labels: 0 outside the liver, 1..6 lesion types, 7 liver.
+    patch_size : (pz, py, px)
+    rng : numpy Generator
+    rates : {scheme: weight}, optional
+        Relative rates of :data:`SCHEMES` (default equal).
+    components : list, optional
+        :func:`lesion_components` of ``case_label`` (computed when not given).
+
+    Returns
+    -------
+    image (C, pz, py, px) float32, label (pz, py, px) int16, scheme actually used. A positive scheme falls back to
+    ``original_negative`` in a case without lesions; ``original_negative`` falls back to ``shuffled_negative``
+    when no lesion-free crop is found.
+    """
+    rates = DEFAULT_SCHEME_RATES if rates is None else rates
+    unknown = set(rates) - set(SCHEMES)
+    if unknown:
+        raise ValueError(f"unknown lesion-shuffle schemes {sorted(unknown)}; known: {SCHEMES}")
+    weights = np.array([float(rates.get(s, 0.0)) for s in SCHEMES])
+    if weights.sum() <= 0 or (weights < 0).any():
+        raise ValueError(f"lesion-shuffle rates must be >= 0 with a positive sum, got {rates}")
+    scheme = SCHEMES[rng.choice(len(SCHEMES), p=weights / weights.sum())]
+    comps = lesion_components(case_label) if components is None else components
+    if not comps and scheme != "original_negative":
+        scheme = "original_negative"
+    patch_size = tuple(int(p) for p in patch_size)
+    if scheme == "original_negative":
+        start = _negative_start(case_label, patch_size, rng)
+        if start is None:
+            scheme = "shuffled_negative"
+            start = [int(rng.integers(min(0, d - p), max(0, d - p) + 1)) for d, p in zip(case_label.shape, patch_size)]
+            image, label = erase_lesions(case_image, case_label, start, patch_size, rng, masked_value)
+        else:
+            image = crop(case_image, start, patch_size, masked_value)
+            label = crop(case_label, start, patch_size, PATCH_MASKED)
+    elif scheme in ("original_positive", "shuffled_negative"):
+        box, _ = comps[rng.integers(len(comps))]
+        start = _start_around(box, patch_size, rng)
+        if scheme == "original_positive":
+            image = crop(case_image, start, patch_size, masked_value)
+            label = crop(case_label, start, patch_size, PATCH_MASKED)
+        else:
+            image, label = erase_lesions(case_image, case_label, start, patch_size, rng, masked_value)
+    else:  # shuffled_positive
+        start = _negative_start(case_label, patch_size, rng)
+        if start is None:
+            start = [int(rng.integers(min(0, d - p), max(0, d - p) + 1)) for d, p in zip(case_label.shape, patch_size)]
+            image, label = erase_lesions(case_image, case_label, start, patch_size, rng, masked_value)
+        else:
+            image = crop(case_image, start, patch_size, masked_value)
+            label = crop(case_label, start, patch_size, PATCH_MASKED)
+        box, mask = comps[rng.integers(len(comps))]
+        image, label, _ = transplant_lesion(image, label, case_image[(slice(None),) + box], case_label[box], mask,
+                                            rng)
+    image = _mask_outside(image.astype(np.float32, copy=True), label, masked_value)
+    return image, label.astype(np.int16), scheme
+
+
+def make_reclassification_patches(image: np.ndarray, liver_mask: np.ndarray, lesion_mask: np.ndarray, n: int = 10,
+                                  patch_size: Sequence[int] = (16, 128, 128), rng=None, masked_value: float = 0.0
+                                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """N patches of one lesion proposal for UNet-patch: half original positives, half shuffled positives.
+
+    Parameters
+    ----------
+    image : (C, Z, Y, X) float32
+        Normalised case image (the patch model's input normalisation).
+    liver_mask : (Z, Y, X) bool
+        Predicted liver (lesions included, e.g. labels 1..8 of the whole-CT model).
+    lesion_mask : (Z, Y, X) bool
+        The lesion proposal's voxels (non-empty).
+    n : int
+        Number of patches; ``ceil(n / 2)`` original positives (random offsets keeping the lesion's box inside the
+        patch), the rest shuffled positives (the lesion's voxels transplanted onto lesion-free liver of the same
+        case, ``liver_mask & ~lesion_mask``, in a crop that avoids the original lesion where possible).
+    patch_size : (pz, py, px)
+    rng : numpy Generator or int seed, optional
+    masked_value : float
+        Image value outside the liver (and outside the transplanted lesion).
+
+    Returns
+    -------
+    patches : (N, C, pz, py, px) float32
+    lesion_masks : (N, pz, py, px) bool
+        Where the lesion (original or transplanted) lies in each patch.
+    """
+    rng = np.random.default_rng(rng)
+    image = np.asarray(image)
+    liver_mask = np.asarray(liver_mask, bool)
+    lesion_mask = np.asarray(lesion_mask, bool)
+    if image.ndim != 4 or image.shape[1:] != liver_mask.shape or liver_mask.shape != lesion_mask.shape:
+        raise ValueError(f"image must be (C, Z, Y, X) and masks (Z, Y, X) of the same grid; got image {image.shape}, "
+                         f"liver_mask {liver_mask.shape}, lesion_mask {lesion_mask.shape}")
+    if not lesion_mask.any():
+        raise ValueError("lesion_mask is empty: nothing to reclassify")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    patch_size = tuple(int(p) for p in patch_size)
+    box = ndimage.find_objects(lesion_mask.astype(np.uint8))[0]
+    region = liver_mask | lesion_mask
+    free = liver_mask & ~lesion_mask
+    patches = np.empty((n, image.shape[0]) + patch_size, np.float32)
+    masks = np.empty((n,) + patch_size, bool)
+    n_orig = (n + 1) // 2
+    for i in range(n):
+        if i < n_orig or not free.any():
+            start = _start_around(box, patch_size, rng)
+            img = crop(image, start, patch_size, masked_value).astype(np.float32)
+            keep = crop(region, start, patch_size, False)
+            les = crop(lesion_mask, start, patch_size, False)
+        else:
+            free_label = np.where(free, PATCH_LIVER, np.where(lesion_mask, LESION_IDS[0], PATCH_MASKED))
+            start = _negative_start(free_label, patch_size, rng) or _start_around(
+                ndimage.find_objects(free.astype(np.uint8))[0], patch_size, rng)
+            img = crop(image, start, patch_size, masked_value).astype(np.float32)
+            tgt = crop(free, start, patch_size, False)
+            keep = crop(region, start, patch_size, False)
+            lab = np.where(tgt, PATCH_LIVER, PATCH_MASKED).astype(np.int16)
+            src_lab = np.where(lesion_mask[box], LESION_IDS[0], PATCH_MASKED).astype(np.int16)
+            img, _, les = transplant_lesion(img, lab, image[(slice(None),) + box], src_lab, lesion_mask[box], rng,
+                                            target=tgt)
+            keep = keep | les  # (a crop that could not avoid the original lesion keeps it; it is not in `les`)
+        img[:, ~keep] = masked_value
+        patches[i], masks[i] = img, les
+    return patches, masks

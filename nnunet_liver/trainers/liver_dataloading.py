@@ -1,0 +1,95 @@
+"""Data loaders of the liver trainers (subclasses of nnU-Net's ``nnUNetDataLoader``).
+
+- :class:`LesionOversamplingDataLoader`: LIDIA's foreground-enhanced sampling. Of the patches nnU-Net forces to
+  contain foreground, a fraction ``lesion_fraction`` is centred on a voxel of a lesion class (1..6) present in the
+  case, chosen uniformly among the present lesion classes (so rare types are seen as often as common ones), using
+  the class locations nnU-Net's preprocessing stores in each case's properties. Everything else is nnU-Net's.
+- :class:`LesionShuffleDataLoader`: UNet-patch's loader. Each patch is made on the fly from a liver-cropped case by
+  :func:`nnunet_liver.postprocessing.shuffle.sample_training_patch` (four lesion-shuffle schemes, outside-liver
+  voxels masked), then nnU-Net's transforms run on it as usual.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+from nnunet_liver.labels import LESION_IDS, PATCH_MASKED
+from nnunet_liver.postprocessing.shuffle import sample_training_patch
+
+__all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader"]
+
+
+class LesionOversamplingDataLoader(nnUNetDataLoader):
+    """nnU-Net's loader whose foreground-forced patches are centred on lesions with probability ``lesion_fraction``."""
+
+    def __init__(self, *args, lesion_fraction: float = 0.5, lesion_classes: Tuple[int, ...] = LESION_IDS,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= lesion_fraction <= 1.0:
+            raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
+        self.lesion_fraction = lesion_fraction
+        self.lesion_classes = tuple(lesion_classes)
+
+    def choose_lesion_class(self, class_locations: Optional[dict]) -> Optional[int]:
+        """A lesion class present in the case (uniform), or None (no lesion, or the draw says organ foreground)."""
+        if not class_locations or np.random.uniform() >= self.lesion_fraction:
+            return None
+        present = [c for c in self.lesion_classes if c in class_locations and len(class_locations[c]) > 0]
+        return present[np.random.randint(len(present))] if present else None
+
+    def get_bbox(self, data_shape: np.ndarray, force_fg: bool, class_locations: Union[dict, None],
+                 overwrite_class: Union[int, Tuple[int, ...]] = None, verbose: bool = False):
+        if force_fg and overwrite_class is None:
+            overwrite_class = self.choose_lesion_class(class_locations)
+        return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
+
+
+class LesionShuffleDataLoader(nnUNetDataLoader):
+    """Patches by lesion shuffle from liver-cropped cases (labels 0 masked, 1..6 lesions, 7 liver).
+
+    ``scheme_rates`` ({scheme: weight}) and ``masked_value`` (normalised intensity outside the liver) are passed to
+    :func:`~nnunet_liver.postprocessing.shuffle.sample_training_patch`. The schemes drawn are counted in
+    ``self.scheme_counts``.
+    """
+
+    def __init__(self, *args, scheme_rates: Optional[Dict[str, float]] = None, masked_value: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scheme_rates = scheme_rates
+        self.masked_value = masked_value
+        self.scheme_counts: Dict[str, int] = {}
+
+    def generate_train_batch(self):
+        selected_keys = self.get_indices()
+        rng = np.random.default_rng(np.random.randint(0, 2 ** 31 - 1))
+        data_all, seg_all = None, None
+        with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
+            for j, key in enumerate(selected_keys):
+                data, seg, _, _ = self._data.load_case(key)
+                label = np.asarray(seg[0]).astype(np.int16)
+                label[label < 0] = PATCH_MASKED  # nnU-Net's "outside the nonzero region"
+                image, label, scheme = sample_training_patch(
+                    np.asarray(data, dtype=np.float32), label, self.patch_size, rng, self.scheme_rates,
+                    self.masked_value)
+                self.scheme_counts[scheme] = self.scheme_counts.get(scheme, 0) + 1
+                sample = {"image": torch.from_numpy(image), "segmentation": torch.from_numpy(label[None])}
+                if self.transforms is not None:
+                    sample = self.transforms(**sample)
+                data_sample, seg_sample = sample["image"], sample["segmentation"]
+                if data_all is None:
+                    data_all = torch.empty((self.batch_size, *data_sample.shape), dtype=torch.float32)
+                data_all[j] = data_sample
+                if isinstance(seg_sample, list):
+                    if seg_all is None:
+                        seg_all = [torch.empty((self.batch_size, *s.shape), dtype=s.dtype) for s in seg_sample]
+                    for s_idx, s in enumerate(seg_sample):
+                        seg_all[s_idx][j] = s
+                else:
+                    if seg_all is None:
+                        seg_all = torch.empty((self.batch_size, *seg_sample.shape), dtype=seg_sample.dtype)
+                    seg_all[j] = seg_sample
+        return {"data": data_all, "target": seg_all, "keys": selected_keys}

@@ -1,0 +1,71 @@
+"""``LesionShufflePatchTrainer``: UNet-patch of the reclassification step, trained on lesion-shuffle patches.
+
+The dataset is a patch-model dataset (``nnunet-liver-convert patches``): liver-cropped cases, outside-liver voxels
+masked, labels 0 (masked) / 1..6 (lesion types) / 7 (liver), the whole-CT dataset's phase channels. Each training
+patch (16 x 128 x 128 voxels, z y x) is made on the fly by one of the four lesion-shuffle schemes, outside-liver
+voxels are set to ``masked_value`` (normalised intensity, the same value reclassification uses), then nnU-Net's
+augmentations run. The network is the IFM network of ``LiverIFMTrainer``, so one UNet-patch serves any phase subset.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+from nnunet_liver.labels import patch_dataset_json_labels
+from nnunet_liver.trainers.liver_dataloading import LesionShuffleDataLoader
+from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, check_labels
+
+__all__ = ["LesionShufflePatchTrainer", "PATCH_SIZE", "with_patch_size"]
+
+#: UNet-patch's patch (z, y, x voxels), seed 003 section IV-B
+PATCH_SIZE: Tuple[int, int, int] = (16, 128, 128)
+
+
+def with_patch_size(configuration_manager: ConfigurationManager, patch_size) -> Optional[ConfigurationManager]:
+    """A copy of the configuration with ``patch_size``, or None if the network's strides do not divide it."""
+    cfg = copy.deepcopy(configuration_manager.configuration)
+    strides = cfg["architecture"]["arch_kwargs"]["strides"]
+    total = [1] * len(patch_size)
+    for s in strides:
+        total = [t * int(si) for t, si in zip(total, s)]
+    if len(patch_size) != len(total) or any(p % t for p, t in zip(patch_size, total)):
+        return None
+    cfg["patch_size"] = [int(p) for p in patch_size]
+    return ConfigurationManager(cfg)
+
+
+class LesionShufflePatchTrainer(LiverIFMTrainer):
+    """UNet-patch on lesion-shuffle patches (labels 0 masked, 1..6 lesion types, 7 liver)."""
+
+    patch_size: Tuple[int, ...] = PATCH_SIZE
+    #: relative rates of original_positive, original_negative, shuffled_positive, shuffled_negative
+    scheme_rates: Dict[str, float] = {"original_positive": 0.25, "original_negative": 0.25,
+                                      "shuffled_positive": 0.25, "shuffled_negative": 0.25}
+    #: normalised image value outside the liver (make_reclassification_patches' default)
+    masked_value: float = 0.0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        cm = with_patch_size(self.configuration_manager, self.patch_size)
+        if cm is None:
+            self.print_to_log_file(
+                f"LesionShufflePatchTrainer: the planned network's strides do not divide the patch size "
+                f"{self.patch_size}; training on the planned patch size {self.configuration_manager.patch_size}")
+        else:
+            self.configuration_manager = cm
+
+    @staticmethod
+    def check_dataset(dataset_json: dict) -> None:
+        check_labels(dataset_json, patch_dataset_json_labels(), "patch-model (0 masked, 1..6 lesions, 7 liver)")
+
+    def make_dataloader(self, dataset, patch_size, final_patch_size, transforms, train: bool):
+        return LesionShuffleDataLoader(
+            dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
+            oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
+            pad_sides=None, transforms=transforms, probabilistic_oversampling=self.probabilistic_oversampling,
+            scheme_rates=self.scheme_rates, masked_value=self.masked_value)

@@ -1,0 +1,67 @@
+"""``_tiny`` variants of the liver trainers for CPU tests and the demo.
+
+A tiny U-Net (3 stages, 4/8/16 features, see :func:`~nnunet_liver.trainers.liver_networks.tiny_configuration`),
+patches of at most 16 x 32 x 32 voxels, 2 epochs of 5 training and 2 validation iterations, no intermediate
+checkpoints. ``build_network_architecture`` derives the tiny network from the saved plans, so the predictor
+rebuilds exactly the trained network.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nnunet_liver.trainers.liver_networks import tiny_configuration
+from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
+from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, LiverWholeTrainer
+
+__all__ = ["LiverWholeTrainer_tiny", "LiverIFMTrainer_tiny", "LesionShufflePatchTrainer_tiny"]
+
+
+def _make_tiny(trainer) -> None:
+    trainer.configuration_manager = tiny_configuration(trainer.configuration_manager)
+    trainer.num_epochs = 2
+    trainer.num_iterations_per_epoch = 5
+    trainer.num_val_iterations_per_epoch = 2
+    trainer.save_every = 10 ** 6
+
+
+class LiverWholeTrainer_tiny(LiverWholeTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _make_tiny(self)
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        return LiverWholeTrainer.build_network_architecture(plans_manager, tiny_configuration(configuration_manager),
+                                                            num_input_channels, num_output_channels,
+                                                            enable_deep_supervision)
+
+
+class LiverIFMTrainer_tiny(LiverIFMTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _make_tiny(self)
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        return LiverIFMTrainer.build_network_architecture(plans_manager, tiny_configuration(configuration_manager),
+                                                          num_input_channels, num_output_channels,
+                                                          enable_deep_supervision)
+
+
+class LesionShufflePatchTrainer_tiny(LesionShufflePatchTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _make_tiny(self)
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        return LesionShufflePatchTrainer.build_network_architecture(
+            plans_manager, tiny_configuration(configuration_manager), num_input_channels, num_output_channels,
+            enable_deep_supervision)
