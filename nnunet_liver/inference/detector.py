@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -150,6 +150,7 @@ class LiverDetector:
         shape = loaded.data.shape[1:]
         detections, reclassified, recls_results = {}, {}, {}
         rng = np.random.default_rng([self.seed, _stable_hash(loaded.case_id)])
+        prepared = None  # the case on UNet-patch's grid, computed once for every factor
         for f in self.factors:
             detections[f] = seg2det(maps[f], loaded.spacing, images=images, probabilities=probabilities,
                                     origin=ref.GetOrigin(), direction=ref.GetDirection())
@@ -158,9 +159,11 @@ class LiverDetector:
             else:
                 from nnunet_liver.inference.patch_model import reclassify_on_case
 
+                if prepared is None and detections[f]:
+                    prepared = self.patch_model.prepare_image(loaded.data, loaded.spacing)
                 reclassified[f], recls_results[f] = reclassify_on_case(
-                    self.patch_model, detections[f], instance_map(detections[f], shape), maps[f], loaded.data,
-                    loaded.spacing, rng, n=self.num_patches, max_volume_cm3=self.max_reclassify_volume_cm3,
+                    self.patch_model, prepared, detections[f], instance_map(detections[f], shape), maps[f], rng,
+                    n=self.num_patches, max_volume_cm3=self.max_reclassify_volume_cm3,
                     min_score_cm3=self.min_score_cm3)
         record, final = self._record(loaded, maps, probabilities, detections, reclassified, recls_results)
         record["timing_s"] = {"load_and_predict": round(t_predict, 3),

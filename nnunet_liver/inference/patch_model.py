@@ -35,33 +35,42 @@ class PatchModel:
     def describe(self) -> dict:
         return self.model.describe()
 
-    def prepare(self, data: np.ndarray, spacing: Sequence[float], instance_map: np.ndarray,
-                liver_mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[float, ...]]:
-        """Bring one case onto UNet-patch's grid with nnU-Net's preprocessor (as the patch model was trained).
+    def prepare_image(self, data: np.ndarray, spacing: Sequence[float]) -> dict:
+        """Preprocess a case's image for UNet-patch once (nnU-Net's preprocessor: crop, normalise, resample).
 
         Parameters
         ----------
         data : (C, Z, Y, X) float32 HU on the whole-CT grid. spacing : (z, y, x) mm.
-        instance_map : (Z, Y, X) lesion ids. liver_mask : (Z, Y, X) bool.
+
+        Returns
+        -------
+        a dict for :meth:`prepare_masks` holding the image (C, z, y, x) normalised on UNet-patch's grid.
+        """
+        image, _, properties = preprocess_like_training(self.model, data, spacing)
+        return {"image": image, "properties": properties, "data_shape": data.shape, "spacing": tuple(spacing)}
+
+    def prepare_masks(self, prepared: dict, instance_map: np.ndarray, liver_mask: np.ndarray
+                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[float, ...]]:
+        """Resample the lesion ids and the liver mask onto UNet-patch's grid the way the image was.
 
         Returns
         -------
         (image (C, z, y, x) normalised float32, instance map (z, y, x) int32, liver mask (z, y, x) bool,
-        spacing (z, y, x) mm of UNet-patch's grid)
+        spacing (z, y, x) mm of UNet-patch's grid), all in (z, y, x) order.
         """
-        if instance_map.max() >= np.iinfo(np.int32).max // 2:
-            raise ValueError("too many lesions to encode")
+        from nnunet_liver.inference.predict import resample_seg_like
+
         # one label map carries both: lesion ids 1..n, liver (without lesion) n + 1
         combined = instance_map.astype(np.int32)
         liver_id = int(combined.max()) + 1
         combined[(combined == 0) & liver_mask] = liver_id
-        image, seg, properties = preprocess_like_training(self.model, data, spacing, seg=combined[None])
-        seg = seg[0].astype(np.int32)
+        image = prepared["image"]
+        seg = resample_seg_like(self.model, combined[None], prepared["properties"], image.shape[1:])[0]
+        seg = seg.astype(np.int32)
         pm = self.model.plans_manager
         spacing_pp = tuple(float(s) for s in self.model.configuration_manager.spacing)
         if list(pm.transpose_forward) != [0, 1, 2]:
-            back = [0, *[i + 1 for i in pm.transpose_backward]]
-            image = image.transpose(back)
+            image = image.transpose([0, *[i + 1 for i in pm.transpose_backward]])
             seg = seg.transpose(pm.transpose_backward)
             spacing_pp = tuple(spacing_pp[i] for i in pm.transpose_backward)
         seg[seg < 0] = 0
@@ -85,16 +94,20 @@ class PatchModel:
         return probabilities.argmax(1).cpu().numpy()
 
 
-def reclassify_on_case(patch_model: PatchModel, lesions: List, instance_map: np.ndarray, label_map: np.ndarray,
-                       data: np.ndarray, spacing: Sequence[float], rng: np.random.Generator, n: int = 10,
-                       max_volume_cm3: float = 64.0, min_score_cm3: float = 0.5) -> Tuple[List, Dict[int, object]]:
-    """Reclassify one factor's lesions on a case (arrays on the whole-CT grid); see ``reclassify``."""
+def reclassify_on_case(patch_model: PatchModel, prepared: dict, lesions: List, instance_map: np.ndarray,
+                       label_map: np.ndarray, rng: np.random.Generator, n: int = 10, max_volume_cm3: float = 64.0,
+                       min_score_cm3: float = 0.5) -> Tuple[List, Dict[int, object]]:
+    """Reclassify one factor's lesions on a case; see ``reclassify``.
+
+    ``prepared`` comes from ``patch_model.prepare_image`` (once per case); ``instance_map`` (lesion ids) and
+    ``label_map`` (the factor's 13-class map, whose labels 1..8 are the liver) are on the whole-CT grid.
+    """
     from nnunet_liver.postprocessing.reclassify import reclassify
 
     if not lesions:
         return [], {}
     liver_mask = np.isin(label_map, LIVER_REGION_IDS)
-    image, instances, liver, spacing_pp = patch_model.prepare(data, spacing, instance_map, liver_mask)
+    image, instances, liver, spacing_pp = patch_model.prepare_masks(prepared, instance_map, liver_mask)
     return reclassify(lesions, instances, liver, image, spacing_pp, patch_model.predict_patches, n=n,
                       patch_size=patch_model.patch_size, max_volume_cm3=max_volume_cm3, min_score_cm3=min_score_cm3,
                       rng=rng)

@@ -8,7 +8,7 @@ import numpy as np
 
 from nnunet_liver.inference.model import LoadedModel
 
-__all__ = ["predict_probabilities", "preprocess_like_training"]
+__all__ = ["predict_probabilities", "preprocess_like_training", "resample_seg_like"]
 
 
 def preprocess_like_training(model: LoadedModel, data: np.ndarray, spacing, seg: np.ndarray = None):
@@ -32,6 +32,11 @@ def preprocess_like_training(model: LoadedModel, data: np.ndarray, spacing, seg:
                                                        model.configuration_manager, model.dataset_json)
     if seg is None:
         return out, None, properties
+    return out, resample_seg_like(model, seg, properties, out.shape[1:]), properties
+
+
+def resample_seg_like(model: LoadedModel, seg: np.ndarray, properties: dict, new_shape) -> np.ndarray:
+    """Transpose, crop and resample a (1, Z, Y, X) label map exactly as ``run_case_npy`` did the image."""
     from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
     pm, cm = model.plans_manager, model.configuration_manager
@@ -41,8 +46,7 @@ def preprocess_like_training(model: LoadedModel, data: np.ndarray, spacing, seg:
     target_spacing = list(cm.spacing)
     if len(target_spacing) < 3:
         target_spacing = [original_spacing[0]] + target_spacing
-    seg = cm.resampling_fn_seg(seg, out.shape[1:], original_spacing, target_spacing)
-    return out, np.asarray(seg), properties
+    return np.asarray(cm.resampling_fn_seg(seg, tuple(new_shape), original_spacing, target_spacing))
 
 
 def predict_probabilities(predictor, model: LoadedModel, data: np.ndarray, spacing) -> np.ndarray:
