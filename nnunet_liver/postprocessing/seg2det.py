@@ -18,7 +18,8 @@ import numpy as np
 from nnunet_liver.labels import LESION_IDS, LESION_PRIORITY, name_of, priority_rank
 
 __all__ = ["Lesion", "seg2det", "instance_map", "lesion_mask", "lesions_from_instance_map", "lesion_foreground",
-           "slice_overlap_components", "max_axial_diameter_mm"]
+           "slice_overlap_components", "lesion_components",
+           "max_axial_diameter_mm"]
 
 _LESION_NAMES = tuple(name_of(i) for i in LESION_IDS)
 
@@ -117,35 +118,96 @@ def slice_overlap_components(fg: np.ndarray) -> Tuple[np.ndarray, int]:
     return labels[0::2], int(n)
 
 
+def lesion_components(fg: np.ndarray) -> List[Tuple[Tuple[slice, slice, slice], np.ndarray]]:
+    """Slice-overlap components of a bool (Z, Y, X) mask as ``(bbox slices, bool mask of the bbox)``, unordered.
+
+    Fast path for sparse lesions (a recursive XY-cut): voxels separated by an empty slice, or with separate
+    8-connected in-plane footprints (projections along z), can never join, so the volume is split along both until
+    no split is left, and only those small boxes are labelled.
+    """
+    out: List[Tuple[Tuple[slice, slice, slice], np.ndarray]] = []
+    if fg.any():
+        _split(np.asarray(fg, dtype=bool), (0, 0, 0), out)
+    return out
+
+
+def _runs(flags: np.ndarray) -> List[Tuple[int, int]]:
+    d = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def _split(sub: np.ndarray, off, out) -> None:
+    import cc3d
+    from scipy import ndimage
+
+    runs = _runs(sub.any(axis=(1, 2)))
+    for a, b in runs:
+        s = sub[a:b]
+        footprint = s.any(axis=0)
+        plab, n = cc3d.connected_components(footprint.view(np.uint8), connectivity=8, return_N=True)
+        boxes = ndimage.find_objects(plab)
+        whole = len(runs) == 1 and n == 1  # nothing left to split: label this box
+        for k, (ys, xs) in enumerate(boxes, start=1):
+            piece = s[:, ys, xs]
+            if n > 1:
+                piece = piece & (plab[ys, xs] == k)
+            poff = (off[0] + a, off[1] + ys.start, off[2] + xs.start)
+            if whole:
+                _label_box(piece, poff, out)
+            else:
+                _split(piece, poff, out)
+
+
+def _label_box(sub: np.ndarray, off, out) -> None:
+    from scipy import ndimage
+
+    labels, n = slice_overlap_components(sub)
+    if n == 1:
+        out.append((tuple(slice(o, o + d) for o, d in zip(off, sub.shape)), sub))
+        return
+    for j, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is not None:
+            out.append((tuple(slice(o + b.start, o + b.stop) for o, b in zip(off, box)), labels[box] == j))
+
+
+def _centroid(m: np.ndarray, box) -> Tuple[float, float, float]:
+    n = float(np.count_nonzero(m))
+    out = []
+    for axis, sl in enumerate(box):
+        other = tuple(a for a in range(3) if a != axis)
+        prof = np.count_nonzero(m, axis=other)
+        out.append(float((prof * np.arange(m.shape[axis])).sum() / n + sl.start))
+    return tuple(out)
+
+
 def max_axial_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
     """Largest in-plane (axial) Feret diameter of a bool (z, y, x) mask, in mm, over all its slices.
 
     Pixels are squares: the distance between two pixels is taken between their farthest corners
-    (``sqrt(((|dy|+1) sy)^2 + ((|dx|+1) sx)^2)``), so a single pixel measures its diagonal.
+    (``sqrt(((|dy|+1) sy)^2 + ((|dx|+1) sx)^2)``), so a single pixel measures its diagonal. For two rows the
+    farthest pair uses each row's leftmost or rightmost pixel, so only those enter the pairwise search.
     """
-    from scipy import ndimage
-
     sy, sx = float(spacing[1]), float(spacing[2])
+    m = np.asarray(mask, dtype=bool)
+    nz, ny, nx = m.shape
+    has = m.any(axis=2)
+    if not has.any():
+        return 0.0
+    xmin = m.argmax(axis=2)
+    xmax = nx - 1 - m[:, :, ::-1].argmax(axis=2)
+    ys = np.concatenate([np.arange(ny), np.arange(ny)]).astype(np.float64)
+    xs = np.concatenate([xmin, xmax], axis=1).astype(np.float64)  # (nz, 2ny)
+    valid = np.concatenate([has, has], axis=1)
+    dy2 = ((np.abs(ys[:, None] - ys[None, :]) + 1) * sy) ** 2  # (2ny, 2ny), same for every slice
+    step = max(1, 2_000_000 // (4 * ny * ny))
     best = 0.0
-    cross = ndimage.generate_binary_structure(2, 1)
-    for z in range(mask.shape[0]):
-        sl = mask[z]
-        if not sl.any():
-            continue
-        edge = sl & ~ndimage.binary_erosion(sl, cross, border_value=0)
-        yy, xx = np.nonzero(edge)
-        if yy.size > 1500:  # only convex-hull points matter; thin out very large outlines
-            from scipy.spatial import ConvexHull
-            pts = np.stack([yy, xx], 1).astype(float)
-            try:
-                v = ConvexHull(pts).vertices
-                yy, xx = yy[v], xx[v]
-            except Exception:  # degenerate (collinear) outline
-                pass
-        dy = (np.abs(yy[:, None] - yy[None, :]) + 1) * sy
-        dx = (np.abs(xx[:, None] - xx[None, :]) + 1) * sx
-        best = max(best, float(np.sqrt((dy * dy + dx * dx).max())))
-    return best
+    for z0 in range(0, nz, step):
+        x = xs[z0:z0 + step]
+        v = valid[z0:z0 + step]
+        d2 = ((np.abs(x[:, :, None] - x[:, None, :]) + 1) * sx) ** 2 + dy2[None]
+        d2 *= v[:, :, None] & v[:, None, :]
+        best = max(best, float(d2.max()))
+    return float(np.sqrt(best))
 
 
 def _vote(counts: np.ndarray) -> int:
@@ -206,16 +268,9 @@ def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, n
     sp = _check_spacing(spacing)
     voxel_cm3 = sp[0] * sp[1] * sp[2] / 1000.0
     fg = lesion_foreground(lm)
-    zs = np.flatnonzero(fg.any(axis=(1, 2)))
-    if zs.size == 0:
+    components = lesion_components(fg)
+    if not components:
         return []
-    ys = np.flatnonzero(fg[zs[0]:zs[-1] + 1].any(axis=(0, 2)))
-    xs = np.flatnonzero(fg[zs[0]:zs[-1] + 1, ys[0]:ys[-1] + 1].any(axis=(0, 1)))
-    off = (int(zs[0]), int(ys[0]), int(xs[0]))
-    crop = (slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
-    labels, n = slice_overlap_components(fg[crop])
-    from scipy import ndimage
-    boxes = ndimage.find_objects(labels)
 
     if images is not None:
         for ph, im in images.items():
@@ -229,11 +284,7 @@ def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, n
             raise ValueError(f"probabilities have shape {tuple(probabilities.shape)}, expected (14,) + {lm.shape}")
 
     lesions = []
-    for k, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        m = labels[box] == k
-        gbox = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, off))
+    for gbox, m in components:
         types = lm[gbox][m]
         counts = np.bincount(types.astype(np.intp), minlength=LESION_IDS[-1] + 1)[LESION_IDS[0]:LESION_IDS[-1] + 1]
         first = np.unravel_index(int(np.argmax(m.ravel())), m.shape)
@@ -245,8 +296,7 @@ def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, n
     for new_id, (_, gbox, m, counts) in enumerate(lesions, start=1):
         label = _vote(counts)
         nvox = int(counts.sum())
-        zz, yy, xx = np.nonzero(m)
-        cvox = (float(zz.mean() + gbox[0].start), float(yy.mean() + gbox[1].start), float(xx.mean() + gbox[2].start))
+        cvox = _centroid(m, gbox)
         les = Lesion(
             id=new_id, label=int(label), type=name_of(label),
             volumes_cm3_by_type={nm: float(c * voxel_cm3) for nm, c in zip(_LESION_NAMES, counts)},
@@ -302,8 +352,7 @@ def lesions_from_instance_map(instances, spacing: Sequence[float], types: Mappin
             raise ValueError(f"instance id {i}: type {t!r} is not a lesion type")
         m = inst[box] == i
         nvox = int(m.sum())
-        zz, yy, xx = np.nonzero(m)
-        cvox = (float(zz.mean() + box[0].start), float(yy.mean() + box[1].start), float(xx.mean() + box[2].start))
+        cvox = _centroid(m, box)
         out.append(Lesion(
             id=i, label=label, type=name_of(label),
             volumes_cm3_by_type={nm: (float(nvox * voxel_cm3) if nm == name_of(label) else 0.0)
