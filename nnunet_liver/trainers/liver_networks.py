@@ -186,12 +186,13 @@ def _nonlin_kwargs(nonlin) -> Optional[dict]:
 
 
 def tiny_configuration(configuration_manager, features: Sequence[int] = TINY_FEATURES,
-                       patch_size: Sequence[int] = TINY_PATCH_SIZE):
+                       patch_size: Sequence[int] = TINY_PATCH_SIZE, transpose_forward: Sequence[int] = None):
     """A copy of an nnU-Net ConfigurationManager with a tiny U-Net (``len(features)`` stages) for CPU tests.
 
     Idempotent (a tiny configuration stays as it is), pure (the predictor rebuilds the same network from the
     saved plans). The patch size is ``min(plan, patch_size)`` per axis, rounded down to a multiple of the
-    network's total stride. Strides and kernels are the plan's first stages.
+    network's total stride. Strides and kernels are the plan's first stages. ``patch_size`` is (z, y, x); give the
+    plans' ``transpose_forward`` to have it in nnU-Net's (transposed) axis order.
     """
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
@@ -208,6 +209,8 @@ def tiny_configuration(configuration_manager, features: Sequence[int] = TINY_FEA
                 arch[key] = [2] + [1] * (n - 1)
         if "n_conv_per_stage_decoder" in arch:
             arch["n_conv_per_stage_decoder"] = [1] * (n - 1)
+    if transpose_forward is not None:
+        patch_size = [patch_size[i] for i in transpose_forward]
     total = [1] * len(arch["strides"][0])
     for s in arch["strides"]:
         total = [t * int(si) for t, si in zip(total, s)]

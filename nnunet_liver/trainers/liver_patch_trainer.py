@@ -25,8 +25,12 @@ __all__ = ["LesionShufflePatchTrainer", "PATCH_SIZE", "with_patch_size"]
 PATCH_SIZE: Tuple[int, int, int] = (16, 128, 128)
 
 
-def with_patch_size(configuration_manager: ConfigurationManager, patch_size) -> Optional[ConfigurationManager]:
-    """A copy of the configuration with ``patch_size``, or None if the network's strides do not divide it."""
+def with_patch_size(configuration_manager: ConfigurationManager, patch_size,
+                    transpose_forward=None) -> Optional[ConfigurationManager]:
+    """A copy of the configuration with ``patch_size`` ((z, y, x), put in nnU-Net's axis order by the plans'
+    ``transpose_forward``), or None if the network's strides do not divide it."""
+    if transpose_forward is not None:
+        patch_size = [patch_size[i] for i in transpose_forward]
     cfg = copy.deepcopy(configuration_manager.configuration)
     strides = cfg["architecture"]["arch_kwargs"]["strides"]
     total = [1] * len(patch_size)
@@ -51,7 +55,7 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        cm = with_patch_size(self.configuration_manager, self.patch_size)
+        cm = with_patch_size(self.configuration_manager, self.patch_size, self.plans_manager.transpose_forward)
         if cm is None:
             self.print_to_log_file(
                 f"LesionShufflePatchTrainer: the planned network's strides do not divide the patch size "

@@ -1,0 +1,204 @@
+"""``nnunet-liver-convert patches``: derive the UNet-patch dataset from a whole-CT nnU-Net raw dataset.
+
+Design
+------
+UNet-patch (the reclassification model, ``LesionShufflePatchTrainer``) only ever sees the liver: its patches are
+16 x 128 x 128 voxels cut *on the fly* by the lesion-shuffle schemes (original/shuffled positive/negative), with
+everything outside the liver masked. Its raw dataset therefore stores each case once, reduced to what the shuffle
+needs; the patches themselves are never written to disk (so the schemes, rates and patch size stay training-time
+choices and nnU-Net's planning, preprocessing and normalisation apply unchanged).
+
+Per case of the input dataset (images ``CASE_000k``, label map in the 13-class scheme):
+
+1. liver region = labels 1..8 (the six lesion types, liver parenchyma, hepatic vessels);
+2. crop every channel and the label map to the liver region's bounding box plus ``--margin-mm`` (clipped to the
+   image), keeping the physical geometry (origin moves with the crop, spacing and direction unchanged);
+3. mask: image voxels outside the liver region are set to ``--masked-hu`` (default -1024 HU, air);
+4. patch labels: 0 = outside the liver (masked), 1..6 = lesion types unchanged, 7 = liver (parenchyma and hepatic
+   vessels, 7 and 8).
+
+The channel layout (dataset.json ``channel_names``) is kept, so a missing phase stays a constant channel and
+UNet-patch, like UNet-whole, takes any phase subset. Cases without any liver voxel are skipped (reported).
+The trainer masks outside-liver voxels again *after* nnU-Net's normalisation (image value 0.0, what
+``make_reclassification_patches`` uses at inference), so ``--masked-hu`` only matters for nnU-Net's own final
+validation on whole cropped cases.
+
+The output is written to a temporary folder and renamed, so a failed run leaves nothing behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from nnunet_liver import labels as L
+from nnunet_liver.utils.io import InputError, atomic_dir, read_image, write_json_atomic
+
+__all__ = ["add_arguments", "run", "convert_patch_dataset", "patch_case"]
+
+DEFAULT_MARGIN_MM = 10.0
+
+
+def patch_case(images: Sequence[np.ndarray], label: np.ndarray, spacing: Sequence[float],
+               margin_mm: float = DEFAULT_MARGIN_MM, masked_hu: float = L.MISSING_PHASE_VALUE):
+    """Liver-crop and mask one case.
+
+    Parameters
+    ----------
+    images : sequence of (Z, Y, X) arrays (HU), one per channel
+    label : (Z, Y, X) int, 13-class scheme
+    spacing : (z, y, x) mm
+    margin_mm : margin around the liver's bounding box, per axis, in mm
+    masked_hu : image value outside the liver region
+
+    Returns
+    -------
+    (images cropped and masked, patch label map uint8, bbox as ((z0, z1), (y0, y1), (x0, x1)) half-open) or None
+    when the case holds no liver voxel.
+    """
+    region = np.isin(label, L.LIVER_REGION_IDS)
+    if not region.any():
+        return None
+    idx = np.nonzero(region)
+    bbox = []
+    for ax, (lo, hi) in enumerate(zip((i.min() for i in idx), (i.max() for i in idx))):
+        m = int(np.ceil(margin_mm / float(spacing[ax])))
+        bbox.append((max(0, int(lo) - m), min(label.shape[ax], int(hi) + 1 + m)))
+    sl = tuple(slice(a, b) for a, b in bbox)
+    reg = region[sl]
+    out_images = []
+    for im in images:
+        c = np.array(im[sl], dtype=np.float32)
+        c[~reg] = masked_hu
+        out_images.append(c)
+    lab = label[sl]
+    patch = np.zeros(lab.shape, np.uint8)
+    for lesion in L.LESION_IDS:
+        patch[lab == lesion] = lesion
+    patch[np.isin(lab, (L.LIVER, L.HEPATIC_VESSELS))] = L.PATCH_LIVER
+    return out_images, patch, tuple(bbox)
+
+
+def _cases(raw: Path, file_ending: str, num_channels: int):
+    names = sorted(p.name[:-len(file_ending)] for p in (raw / "labelsTr").glob("*" + file_ending))
+    if not names:
+        raise InputError(f"{raw / 'labelsTr'}: no label files ending in {file_ending}")
+    for name in names:
+        imgs = [raw / "imagesTr" / f"{name}_{c:04d}{file_ending}" for c in range(num_channels)]
+        missing = [str(p) for p in imgs if not p.is_file()]
+        if missing:
+            raise InputError(f"{missing[0]}: image of case {name} not found")
+        yield name, imgs, raw / "labelsTr" / f"{name}{file_ending}"
+
+
+def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARGIN_MM,
+                          masked_hu: float = L.MISSING_PHASE_VALUE, overwrite: bool = False,
+                          progress: bool = True) -> Path:
+    """Write the UNet-patch raw dataset derived from the whole-CT raw dataset ``input_dir`` to ``output_dir``.
+
+    Returns the output folder. Raises InputError for a missing/invalid input dataset or an existing output.
+    """
+    import SimpleITK as sitk
+    from tqdm import tqdm
+
+    raw, out = Path(input_dir), Path(output_dir)
+    ds_file = raw / "dataset.json"
+    if not ds_file.is_file():
+        raise InputError(f"{ds_file}: not found (input must be an nnU-Net raw dataset folder)")
+    ds = json.loads(ds_file.read_text())
+    ds_labels = {str(k): v for k, v in ds.get("labels", {}).items()}
+    if ds_labels != L.dataset_json_labels():
+        raise InputError(f"{ds_file}: labels are not nnunet_liver's 13-class scheme (convert the dataset first)")
+    if margin_mm < 0:
+        raise InputError(f"margin must be >= 0 mm, got {margin_mm}")
+    channels = ds.get("channel_names", ds.get("modality"))
+    file_ending = ds.get("file_ending", ".nii.gz")
+    if not re.match(r"^Dataset\d{3}_\w+$", out.name):
+        raise InputError(f"{out}: the output folder must be named like nnU-Net datasets, DatasetXXX_Name")
+    cases = list(_cases(raw, file_ending, len(channels)))
+    kept, skipped = [], []
+    with atomic_dir(str(out), overwrite=overwrite) as tmp:
+        os.makedirs(os.path.join(tmp, "imagesTr"))
+        os.makedirs(os.path.join(tmp, "labelsTr"))
+        for name, img_paths, lab_path in tqdm(cases, desc="patch dataset", unit="case", disable=not progress):
+            lab, spacing, lab_img = read_image(str(lab_path), what="label")
+            arrays = []
+            for p in img_paths:
+                arr, _, _ = read_image(str(p))
+                if arr.shape != lab.shape:
+                    raise InputError(f"{p}: shape {arr.shape} differs from its label map's {lab.shape}")
+                arrays.append(arr)
+            L.validate_label_values(np.unique(lab), what=str(lab_path))
+            res = patch_case(arrays, lab, spacing, margin_mm, masked_hu)
+            if res is None:
+                skipped.append(name)
+                continue
+            images, patch, bbox = res
+            (z0, z1), (y0, y1), (x0, x1) = bbox
+            ref = lab_img[x0:x1, y0:y1, z0:z1]  # SimpleITK slices x, y, z and keeps the physical geometry
+            for c, im in enumerate(images):
+                o = sitk.GetImageFromArray(im)
+                o.CopyInformation(ref)
+                sitk.WriteImage(o, os.path.join(tmp, "imagesTr", f"{name}_{c:04d}{file_ending}"), True)
+            o = sitk.GetImageFromArray(patch)
+            o.CopyInformation(ref)
+            sitk.WriteImage(o, os.path.join(tmp, "labelsTr", f"{name}{file_ending}"), True)
+            kept.append({"case": name, "bbox_zyx": [list(b) for b in bbox]})
+        if not kept:
+            raise InputError(f"{raw}: no case holds liver voxels (labels 1..8); nothing to convert")
+        dataset_json = {
+            "channel_names": dict(channels), "labels": L.patch_dataset_json_labels(), "numTraining": len(kept),
+            "file_ending": file_ending, "name": out.name,
+            "description": f"UNet-patch dataset (liver-cropped, outside-liver masked) derived from {raw.name}",
+            "converted_by": "nnunet-liver-convert patches"}
+        for key in ("overwrite_image_reader_writer", "licence", "reference"):
+            if key in ds:
+                dataset_json[key] = ds[key]
+        write_json_atomic(dataset_json, os.path.join(tmp, "dataset.json"))
+        write_json_atomic({"schema_version": "1.0", "source": str(raw), "margin_mm": margin_mm,
+                           "masked_hu": masked_hu, "cases": kept, "skipped_no_liver": skipped},
+                          os.path.join(tmp, "patch_dataset.json"))
+    if skipped:
+        print(f"nnunet-liver-convert patches: skipped {len(skipped)} case(s) without liver: {', '.join(skipped)}")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--input", required=True,
+                        help="whole-CT nnU-Net raw dataset folder (dataset.json with nnunet_liver's 13 labels)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output raw dataset folder, e.g. $nnUNet_raw/Dataset502_LiverPatch")
+    parser.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM,
+                        help=f"margin around the liver's bounding box in mm (default: {DEFAULT_MARGIN_MM})")
+    parser.add_argument("--masked-hu", type=float, default=L.MISSING_PHASE_VALUE,
+                        help=f"image value outside the liver in HU (default: {L.MISSING_PHASE_VALUE})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def run(args: argparse.Namespace) -> Path:
+    return convert_patch_dataset(args.input, args.output, margin_mm=args.margin_mm, masked_hu=args.masked_hu,
+                                 overwrite=args.overwrite)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Stand-alone entry (``python -m nnunet_liver.dataset_conversion.patches``)."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="nnunet-liver-convert patches", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except InputError as e:
+        print(f"nnunet-liver-convert: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
