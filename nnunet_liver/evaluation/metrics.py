@@ -1,0 +1,230 @@
+"""Metric formulas: lesion-level tables (seed 003 Tables I, II, V), patient-level malignancy (Table IV), AUC
+(Mann-Whitney, seed 002 Table 3), FROC and average precision, Dice.
+
+Lesion-level conventions (they reproduce seed 003 Table V exactly): for a type T,
+``recall = TP / (TP + FN + FL)`` with FL the reference lesions of type T matched to another type,
+``precision = TP / (TP + FP + FL_pred)`` with FL_pred the predictions of type T matched to a reference of another
+type, and ``recall_rough = (TP + FL) / (TP + FL + FN)`` (detection regardless of type). For "All", FL_pred = FL.
+For "Malign" the group is one class: a malignant reference matched to any malignant prediction is a TP.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from nnunet_liver.labels import LESION_IDS, MALIGNANT_IDS, name_of
+
+__all__ = ["TYPE_NAMES", "MALIGNANT_NAMES", "SIZE_BINS_CM3", "FROC_RATES", "lesion_row", "lesion_table",
+           "size_bin", "strata_table", "reference_counts_table", "patient_table", "auc_mann_whitney", "auc_table",
+           "froc", "average_precision", "dice_from_counts", "confusion_counts"]
+
+TYPE_NAMES: Tuple[str, ...] = tuple(name_of(i) for i in LESION_IDS)
+MALIGNANT_NAMES = frozenset(name_of(i) for i in MALIGNANT_IDS)
+#: lesion-size strata of seed 003 Table I, in cm3: [0.5, 2), [2, 4), [4, 8), [8, 16), [16, 64), [64, inf)
+SIZE_BINS_CM3: Tuple[float, ...] = (0.5, 2.0, 4.0, 8.0, 16.0, 64.0)
+#: false positives per case at which FROC sensitivities are reported
+FROC_RATES: Tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _ratio(num: float, den: float) -> Optional[float]:
+    return None if den == 0 else float(num) / float(den)
+
+
+def lesion_row(tp: int, fl: int, fp: int, fn: int, fl_pred: Optional[int] = None) -> Dict[str, object]:
+    """One table row: the counts plus precision, recall and recall-rough (None where undefined)."""
+    fl_pred = fl if fl_pred is None else fl_pred
+    return {"FN": int(fn), "FP": int(fp), "FL": int(fl), "TP": int(tp), "FL_pred": int(fl_pred),
+            "precision": _ratio(tp, tp + fp + fl_pred), "recall": _ratio(tp, tp + fn + fl),
+            "recall_rough": _ratio(tp + fl, tp + fl + fn)}
+
+
+def lesion_table(matches: Iterable) -> Dict[str, Dict[str, object]]:
+    """Rows per type, "All" and "Malign" from MatchResults (one per case)."""
+    per = {t: {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0} for t in TYPE_NAMES}
+    mal = {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0}
+    for m in matches:
+        for t in TYPE_NAMES:
+            for k in per[t]:
+                per[t][k] += m.per_type[t][k]
+        for rt, pt in m.pair_types:
+            r_mal, p_mal = rt in MALIGNANT_NAMES, pt in MALIGNANT_NAMES
+            if r_mal and p_mal:
+                mal["tp"] += 1
+            elif r_mal:
+                mal["fl"] += 1
+            elif p_mal:
+                mal["fl_pred"] += 1
+    for t in MALIGNANT_NAMES:
+        mal["fn"] += per[t]["fn"]
+        mal["fp"] += per[t]["fp"]
+    rows = {t: lesion_row(**per[t]) for t in TYPE_NAMES}
+    tot = {k: sum(per[t][k] for t in TYPE_NAMES) for k in ("tp", "fl", "fp", "fn")}
+    rows["All"] = lesion_row(**tot)
+    rows["Malign"] = lesion_row(**mal)
+    return rows
+
+
+def size_bin(volume_cm3: float, edges: Sequence[float] = SIZE_BINS_CM3) -> str:
+    """Name of a volume's stratum: "<0.5", "0.5-2", ..., "16-64", ">64"."""
+    if volume_cm3 < edges[0]:
+        return f"<{edges[0]:g}"
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if volume_cm3 < hi:
+            return f"{lo:g}-{hi:g}"
+    return f">{edges[-1]:g}"
+
+
+def _bin_names(edges=SIZE_BINS_CM3, with_small=False) -> List[str]:
+    names = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])] + [f">{edges[-1]:g}"]
+    return ([f"<{edges[0]:g}"] if with_small else []) + names
+
+
+def strata_table(cases: Iterable[Tuple[object, Dict[int, float], Dict[int, float]]],
+                 with_small: bool = False) -> Dict[str, Dict[str, object]]:
+    """Lesion-level rows per size stratum (all types together).
+
+    ``cases`` yields ``(MatchResult, {ref id: volume_cm3}, {pred id: volume_cm3})``. TP, FL and FN go to the
+    reference lesion's stratum, FP to the prediction's.
+    """
+    acc = {b: {"tp": 0, "fl": 0, "fp": 0, "fn": 0} for b in _bin_names(with_small=with_small)}
+    for m, ref_vol, pred_vol in cases:
+        for (rid, _), (rt, pt) in zip(m.pairs, m.pair_types):
+            acc.setdefault(size_bin(ref_vol[rid]), {"tp": 0, "fl": 0, "fp": 0, "fn": 0})
+            acc[size_bin(ref_vol[rid])]["tp" if rt == pt else "fl"] += 1
+        for rid in m.unmatched_reference:
+            acc.setdefault(size_bin(ref_vol[rid]), {"tp": 0, "fl": 0, "fp": 0, "fn": 0})["fn"] += 1
+        for pid in m.unmatched_prediction:
+            acc.setdefault(size_bin(pred_vol[pid]), {"tp": 0, "fl": 0, "fp": 0, "fn": 0})["fp"] += 1
+    return {b: lesion_row(**c) for b, c in acc.items()}
+
+
+def reference_counts_table(lesion_lists: Iterable[Sequence], min_volume_cm3: float = 0.5) -> Dict[str, Dict[str, int]]:
+    """Seed 003 Table I: reference lesions per type x size stratum (+ Total), with "All" and "Malign" rows."""
+    bins = _bin_names(with_small=min_volume_cm3 < SIZE_BINS_CM3[0])
+    rows = {t: {b: 0 for b in bins + ["Total"]} for t in TYPE_NAMES + ("All", "Malign")}
+    for lesions in lesion_lists:
+        for les in lesions:
+            if les.volume_cm3 < min_volume_cm3:
+                continue
+            b = size_bin(les.volume_cm3)
+            for row in (les.type, "All") + (("Malign",) if les.type in MALIGNANT_NAMES else ()):
+                rows[row][b] += 1
+                rows[row]["Total"] += 1
+    return rows
+
+
+def patient_table(pairs: Iterable[Tuple[str, str]]) -> Dict[str, object]:
+    """Patient-level malignancy sensitivity/specificity and patient-class accuracy (seed 003 Table IV, eq. 12).
+
+    ``pairs`` yields ``(reference class, predicted class)``; a predicted "uncertain" is counted apart and left out
+    of sensitivity, specificity and accuracy (as the paper's consensus rows count only the agreeing cases).
+    """
+    n = n_unc = correct = tp = fn = tn = fp = 0
+    for ref, pred in pairs:
+        n += 1
+        if pred == "uncertain":
+            n_unc += 1
+            continue
+        correct += ref == pred
+        r_mal, p_mal = ref in MALIGNANT_NAMES, pred in MALIGNANT_NAMES
+        tp += r_mal and p_mal
+        fn += r_mal and not p_mal
+        tn += (not r_mal) and (not p_mal)
+        fp += (not r_mal) and p_mal
+    return {"cases": n, "uncertain": n_unc, "certain": n - n_unc, "correct_class": correct,
+            "class_accuracy": _ratio(correct, n - n_unc), "class_accuracy_all": _ratio(correct, n),
+            "malignant_tp": tp, "malignant_fn": fn, "malignant_tn": tn, "malignant_fp": fp,
+            "malignancy_sensitivity": _ratio(tp, tp + fn), "malignancy_specificity": _ratio(tn, tn + fp)}
+
+
+def auc_mann_whitney(scores: Sequence[float], labels: Sequence[bool]) -> Optional[float]:
+    """Area under the ROC curve as the Mann-Whitney U statistic / (n_pos n_neg); ties count one half.
+
+    None when either class is empty.
+    """
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(s)  # average ranks for ties
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def auc_table(cases: Iterable[Tuple[Dict[str, float], Sequence[str]]]) -> Dict[str, object]:
+    """Per-type patient AUC from LiverMax scores. ``cases`` yields ``(livermax {type: score}, reference types)``.
+
+    A case is positive for a type when its reference holds at least one lesion of that type.
+    """
+    cases = list(cases)
+    out: Dict[str, object] = {}
+    for t in TYPE_NAMES:
+        s = [lm.get(t, 0.0) for lm, _ in cases]
+        y = [t in types for _, types in cases]
+        out[t] = {"auc": auc_mann_whitney(s, y), "positives": int(sum(y)), "negatives": len(y) - int(sum(y))}
+    vals = [v["auc"] for v in out.values() if v["auc"] is not None]
+    out["mean"] = {"auc": float(np.mean(vals)) if vals else None, "types": len(vals)}
+    return out
+
+
+def _sweep(scores: Sequence[float], hits: Sequence[bool]):
+    """Cumulative hits and false positives at every distinct score threshold (descending)."""
+    s = np.asarray(scores, dtype=np.float64)
+    h = np.asarray(hits, dtype=bool)
+    order = np.argsort(-s, kind="mergesort")
+    s, h = s[order], h[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1] if s.size else np.array([], int)
+    return np.cumsum(h)[last], np.cumsum(~h)[last], s[last]
+
+
+def froc(scores: Sequence[float], hits: Sequence[bool], num_references: int, num_cases: int,
+         rates: Sequence[float] = FROC_RATES) -> Dict[str, object]:
+    """FROC: the best sensitivity reachable with at most ``r`` false positives per case, for each rate ``r``.
+
+    Every prediction counts once, matched (hit, whatever its type) or not (false positive); matching is done once,
+    before thresholding. Sensitivity = hits / ``num_references``.
+    """
+    tps, fps, thr = _sweep(scores, hits)
+    sens = tps / num_references if num_references else np.zeros_like(tps, dtype=float)
+    fpc = fps / max(num_cases, 1)
+    at = {}
+    for r in rates:
+        ok = fpc <= r
+        at[f"{r:g}"] = float(sens[ok].max()) if ok.any() and num_references else 0.0
+    return {"rates": [float(r) for r in rates], "sensitivity_at": at,
+            "mean_sensitivity": float(np.mean(list(at.values()))) if at else None,
+            "curve": {"fp_per_case": fpc.tolist(), "sensitivity": np.asarray(sens, float).tolist(),
+                      "threshold": thr.tolist()},
+            "num_references": int(num_references), "num_cases": int(num_cases)}
+
+
+def average_precision(scores: Sequence[float], hits: Sequence[bool], num_references: int) -> Optional[float]:
+    """AP = sum over thresholds of (recall step) x precision, recall relative to all reference lesions
+    (lesions never detected cap the reachable recall below 1). None without reference lesions."""
+    if num_references == 0:
+        return None
+    tps, fps, _ = _sweep(scores, hits)
+    if tps.size == 0:
+        return 0.0
+    recall = tps / num_references
+    precision = tps / (tps + fps)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def confusion_counts(ref_mask: np.ndarray, pred_mask: np.ndarray) -> Tuple[int, int, int, int]:
+    """(tp, fp, fn, tn) voxel counts of two bool masks."""
+    r, p = np.asarray(ref_mask, bool), np.asarray(pred_mask, bool)
+    tp = int(np.count_nonzero(r & p))
+    fp = int(np.count_nonzero(p)) - tp
+    fn = int(np.count_nonzero(r)) - tp
+    return tp, fp, fn, int(r.size - tp - fp - fn)
+
+
+def dice_from_counts(tp: int, fp: int, fn: int) -> Optional[float]:
+    """2 TP / (2 TP + FP + FN); None when both masks are empty (nnU-Net reports NaN there)."""
+    den = 2 * tp + fp + fn
+    return None if den == 0 else 2.0 * tp / den
