@@ -112,7 +112,8 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
     missing_delayed : D (when requested) is the constant ``MISSING_PHASE_VALUE`` channel.
     misalign_mm : every non-reference phase is shifted by a random translation of length up to this (mm).
     lesion_free : True for a liver without lesions, False for at least one, None for random (20 % free).
-    lesion_types : exact lesion types to place (names of ``LESION_TYPES``), overriding the random draw.
+    lesion_types : exact lesion types to place (names of ``LESION_TYPES``), overriding the random draw and
+        ``lesion_free``; a lesion that cannot fit the liver after many tries is left out.
     noise : add image noise (off for pattern checks without noise).
     """
     shape = tuple(int(s) for s in shape)
@@ -131,9 +132,10 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
     origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(shape, spacing))
 
     label, tissue = build_anatomy(rng, shape, spacing)
-    free = bool(rng.random() < 0.2) if lesion_free is None else bool(lesion_free)
-    if lesion_types is not None and len(lesion_types) == 0:
-        free = True
+    if lesion_types is not None:
+        free = len(lesion_types) == 0
+    else:
+        free = bool(rng.random() < 0.2) if lesion_free is None else bool(lesion_free)
     lesions = [] if free else place_lesions(rng, label, spacing, *_draw_lesions(rng, lesion_types))
 
     enhancement = float(rng.uniform(0.85, 1.15))

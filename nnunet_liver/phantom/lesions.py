@@ -101,13 +101,15 @@ def place_lesions(rng: np.random.Generator, label: np.ndarray, spacing: Sequence
     ``label`` in place and returns the placed lesions (ids 1.. in placement order).
     """
     allowed = (label == L.LIVER) | (label == L.HEPATIC_VESSELS)
-    candidates = np.flatnonzero(label == L.LIVER)
+    liver = label == L.LIVER
+    liver_cm3 = int(liver.sum()) * float(np.prod(spacing)) / 1000.0
+    deep = ndimage.binary_erosion(liver, np.ones((1, 5, 5), bool))  # centres away from the liver surface
+    candidates = np.flatnonzero(deep if deep.any() else liver)
     if candidates.size == 0:
         return []
-    liver_cm3 = candidates.size * float(np.prod(spacing)) / 1000.0
     placed: List[Lesion] = []
     for kind, vol in zip(types, volumes_cm3):
-        vol = min(float(vol), 0.2 * liver_cm3)
+        vol = min(float(vol), 0.15 * liver_cm3)
         vol = max(vol, 6 * float(np.prod(spacing)) / 1000.0)  # at least a few voxels
         for attempt in range(max_tries):
             if attempt and attempt % 8 == 0:

@@ -1,0 +1,101 @@
+"""``nnunet-liver-convert {msd,lits,multiphase,patches}``: public or own data -> nnU-Net raw datasets.
+
+Common options of msd / lits / multiphase::
+
+    -i INPUT        source folder; give -i several times to merge several sources of the same kind into one
+                    dataset (e.g. two MSD tasks, or several folders of multi-phase cases)
+    -d DATASET_ID   nnU-Net dataset id (default per source: msd 520, lits 521, multiphase 522)
+    -n NAME         dataset name (DatasetXXX_NAME)
+    -o RAW_ROOT     nnU-Net raw folder to write into (default: $nnUNet_raw)
+    --phases        channel layout written (msd/lits default V, multiphase default NC,A,V,D)
+    --append        add the cases to the existing DatasetXXX_NAME (same --phases): merges sources of
+                    different kinds, e.g. `msd ... -d 530` then `multiphase ... -d 530 --append`
+    --overwrite     replace an existing DatasetXXX_NAME
+    -np N           worker processes
+
+``patches`` (lesion-shuffle patch dataset for UNet-patch) is provided by
+``nnunet_liver.dataset_conversion.patches`` with its own options.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from nnunet_liver import labels as L
+from nnunet_liver.utils.io import InputError
+
+PROG = "nnunet-liver-convert"
+SOURCES = {"msd": ("Medical Segmentation Decathlon task folder(s) (Task03_Liver, Task08_HepaticVessel, "
+                   "Task09_Spleen, Task07_Pancreas)", "V"),
+           "lits": ("LiTS folder(s) with volume-N / segmentation-N", "V"),
+           "multiphase": ("folder(s) of multi-phase case folders (NC/A/V/D + optional label), registered to the "
+                          "reference phase", ",".join(L.PHASES))}
+
+
+def _add_common(p: argparse.ArgumentParser, default_phases: str) -> None:
+    p.add_argument("-i", "--input", action="append", required=True, metavar="INPUT",
+                   help="source folder; repeat to merge several sources into one dataset")
+    p.add_argument("-d", "--dataset-id", type=int, default=None,
+                   help="nnU-Net dataset id (default: msd 520, lits 521, multiphase 522)")
+    p.add_argument("-n", "--name", default=None, help="dataset name (default from the source)")
+    p.add_argument("-o", "--output", default=None, metavar="RAW_ROOT",
+                   help="nnU-Net raw folder to write DatasetXXX_NAME into (default: $nnUNet_raw)")
+    p.add_argument("--phases", default=default_phases,
+                   help="channel layout written, comma-separated subset of NC,A,V,D (default: %(default)s); "
+                        "absent phases are written as the constant missing channel "
+                        f"({L.MISSING_PHASE_VALUE:g} HU)")
+    p.add_argument("--append", action="store_true",
+                   help="add the cases to an existing DatasetXXX_NAME with the same channel layout")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DatasetXXX_NAME")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default: 1)")
+
+
+def build_parser(with_patches: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Convert public single-phase datasets or multi-phase "
+                                     "case folders into nnU-Net raw datasets in nnunet_liver's 13-class scheme.",
+                                     epilog="see `nnunet-liver-convert SOURCE -h` for each source's options")
+    sub = parser.add_subparsers(dest="source", required=True, metavar="{msd,lits,multiphase,patches}")
+    for name, (help_text, phases) in SOURCES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_common(p, phases)
+        importlib.import_module(f"nnunet_liver.dataset_conversion.{name}").add_arguments(p)
+    p = sub.add_parser("patches", help="UNet-patch dataset (liver crops, outside masked) from a whole-CT dataset")
+    if with_patches:
+        _patches_module().add_arguments(p)
+    return parser
+
+
+def _patches_module():
+    try:
+        return importlib.import_module("nnunet_liver.dataset_conversion.patches")
+    except ModuleNotFoundError as e:
+        if e.name != "nnunet_liver.dataset_conversion.patches":
+            raise
+        raise InputError("patches: the patch converter (nnunet_liver.dataset_conversion.patches) is not "
+                         "installed with this package") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(with_patches=bool(argv) and argv[0] == "patches")
+    except InputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    try:
+        if args.source == "patches":
+            out = _patches_module().run(args)
+        else:
+            out = importlib.import_module(f"nnunet_liver.dataset_conversion.{args.source}").run(args)
+    except InputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{PROG}: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
