@@ -12,7 +12,6 @@ Times are the best of ``--repeats`` runs; torch and numpy run on ``--threads`` t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import tracemalloc

@@ -97,3 +97,28 @@ def test_bad_factor_and_nan():
     p[3, 1, 1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         lesion_sensitivity_masks(p)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_other_float_dtypes_numpy(dtype):
+    p = _tied_probabilities(7, dtype=dtype)
+    m = lesion_sensitivity_masks(p, (1.0, 4.0, 3.0))
+    for f in m:
+        np.testing.assert_array_equal(m[f], scaled_argmax_reference(p, f))
+
+
+def test_float64_torch():
+    p = torch.from_numpy(_tied_probabilities(8, dtype=np.float64))
+    m = lesion_sensitivity_masks(p, (4.0, 3.0))
+    for f in m:
+        assert torch.equal(m[f], scaled_argmax_reference(p, f))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_brute_force():
+    p = torch.from_numpy(_tied_probabilities(9, shape=(40, 64, 64))).cuda()
+    m = lesion_sensitivity_masks(p, (1.0, 4.0, 3.0))
+    for f in m:
+        assert m[f].device == p.device
+        assert torch.equal(m[f], scaled_argmax_reference(p, f))
