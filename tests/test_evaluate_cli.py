@@ -145,3 +145,20 @@ def test_bad_label_values(folders, capsys):
     _write(bad, pred_dir / "case_a.nii.gz")
     assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-q"]) == 2
     assert "[42]" in capsys.readouterr().err
+
+
+def test_case_dice_matches_nnunet_region_dice(folders, tmp_path):
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
+    ref_dir, pred_dir = folders
+    out = tmp_path / "out"
+    main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(out), "--min-volume", "0.01", "-q"])
+    rows = {r["case"]: r for r in csv.DictReader(open(out / "per_case.csv"))}
+    for cid, (ref, pred) in _cases().items():
+        for key, region in (("lesion", (1, 2, 3, 4, 5, 6)), ("liver_region", tuple(range(1, 9))), ("HCC", 1)):
+            tp, fp, fn, _ = compute_tp_fp_fn_tn(region_or_label_to_mask(ref, region),
+                                                region_or_label_to_mask(pred, region))
+            got = rows[cid][f"dice_{key}"]
+            if tp + fp + fn == 0:
+                assert got == ""  # undefined (nnU-Net: NaN)
+            else:
+                assert float(got) == pytest.approx(2 * tp / (2 * tp + fp + fn))
