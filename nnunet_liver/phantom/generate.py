@@ -83,7 +83,7 @@ def _check_phases(phases) -> Tuple[str, ...]:
     return tuple(p for p in L.PHASES if p in phases)
 
 
-def _draw_lesions(rng, lesion_types):
+def _draw_lesions(rng, lesion_types, lesion_volumes_cm3=None):
     """Types and volumes of a lesion-bearing liver: a dominant type, plus incidental cysts/hemangiomas."""
     if lesion_types is not None:
         types = list(lesion_types)
@@ -93,6 +93,11 @@ def _draw_lesions(rng, lesion_types):
         types = [main] * n
         if rng.random() < 0.35:
             types += [("Cyst", "Hem")[int(rng.integers(2))] for _ in range(int(rng.integers(1, 3)))]
+    if lesion_volumes_cm3 is not None:
+        if len(lesion_volumes_cm3) != len(types):
+            raise ValueError(f"{len(lesion_volumes_cm3)} lesion volumes for {len(types)} lesion types")
+        order = np.argsort(-np.asarray(lesion_volumes_cm3, float), kind="stable")  # big ones placed first
+        return [types[i] for i in order], [float(lesion_volumes_cm3[i]) for i in order]
     volumes = sorted((sample_volume_cm3(rng) for _ in types), reverse=True)  # big ones placed first
     order = rng.permutation(len(types))
     return [types[i] for i in order], volumes
@@ -101,7 +106,7 @@ def _draw_lesions(rng, lesion_types):
 def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Optional[Sequence[float]] = None,
                   phases: Sequence[str] = L.PHASES, missing_delayed: bool = False, misalign_mm: float = 0.0,
                   lesion_free: Optional[bool] = None, lesion_types: Optional[Sequence[str]] = None,
-                  noise: bool = True) -> PhantomCase:
+                  lesion_volumes_cm3: Optional[Sequence[float]] = None, noise: bool = True) -> PhantomCase:
     """Generate one multi-phase phantom.
 
     Parameters
@@ -114,6 +119,7 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
     lesion_free : True for a liver without lesions, False for at least one, None for random (20 % free).
     lesion_types : exact lesion types to place (names of ``LESION_TYPES``), overriding the random draw and
         ``lesion_free``; a lesion that cannot fit the liver after many tries is left out.
+    lesion_volumes_cm3 : target volumes of ``lesion_types`` (default: random, many small); capped to fit.
     noise : add image noise (off for pattern checks without noise).
     """
     shape = tuple(int(s) for s in shape)
@@ -136,7 +142,8 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
         free = len(lesion_types) == 0
     else:
         free = bool(rng.random() < 0.2) if lesion_free is None else bool(lesion_free)
-    lesions = [] if free else place_lesions(rng, label, spacing, *_draw_lesions(rng, lesion_types))
+    lesions = [] if free else place_lesions(rng, label, spacing,
+                                                 *_draw_lesions(rng, lesion_types, lesion_volumes_cm3))
 
     enhancement = float(rng.uniform(0.85, 1.15))
     noise_hu = float(rng.uniform(8.0, 14.0)) if noise else 0.0

@@ -30,8 +30,8 @@ LESION_TYPES = ("HCC", "ICC", "Meta", "Hem", "Other", "Cyst")
 
 #: (core, rim/capsule/scar) HU in (NC, A, V, D); rim = capsule for HCC, rim for ICC/Meta, scar for Other
 _PATTERN = {
-    "HCC": ((45, 118, 80, 70), (45, 80, 125, 118)),
-    "ICC": ((38, 50, 75, 102), (40, 100, 100, 92)),
+    "HCC": ((45, 118, 75, 62), (45, 80, 125, 118)),
+    "ICC": ((38, 50, 78, 110), (40, 100, 100, 95)),
     "Meta": ((35, 48, 60, 58), (40, 98, 88, 78)),
     "Hem": ((40, 42, 45, 48), None),
     "Other": ((50, 150, 112, 92), (35, 45, 75, 105)),
