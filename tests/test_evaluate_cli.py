@@ -162,3 +162,25 @@ def test_case_dice_matches_nnunet_region_dice(folders, tmp_path):
                 assert got == ""  # undefined (nnU-Net: NaN)
             else:
                 assert float(got) == pytest.approx(2 * tp / (2 * tp + fp + fn))
+
+
+def test_detector_json_errors(folders, tmp_path, capsys):
+    ref_dir, _ = folders
+    det = tmp_path / "det"
+    det.mkdir()
+    for cid, (_, pred) in _cases().items():
+        _write(np.zeros(pred.shape, np.uint16), det / f"{cid}_lesions.nii.gz")
+        (det / f"{cid}.json").write_text(json.dumps({"lesions": [], "patient": {"class": "normal"}}))
+    assert main(["-ref", str(ref_dir), "-pred", str(det), "-o", str(tmp_path / "o"), "-q"]) == 0
+    (det / "case_b.json").write_text(json.dumps({"lesions": [], "patient": {"class": "tumour"}}))
+    assert main(["-ref", str(ref_dir), "-pred", str(det), "-q"]) == 2
+    assert "patient.class 'tumour'" in capsys.readouterr().err
+    (det / "case_b.json").write_text("{not json")
+    assert main(["-ref", str(ref_dir), "-pred", str(det), "-q"]) == 2
+    assert "cannot read detector JSON" in capsys.readouterr().err
+    inst = np.zeros((8, 16, 16), np.uint16)
+    inst[2, 2:4, 2:4] = 3
+    _write(inst, det / "case_b_lesions.nii.gz")
+    (det / "case_b.json").write_text(json.dumps({"lesions": [{"id": 1, "type": "HCC"}]}))
+    assert main(["-ref", str(ref_dir), "-pred", str(det), "-q"]) == 2
+    assert "instance id 3" in capsys.readouterr().err

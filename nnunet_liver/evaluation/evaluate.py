@@ -164,6 +164,7 @@ def evaluate_case(case: str, ref_path: str, pred_dir: str, overlap: str = "any",
                   min_pred_volume_cm3: float = 0.5) -> CaseResult:
     """Evaluate one case (see the module docstring)."""
     from nnunet_liver.postprocessing import classify_patient, lesions_from_instance_map, match, seg2det
+    from nnunet_liver.postprocessing.patient import PATIENT_CLASSES, UNCERTAIN
 
     ref, spacing, ref_img = read_image(ref_path, "label")
     ref = _labels(ref, ref_path)
@@ -195,7 +196,15 @@ def evaluate_case(case: str, ref_path: str, pred_dir: str, overlap: str = "any",
             raise InputError(f"{json_path}: {e}") from None
         patient = d.get("patient") or {}
         pred_class = patient.get("class") or classify_patient(pred_les, min_volume_cm3=min_pred_volume_cm3)
+        if pred_class not in PATIENT_CLASSES + (UNCERTAIN,):
+            raise InputError(f"{json_path}: patient.class {pred_class!r} is not one of "
+                             f"{', '.join(PATIENT_CLASSES + (UNCERTAIN,))}")
         livermax = patient.get("livermax")
+        if livermax is not None:
+            try:
+                livermax = {str(k): float(v) for k, v in livermax.items()}
+            except (AttributeError, TypeError, ValueError):
+                raise InputError(f"{json_path}: patient.livermax must map type names to numbers") from None
         pred_types = np.zeros(pred.shape, np.uint8)
         for les in pred_les:
             np.putmask(pred_types[les.slices], les.mask, np.uint8(les.label))
