@@ -76,6 +76,12 @@ def test_label_maps_end_to_end(folders, tmp_path, capsys):
     per_case = list(csv.DictReader(open(out / "per_case.csv")))
     assert [r["case"] for r in per_case] == ["case_a", "case_b", "case_c"]
     assert (out / "patient.csv").exists() and (out / "strata.csv").exists()
+    les = list(csv.DictReader(open(out / "lesions.csv")))
+    assert sorted((r["case"], r["outcome"], r["ref_type"], r["pred_type"]) for r in les) == [
+        ("case_a", "FL", "Cyst", "Meta"), ("case_a", "TP", "HCC", "HCC"), ("case_b", "FN", "Meta", ""),
+        ("case_b", "FP", "", "Cyst"), ("case_b", "ignored", "", "HCC")]
+    counts = {r["type"]: r for r in csv.DictReader(open(out / "reference_counts.csv"))}
+    assert counts["All"]["Total"] == "3" and counts["Malign"]["Total"] == "2" and counts["Cyst"]["<0.5"] == "1"
 
 
 def test_overlap_option_changes_matching(folders, tmp_path):

@@ -3,7 +3,8 @@
     nnunet-liver-evaluate -ref REF_DIR -pred PRED_DIR [-o OUT] [--overlap any|iou:X|dice:X]
                           [--min-volume CM3] [--min-pred-volume CM3] [--strata]
 
-Writes ``OUT/summary.json`` and CSV tables (``lesion_table.csv``, ``patient.csv``, ``per_case.csv``, and when
+Writes ``OUT/summary.json`` and CSV tables (``lesion_table.csv``, ``reference_counts.csv`` (Table I),
+``patient.csv``, ``per_case.csv``, ``lesions.csv`` (one row per lesion with its outcome), and when
 available ``auc.csv``, ``strata.csv``, ``froc.csv`` + ``froc.png``); prints the tables.
 """
 from __future__ import annotations
@@ -136,6 +137,7 @@ def write_outputs(res, out_dir: str, plot: bool = True) -> List[str]:
     _write_csv(p("reference_counts.csv"), [{"type": k, **v} for k, v in res.reference_counts.items()])
     _write_csv(p("patient.csv"), [res.patient])
     _write_csv(p("per_case.csv"), [c.row() for c in res.cases])
+    _write_csv(p("lesions.csv"), [r for c in res.cases for r in c.lesion_rows()])
     if res.strata:
         _write_csv(p("strata.csv"), [{"volume_cm3": k, **v} for k, v in res.strata.items()])
     if res.auc:

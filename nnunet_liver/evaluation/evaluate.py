@@ -40,6 +40,32 @@ class CaseResult:
     livermax: Optional[Dict[str, float]]
     dice_counts: Dict[str, Tuple[int, int, int]]
 
+    def lesion_rows(self) -> List[dict]:
+        """One row per reference lesion and per unpaired prediction: outcome TP, FL, FN, FP or ignored."""
+        m = self.match
+        ref = {l.id: l for l in self.ref_lesions}
+        pred = {l.id: l for l in self.pred_lesions}
+        paired = dict(m.pairs)
+        rows = []
+
+        def row(r, p, outcome):
+            return {"case": self.case, "outcome": outcome, "ref_id": r.id if r else None,
+                    "ref_type": r.type if r else None, "ref_volume_cm3": r.volume_cm3 if r else None,
+                    "ref_diameter_mm": r.diameter_mm if r else None, "pred_id": p.id if p else None,
+                    "pred_type": p.type if p else None, "pred_volume_cm3": p.volume_cm3 if p else None,
+                    "score": p.score if p else None}
+        for rid, r in ref.items():
+            if rid in paired:
+                p = pred[paired[rid]]
+                rows.append(row(r, p, "TP" if r.type == p.type else "FL"))
+            else:
+                rows.append(row(r, None, "ignored" if rid in m.ignored_reference else "FN"))
+        for pid in m.unmatched_prediction:
+            rows.append(row(None, pred[pid], "FP"))
+        for pid in m.ignored_prediction:
+            rows.append(row(None, pred[pid], "ignored"))
+        return rows
+
     def row(self) -> dict:
         m = self.match
         d = {"case": self.case, "mode": self.mode, "ref_lesions": len(self.ref_lesions),
