@@ -113,7 +113,7 @@ def slice_overlap_components(fg: np.ndarray) -> Tuple[np.ndarray, int]:
     fg = np.asarray(fg, dtype=bool)
     Z = fg.shape[0]
     if Z == 1:
-        labels, n = cc3d.connected_components(fg.view(np.uint8), connectivity=8 if fg.ndim == 2 else 26,
+        labels, n = cc3d.connected_components(fg.view(np.uint8), connectivity=26,  # one slice: in-plane 8
                                               return_N=True)
         return labels, int(n)
     inter = np.empty((2 * Z - 1,) + fg.shape[1:], dtype=bool)
