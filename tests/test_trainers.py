@@ -1,0 +1,256 @@
+"""Trainers: dataset checks, network factories, data loaders; slow: real nnU-Net training and prediction on CPU."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+import nnunet_liver
+from nnunet_liver.labels import (MISSING_PHASE_VALUE, PATCH_LIVER, dataset_json_labels,
+                                 patch_dataset_json_labels)
+from nnunet_liver.trainers.liver_dataloading import LesionOversamplingDataLoader, LesionShuffleDataLoader
+from nnunet_liver.trainers.liver_networks import IterativeFusionModule, tiny_configuration
+from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer, with_patch_size
+from nnunet_liver.trainers.liver_tiny_trainers import LiverIFMTrainer_tiny
+from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, LiverWholeTrainer, check_labels, phase_order
+
+ARCH = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {"n_stages": 5, "features_per_stage": [32, 64, 128, 256, 320],
+                        "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * 5,
+                        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 1, 2], [2, 1, 2]],
+                        "n_conv_per_stage": [2] * 5, "n_conv_per_stage_decoder": [2] * 4, "conv_bias": True,
+                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+
+
+def plans():
+    return {"dataset_name": "Dataset999_X", "plans_name": "nnUNetPlans", "transpose_forward": [1, 0, 2],
+            "transpose_backward": [1, 0, 2], "image_reader_writer": "SimpleITKIO",
+            "label_manager": "LabelManager",
+            "configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres", "batch_size": 2,
+                                              "patch_size": [64, 16, 64], "spacing": [6.0, 5.0, 6.0],
+                                              "architecture": ARCH}}}
+
+
+def whole_json(**over):
+    d = {"channel_names": {"0": "NC", "1": "A", "2": "V", "3": "D"}, "labels": dataset_json_labels(),
+         "numTraining": 2, "file_ending": ".nii.gz"}
+    d.update(over)
+    return d
+
+
+def test_check_labels_accepts_scheme_and_names_the_difference():
+    check_labels(whole_json(), dataset_json_labels(), "13-class")
+    bad = dict(dataset_json_labels())
+    bad["tumour"] = bad.pop("HCC")
+    with pytest.raises(ValueError, match=r"missing or different \[\('HCC', 1\)\].*unexpected \[\('tumour', 1\)\]"):
+        check_labels(whole_json(labels=bad), dataset_json_labels(), "13-class")
+    for trainer in (LiverWholeTrainer, LiverIFMTrainer, LiverIFMTrainer_tiny):
+        with pytest.raises(ValueError, match="not the 13-class whole-CT scheme"):
+            trainer(plans(), "3d_fullres", 0, whole_json(labels={"background": 0, "liver": 1}),
+                    torch.device("cpu"))
+    with pytest.raises(ValueError, match="patch-model"):
+        LesionShufflePatchTrainer(plans(), "3d_fullres", 0, whole_json(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("names,ok", [
+    ({"0": "NC", "1": "A", "2": "V", "3": "D"}, ("NC", "A", "V", "D")),
+    ({"0": "nc"}, ("NC",)),
+    ({"0": "A", "1": "V"}, ("A", "V")),
+    ({"1": "D", "0": "V"}, ("V", "D")),
+    ({"0": "V", "1": "A"}, "time order"),
+    ({"0": "NC", "1": "T1"}, "unknown"),
+    ({"0": "A", "1": "A"}, "repeated"),
+])
+def test_phase_order(names, ok):
+    if isinstance(ok, tuple):
+        assert phase_order({"channel_names": names}) == ok
+    else:
+        with pytest.raises(ValueError, match=ok if ok != "repeated" else "distinct"):
+            phase_order({"channel_names": names})
+
+
+def test_ifm_network_from_plans_and_tiny_configuration():
+    pm = PlansManager(plans())
+    cm = pm.get_configuration("3d_fullres")
+    net = LiverIFMTrainer.build_network_architecture(pm, cm, 4, 14, True)
+    ifms = [m for m in net.modules() if isinstance(m, IterativeFusionModule)]
+    assert len(ifms) == 1 and ifms[0].out_channels == 32 and ifms[0].num_phases == 4
+    tiny = tiny_configuration(cm, transpose_forward=pm.transpose_forward)
+    assert tiny.network_arch_init_kwargs["features_per_stage"] == [4, 8, 16]
+    assert tiny.patch_size == [32, 16, 32]  # (16, 32, 32) zyx in nnU-Net's transposed axis order, min with plan
+    # idempotent: the predictor (tiny of the saved plans) builds the network the trainer trained
+    assert tiny_configuration(tiny, transpose_forward=[1, 0, 2]).configuration == tiny.configuration
+    assert tiny_configuration(tiny).configuration["architecture"] == tiny.configuration["architecture"]
+    assert cm.network_arch_init_kwargs["n_stages"] == 5  # pure
+    small = LiverIFMTrainer_tiny.build_network_architecture(pm, cm, 4, 14, True)
+    x = torch.randn(1, 4, 32, 16, 32)
+    x[:, 3] = -2.0
+    out = small(x)
+    assert len(out) == 2 and out[0].shape == (1, 14, 32, 16, 32)
+    small.decoder.deep_supervision = False
+    assert small(x).shape == (1, 14, 32, 16, 32)
+    patch_cm = with_patch_size(cm, (16, 128, 128), pm.transpose_forward)
+    assert patch_cm.patch_size == [128, 16, 128]
+    assert with_patch_size(cm, (16, 100, 128), pm.transpose_forward) is None
+
+
+class FakeDataset:
+    """In-memory stand-in for nnU-Net's preprocessed dataset (load_case -> data, seg, seg_prev, properties)."""
+
+    def __init__(self, cases):
+        self.cases = cases
+        self.identifiers = list(cases)
+
+    def load_case(self, key):
+        data, seg = self.cases[key]
+        locs = {c: np.argwhere(seg == c) for c in range(1, 14)}
+        return data, seg, None, {"class_locations": locs}
+
+
+def whole_case(seed=0):
+    rng = np.random.default_rng(seed)
+    seg = np.zeros((1, 16, 48, 48), np.int16)
+    seg[0, 2:14, 5:40, 5:40] = 7
+    seg[0, 3:5, 30:33, 30:33] = 3  # small metastasis
+    seg[0, 8:10, 40:44, 40:44] = 11
+    return rng.normal(size=(2, 16, 48, 48)).astype(np.float32), seg
+
+
+def test_lesion_oversampling_centres_lesions():
+    lm = LabelManager(dataset_json_labels(), None)
+    np.random.seed(0)
+    dl = LesionOversamplingDataLoader(FakeDataset({"a": whole_case()}), 2, (8, 16, 16), (8, 16, 16), lm,
+                                      oversample_foreground_percent=1.0, lesion_fraction=1.0)
+    _, _, _, props = dl._data.load_case("a")
+    for _ in range(20):
+        lbs, ubs = dl.get_bbox(np.array((16, 48, 48)), True, props["class_locations"])
+        assert all(lo <= c < hi for lo, c, hi in zip(lbs, (3, 30, 30), ubs)) or \
+            all(lo <= c < hi for lo, c, hi in zip(lbs, (4, 32, 32), ubs))
+    dl.lesion_fraction = 0.0
+    assert dl.choose_lesion_class(props["class_locations"]) is None
+    dl.lesion_fraction = 1.0
+    no_lesion = {c: (v if c not in range(1, 7) else np.zeros((0, 4), int)) for c, v in props["class_locations"].items()}
+    assert dl.choose_lesion_class(no_lesion) is None
+    assert dl.choose_lesion_class(props["class_locations"]) == 3
+    with pytest.raises(ValueError):
+        LesionOversamplingDataLoader(FakeDataset({"a": whole_case()}), 2, (8, 16, 16), (8, 16, 16), lm,
+                                     lesion_fraction=2.0)
+
+
+def test_lesion_shuffle_loader_masks_and_counts_schemes():
+    lm = LabelManager(patch_dataset_json_labels(), None)
+    rng = np.random.default_rng(1)
+    seg = np.zeros((1, 10, 40, 40), np.int16)
+    seg[0, 1:9, 3:37, 3:37] = PATCH_LIVER
+    seg[0, 3:6, 6:10, 6:10] = 2
+    seg[0, 0, 0, :5] = -1  # nnU-Net's outside-nonzero label
+    data = rng.normal(size=(2,) + seg.shape[1:]).astype(np.float32)
+    data[1] = 0.7  # missing phase
+    np.random.seed(0)
+    dl = LesionShuffleDataLoader(FakeDataset({"a": (data, seg), "b": (data, seg)}), 4, (4, 16, 16), (4, 16, 16),
+                                 lm, masked_value=-5.0)
+    for _ in range(10):
+        batch = dl.generate_train_batch()
+        x, y = batch["data"], batch["target"]
+        assert x.shape == (4, 2, 4, 16, 16) and y.shape == (4, 1, 4, 16, 16)
+        assert torch.all(x[:, :, ][(y == 0).expand_as(x)] == -5.0)
+        assert int(y.min()) >= 0 and int(y.max()) <= PATCH_LIVER
+    assert set(dl.scheme_counts) == {"original_positive", "original_negative", "shuffled_positive",
+                                     "shuffled_negative"}
+
+
+def test_trainers_found_by_nnunet_ext_trainer():
+    code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
+            "names = ['LiverWholeTrainer', 'LiverIFMTrainer', 'LesionShufflePatchTrainer', 'LiverWholeTrainer_tiny',"
+            " 'LiverIFMTrainer_tiny', 'LesionShufflePatchTrainer_tiny']\n"
+            "print('FOUND', [f(n).__name__ for n in names])\n")
+    import os
+    env = {**os.environ, "nnUNet_extTrainer": nnunet_liver.TRAINERS_DIR, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    line = [l for l in out.splitlines() if l.startswith("FOUND")][0]
+    assert line.count("Trainer") == 6 and "LesionShufflePatchTrainer_tiny" in line
+
+
+# ---------------------------------------------------------------------------------------------- slow: real nnU-Net
+
+def _predictor(model, monkeypatch):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    monkeypatch.setenv("nnUNet_extTrainer", nnunet_liver.TRAINERS_DIR)
+    torch.set_num_threads(1)
+    pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                           perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                           verbose_preprocessing=False, allow_tqdm=False)
+    pred.initialize_from_trained_model_folder(str(model.model_folder), use_folds=(0,),
+                                              checkpoint_name="checkpoint_final.pth")
+    return pred
+
+
+def _read_case(model, case):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    files = sorted((model.raw_dataset / "imagesTr").glob(f"{case}_0*.nii.gz"))
+    return SimpleITKIO().read_images([str(f) for f in files])
+
+
+@pytest.mark.slow
+def test_tiny_ifm_model_trains_and_predicts_with_missing_delayed_phase(tiny_whole_model, monkeypatch):
+    folder = tiny_whole_model.model_folder
+    assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == "LiverIFMTrainer_tiny"
+    pred = _predictor(tiny_whole_model, monkeypatch)
+    assert any(isinstance(m, IterativeFusionModule) for m in pred.network.modules())
+    img, props = _read_case(tiny_whole_model, "phantom_000")
+    assert img.shape[0] == 4
+    seg, prob = pred.predict_single_npy_array(img, props, None, None, True)
+    assert seg.shape == img.shape[1:] and prob.shape == (14,) + img.shape[1:]
+    np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-3)
+    assert set(np.unique(seg)) <= set(range(14))
+    # delayed phase missing: a constant channel; its value must not matter (presence is detected from the data)
+    outs = []
+    for fill in (MISSING_PHASE_VALUE, 300.0):
+        miss = img.copy()
+        miss[3] = fill
+        outs.append(pred.predict_single_npy_array(miss, props, None, None, True)[1])
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+    assert not np.allclose(outs[0], prob, atol=1e-5)  # and the model did use the delayed phase when present
+
+
+@pytest.mark.slow
+def test_tiny_patch_model_trains_and_predicts_reclassification_patches(tiny_patch_model, monkeypatch):
+    from nnunet_liver.postprocessing.shuffle import make_reclassification_patches
+
+    ds = json.loads((tiny_patch_model.raw_dataset / "dataset.json").read_text())
+    assert ds["labels"] == patch_dataset_json_labels()
+    pred = _predictor(tiny_patch_model, monkeypatch)
+    assert any(isinstance(m, IterativeFusionModule) for m in pred.network.modules())
+    # a case with a lesion, preprocessed as nnU-Net would, then patches as the reclassification step makes them
+    truth = json.loads((tiny_patch_model.raw_dataset / "patch_dataset.json").read_text())
+    import SimpleITK as sitk
+    for entry in truth["cases"]:
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(tiny_patch_model.raw_dataset / "labelsTr" /
+                                                        f"{entry['case']}.nii.gz")))
+        if np.isin(lab, range(1, 7)).any():
+            break
+    img, props = _read_case(tiny_patch_model, entry["case"])
+    seg, prob = pred.predict_single_npy_array(img, props, None, None, True)
+    assert prob.shape == (8,) + img.shape[1:]
+    norm = (img - img.mean(axis=(1, 2, 3), keepdims=True)) / (img.std(axis=(1, 2, 3), keepdims=True) + 1e-6)
+    lesion = np.isin(lab, range(1, 7))
+    from scipy import ndimage
+    cc, _ = ndimage.label(lesion)
+    patches, masks = make_reclassification_patches(norm.astype(np.float32), lab > 0, cc == 1, n=4,
+                                                   patch_size=(8, 16, 16), rng=0)
+    pred.network.eval()
+    with torch.no_grad():
+        logits = pred.network(torch.from_numpy(patches))
+    assert logits.shape == (4, 8, 8, 16, 16) and torch.isfinite(logits).all()
