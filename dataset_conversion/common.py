@@ -171,13 +171,20 @@ def run_cases(job: Callable, jobs: Sequence, num_processes: int = 1, desc: str =
     """Run ``job`` over ``jobs`` (in order) with ``num_processes`` workers and a progress bar."""
     from tqdm import tqdm
 
-    bar = dict(total=len(jobs), desc=desc, unit="case")
-    if int(num_processes) > 1 and len(jobs) > 1:
-        import multiprocessing as mp
+    results = []
+    with tqdm(total=len(jobs), desc=desc, unit="case") as bar:  # closed (newline) on errors too
+        if int(num_processes) > 1 and len(jobs) > 1:
+            import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(min(int(num_processes), len(jobs))) as pool:
-            return list(tqdm(pool.imap(job, jobs), **bar))
-    return [job(j) for j in tqdm(jobs, **bar)]
+            with mp.get_context("spawn").Pool(min(int(num_processes), len(jobs))) as pool:
+                for r in pool.imap(job, jobs):
+                    results.append(r)
+                    bar.update()
+        else:
+            for j in jobs:
+                results.append(job(j))
+                bar.update()
+    return results
 
 
 def build_dataset(folder: str, phases: Sequence[str], cases: Iterable[Tuple[str, object]], convert: Callable,
