@@ -96,7 +96,7 @@ class IterativeFusionModule(nn.Module):
     conv_op, kernel_size, stride, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs, conv_bias
         As nnU-Net's first layer (taken from it by :func:`insert_ifm`); ``stride`` is applied by each phase block.
     phase_channels : int, optional
-        Channels of the phase blocks' first conv (default ``max(4, C // 4)``).
+        Channels of the phase blocks' first conv (default ``max(4, C // 8)``).
     fusion_kernel_size : int
         Kernel of ``F_conv`` (default 1).
 
@@ -109,7 +109,7 @@ class IterativeFusionModule(nn.Module):
         super().__init__()
         if not 1 <= num_phases <= 4:
             raise ValueError(f"the IFM takes 1 to 4 phases (NC, A, V, D), got {num_phases}")
-        k = phase_channels or max(4, out_channels // 4)
+        k = phase_channels or max(4, out_channels // 8)
         common = dict(norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
                       conv_bias=conv_bias)
         self.num_phases = num_phases
@@ -126,15 +126,23 @@ class IterativeFusionModule(nn.Module):
         h = None
         started = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for p, block in enumerate(self.phase_blocks):
+            present_p = present[:, p]
+            if not bool(present_p.any()):
+                continue  # no sample has this phase: nothing to compute, and its block gets no gradient
             f = block(x[:, p:p + 1])
             if h is None:
                 h = f
             else:
                 fused = self.fusion(torch.cat((h, f), dim=1))
-                # samples that have not started yet begin with this phase's features; the others fuse
-                new = torch.where(started.view(bshape), fused, f)
-                h = torch.where(present[:, p].view(bshape), new, h)
-            started = started | present[:, p]
+                if bool(started.all()) and bool(present_p.all()):
+                    h = fused  # every sample fuses this phase (the common case: no selection needed)
+                else:
+                    # samples that have not started yet begin with this phase's features; the others fuse
+                    new = torch.where(started.view(bshape), fused, f)
+                    h = torch.where(present_p.view(bshape), new, h)
+            started = started | present_p
+        if h is None:  # unreachable: phase_presence marks every channel present when none is
+            raise ValueError("no phase present in the input")
         return h
 
 
