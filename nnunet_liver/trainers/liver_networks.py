@@ -127,8 +127,8 @@ class IterativeFusionModule(nn.Module):
         started = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for p, block in enumerate(self.phase_blocks):
             present_p = present[:, p]
-            if not bool(present_p.any()):
-                continue  # no sample has this phase: nothing to compute, and its block gets no gradient
+            # every block runs even when no sample has its phase: all parameters stay in the graph, which
+            # nnU-Net's DDP (-num_gpus, no find_unused_parameters) needs; the selection below zeroes its gradient
             f = block(x[:, p:p + 1])
             if h is None:
                 h = f
