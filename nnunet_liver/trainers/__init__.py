@@ -1,0 +1,15 @@
+"""nnU-Net trainers of nnunet_liver, found by nnU-Net through ``nnUNet_extTrainer``::
+
+    export nnUNet_extTrainer=$(python -c "import nnunet_liver; print(nnunet_liver.TRAINERS_DIR)")
+    nnUNetv2_train DATASET 3d_fullres FOLD -tr LiverIFMTrainer
+
+- ``LiverWholeTrainer`` (liver_trainers): 13-class whole-CT model, lesion-centred foreground oversampling.
+- ``LiverIFMTrainer`` (liver_trainers): the same with the Iterative Fusion Module as first layer, per-sample
+  missing-phase detection and random phase dropout.
+- ``LesionShufflePatchTrainer`` (liver_patch_trainer): UNet-patch on lesion-shuffle patches.
+- ``*_tiny`` (liver_tiny_trainers): tiny networks and a few iterations, for CPU tests and the demo.
+
+nnU-Net imports every module of this folder as a top-level module, so the modules use absolute imports and
+distinct names. This file is not imported by nnU-Net's finder; it imports nothing, so ``import nnunet_liver``
+stays light.
+"""
