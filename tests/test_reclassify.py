@@ -112,6 +112,22 @@ def test_overlap_scores_golden_and_vote_tie_priority():
     assert _vote({}, fallback=CYST) == CYST
 
 
+def test_lesion_below_threshold_dropped_without_network_call():
+    label, image, lesions = _case()
+    small = np.zeros_like(label)
+    small[label == 7] = 7
+    small[10:12, 20:26, 20:26] = HCC          # 72 voxels = 0.576 cm3 on this grid
+    small[14:16, 20:25, 20:25] = META         # 50 voxels = 0.4 cm3 < 0.5: can never score 0.5 cm3
+    les = seg2det(small, SPACING)
+    net = StubPatchNet([(0.5, 1.5, HCC)])
+    kept, res = reclassify(les, instance_map(les, small.shape), small > 0, image, SPACING, _predictor(net), n=4,
+                           patch_size=PATCH)
+    by_type = {l.type: l for l in les}
+    assert not res[by_type["Meta"].id].kept
+    assert res[by_type["Meta"].id].skipped and res[by_type["Meta"].id].num_patches == 0
+    assert res[by_type["HCC"].id].num_patches == 4 and len(net.calls) == 1
+
+
 def test_empty_and_shape_errors():
     label, image, lesions = _case()
     inst = instance_map(lesions, label.shape)

@@ -7,7 +7,8 @@ segments all ``n`` patches in one batch. The lesion's score is the mean over pat
 UNet-patch's lesion labels (1..6) overlap the lesion's (transplanted) mask; a lesion scoring below
 ``min_score_cm3`` (0.5 cm3) is dropped as a false positive. A kept lesion's new type is the volume vote of
 UNet-patch's lesion labels inside its mask over all patches (ties: the higher-priority type). Larger lesions keep
-their type and skip the step.
+their type and skip the step. A lesion whose own volume (on UNet-patch's grid) is below ``min_score_cm3`` cannot
+score enough (the overlap in a patch is at most the lesion's volume), so it is dropped without a network call.
 
 The arrays given here are already on UNet-patch's grid (its plans' spacing, its intensity normalisation);
 :class:`nnunet_liver.inference.patch_model.PatchModel` prepares them with nnU-Net's preprocessor.
@@ -108,6 +109,8 @@ def reclassify(lesions: Sequence, instance_map: np.ndarray, liver_mask: np.ndarr
                          f"liver_mask {liver_mask.shape} on the same (Z, Y, X) grid")
     voxel_cm3 = float(np.prod(spacing)) / 1000.0
     liver_mask = np.asarray(liver_mask, dtype=bool)
+    ids = np.asarray(instance_map).astype(np.int64, copy=False)
+    voxels_on_grid = np.bincount(ids.ravel(), minlength=max([l.id for l in lesions], default=0) + 1)
     kept, results = [], {}
     for lesion in lesions:
         before = name_of(lesion.label)
@@ -116,11 +119,18 @@ def reclassify(lesions: Sequence, instance_map: np.ndarray, liver_mask: np.ndarr
                                                         skipped=f"volume > {max_volume_cm3:g} cm3")
             kept.append(lesion)
             continue
-        lesion_mask = instance_map == lesion.id
-        if not lesion_mask.any():  # vanished when resampled to UNet-patch's grid: nothing to score
+        if voxels_on_grid[lesion.id] == 0:  # vanished when resampled to UNet-patch's grid: nothing to score
             results[lesion.id] = ReclassificationResult(lesion.id, False, before, None, score_cm3=0.0,
                                                         skipped="no voxel on UNet-patch's grid")
             continue
+        if voxels_on_grid[lesion.id] * voxel_cm3 < min_score_cm3:
+            # the overlap in a patch is at most the lesion's own volume, so the score cannot reach the threshold:
+            # dropped without running UNet-patch (same decision, no network call)
+            results[lesion.id] = ReclassificationResult(
+                lesion.id, False, before, None, score_cm3=None,
+                skipped=f"volume on UNet-patch's grid < {min_score_cm3:g} cm3 (cannot reach the score threshold)")
+            continue
+        lesion_mask = ids == lesion.id
         patches, masks = make_reclassification_patches(image, liver_mask | lesion_mask, lesion_mask, n=n,
                                                        patch_size=tuple(patch_size), rng=rng,
                                                        masked_value=masked_value)
