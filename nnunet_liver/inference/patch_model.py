@@ -65,7 +65,8 @@ class PatchModel:
         liver_id = int(combined.max()) + 1
         combined[(combined == 0) & liver_mask] = liver_id
         image = prepared["image"]
-        seg = resample_seg_like(self.model, combined[None], prepared["properties"], image.shape[1:])[0]
+        # nearest neighbour: one pass for any number of lesion ids (per-label interpolation costs a pass per id)
+        seg = resample_seg_like(self.model, combined[None], prepared["properties"], image.shape[1:], order=0)[0]
         seg = seg.astype(np.int32)
         pm = self.model.plans_manager
         spacing_pp = tuple(float(s) for s in self.model.configuration_manager.spacing)

@@ -35,8 +35,13 @@ def preprocess_like_training(model: LoadedModel, data: np.ndarray, spacing, seg:
     return out, resample_seg_like(model, seg, properties, out.shape[1:]), properties
 
 
-def resample_seg_like(model: LoadedModel, seg: np.ndarray, properties: dict, new_shape) -> np.ndarray:
-    """Transpose, crop and resample a (1, Z, Y, X) label map exactly as ``run_case_npy`` did the image."""
+def resample_seg_like(model: LoadedModel, seg: np.ndarray, properties: dict, new_shape, order=None) -> np.ndarray:
+    """Transpose, crop and resample a (1, Z, Y, X) label map exactly as ``run_case_npy`` did the image.
+
+    ``order=None`` uses the plans' label resampling (per-label interpolation: one pass per label value);
+    ``order=0`` resamples all labels in one nearest-neighbour pass on the same coordinate mapping (used for
+    instance maps with many ids).
+    """
     from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
     pm, cm = model.plans_manager, model.configuration_manager
@@ -46,7 +51,8 @@ def resample_seg_like(model: LoadedModel, seg: np.ndarray, properties: dict, new
     target_spacing = list(cm.spacing)
     if len(target_spacing) < 3:
         target_spacing = [original_spacing[0]] + target_spacing
-    return np.asarray(cm.resampling_fn_seg(seg, tuple(new_shape), original_spacing, target_spacing))
+    kwargs = {} if order is None else {"order": order, "order_z": order}
+    return np.asarray(cm.resampling_fn_seg(seg, tuple(new_shape), original_spacing, target_spacing, **kwargs))
 
 
 def predict_probabilities(predictor, model: LoadedModel, data: np.ndarray, spacing) -> np.ndarray:
