@@ -125,7 +125,8 @@ def convert_multiphase_case(job) -> dict:
     if label_array is not None:
         write_label(label_array.astype(np.uint8), fixed, os.path.join(out, "labelsTr", f"{case}.nii.gz"))
     report = {"schema_version": "1.0", "case": case, "reference_phase": ref, "transform": spec["transform"],
-              "metric_region": f"liver region + {LIVER_MARGIN_MM:g} mm" if mask is not None else "whole image", "phases": reports,
+              "metric_region": f"liver region + {LIVER_MARGIN_MM:g} mm" if mask is not None else "whole image",
+              "phases": reports,
               "sources": {p: spec["phases"][p] for p in spec["phases"]}}
     write_json_atomic(report, os.path.join(out, REPORT_FOLDER, f"{case}.json"))
     ignored = sorted(set(spec["phases"]) - set(phases))

@@ -102,17 +102,20 @@ def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=No
         the metric is computed, e.g. the dilated liver: organs move differently with breathing, and the spine
         (which does not) would otherwise dominate. Empty or None = the whole image.
     bins : Mattes mutual information histogram bins; sampling : fraction of fixed voxels sampled (random,
-        seeded) while optimising; iterations : per resolution level (shrink 4, 2, 1; smoothing 2, 1, 0 mm... in
-        voxels of the level).
+        seeded) while optimising; iterations : per resolution level (shrink factors 4, 2, 1 where the image is big
+        enough, Gaussian smoothing sigmas 2, 1, 0 voxels); seed : of the metric sampling.
 
     Returns
     -------
     (resampled, report)
         ``resampled``: ``moving`` on the fixed grid (same pixel type; outside the moving field of view
         -1024 HU). ``report``: {"transform": name, "metric": "mattes_mutual_information (lower is better)",
-        "metric_before", "metric_after" (on all fixed voxels, before = scanner coordinates), "correlation_before",
-        "correlation_after" (Pearson, HU clipped to -200..400, in the mask), "metric_region", "initialisation": "physical"|"centred", "parameters": [...],
-        "fixed_parameters": [...], "translation_mm": (x, y, z), "iterations", "stop_condition", "improved"}.
+        "metric_before", "metric_after" (every fixed voxel of the region, before = scanner coordinates),
+        "correlation_before",
+        "correlation_after" (Pearson, HU clipped to -200..400, in the mask), "metric_region",
+        "initialisation": "physical"|"centred", "parameters": [...],
+        "fixed_parameters": [...], "translation_mm_xyz": (x, y, z) of the fixed -> moving point
+        mapping (a moving image whose content is shifted by +t mm reports +t), "iterations", "stop_condition", "improved"}.
     """
     import SimpleITK as sitk
 
@@ -160,7 +163,8 @@ def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=No
     translation = params[-3:] if params else [0.0, 0.0, 0.0]
     report = {"transform": transform, "metric": "mattes_mutual_information (lower is better)",
               "metric_before": metric_before, "metric_after": metric_after,
-              "metric_region": "whole image" if mask is None else f"fixed mask ({int(sitk.GetArrayViewFromImage(mask).sum())} voxels)",
+              "metric_region": "whole image" if mask is None else
+              f"fixed mask ({int(sitk.GetArrayViewFromImage(mask).sum())} voxels)",
               "correlation_before": _correlation(fixed, before, mask),
               "correlation_after": _correlation(fixed, resampled, mask),
               "improved": bool(metric_after < metric_before), "initialisation": init_name,

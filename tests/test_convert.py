@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from nnunet_liver import labels as L
 from nnunet_liver.dataset_conversion.cli import build_parser, main as convert_main
 from nnunet_liver.phantom import generate_case
-from nnunet_liver.phantom.dataset import _sitk_image
+from nnunet_liver.phantom.dataset import to_sitk_image
 
 SHAPE = (8, 16, 16)
 MSD_LIVER = {"0": "background", "1": "liver", "2": "cancer"}
@@ -160,10 +160,10 @@ def _phantom_case_folder(folder, seed=5, phases=("NC", "A", "V"), misalign_mm=8.
     case = generate_case(seed, shape=(24, 96, 96), spacing=(5.0, 3.0, 3.0), misalign_mm=misalign_mm, noise=False)
     folder.mkdir(parents=True)
     for p in phases:
-        sitk.WriteImage(_sitk_image(np.rint(case.images[p]).astype(np.int16), case.spacing, case.origin),
+        sitk.WriteImage(to_sitk_image(np.rint(case.images[p]).astype(np.int16), case.spacing, case.origin),
                         str(folder / f"{p}.nii.gz"))
     if label:
-        sitk.WriteImage(_sitk_image(case.label, case.spacing, case.origin), str(folder / "label.nii.gz"))
+        sitk.WriteImage(to_sitk_image(case.label, case.spacing, case.origin), str(folder / "label.nii.gz"))
     return case
 
 

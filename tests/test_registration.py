@@ -4,7 +4,7 @@ import pytest
 from scipy import ndimage
 
 from nnunet_liver.phantom import generate_case
-from nnunet_liver.phantom.dataset import _sitk_image
+from nnunet_liver.phantom.dataset import to_sitk_image
 from nnunet_liver.registration import mutual_information, register_to_reference
 
 SHAPE, SPACING = (24, 96, 96), (5.0, 3.0, 3.0)
@@ -18,8 +18,8 @@ def shifted_case():
 @pytest.mark.parametrize("phase", ["A", "D"])
 def test_rigid_recovers_known_shift(shifted_case, phase):
     case = shifted_case
-    fixed = _sitk_image(case.images["V"], case.spacing, case.origin)
-    moving = _sitk_image(case.images[phase], case.spacing, case.origin)
+    fixed = to_sitk_image(case.images["V"], case.spacing, case.origin)
+    moving = to_sitk_image(case.images[phase], case.spacing, case.origin)
     resampled, report = register_to_reference(moving, fixed, "rigid")
     shift_zyx = np.asarray(case.shifts_mm[phase])
     assert np.linalg.norm(shift_zyx) > 3.0
@@ -35,8 +35,8 @@ def test_rigid_recovers_known_shift(shifted_case, phase):
 
 def test_affine_and_masked_registration_improve(shifted_case):
     case = shifted_case
-    fixed = _sitk_image(case.images["V"], case.spacing, case.origin)
-    moving = _sitk_image(case.images["NC"], case.spacing, case.origin)
+    fixed = to_sitk_image(case.images["V"], case.spacing, case.origin)
+    moving = to_sitk_image(case.images["NC"], case.spacing, case.origin)
     liver = ndimage.binary_dilation(case.label == 7, iterations=3)
     _, report = register_to_reference(moving, fixed, "affine", fixed_mask=liver)
     assert len(report["parameters"]) == 12 and report["metric_region"].startswith("fixed mask")
@@ -47,8 +47,8 @@ def test_affine_and_masked_registration_improve(shifted_case):
 
 def test_aligned_pair_stays_put_and_bad_arguments():
     case = generate_case(1, shape=SHAPE, spacing=SPACING)
-    fixed = _sitk_image(case.images["V"], case.spacing, case.origin)
-    moving = _sitk_image(case.images["A"], case.spacing, case.origin)
+    fixed = to_sitk_image(case.images["V"], case.spacing, case.origin)
+    moving = to_sitk_image(case.images["A"], case.spacing, case.origin)
     _, report = register_to_reference(moving, fixed)
     assert np.all(np.abs(report["translation_mm_xyz"]) < 1.0)
     assert report["metric_after"] <= report["metric_before"]

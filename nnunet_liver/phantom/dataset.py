@@ -28,7 +28,7 @@ from nnunet_liver import labels as L
 from nnunet_liver.phantom.generate import DEFAULT_SHAPE, _check_phases, generate_case
 from nnunet_liver.utils.io import InputError, atomic_dir, write_json_atomic
 
-__all__ = ["write_phantom_dataset", "case_seed", "write_case"]
+__all__ = ["write_phantom_dataset", "case_seed", "write_case", "to_sitk_image"]
 
 TRUTH_FILE = "truth.json"
 TRUTH_SCHEMA_VERSION = "1.0"
@@ -39,7 +39,8 @@ def case_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint32)[0])
 
 
-def _sitk_image(array: np.ndarray, spacing, origin):
+def to_sitk_image(array: np.ndarray, spacing, origin):
+    """SimpleITK image of an array (z, y, x) with spacing and origin (z, y, x, mm) and the identity direction."""
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(array)
@@ -54,9 +55,9 @@ def write_case(case, name: str, folder: str) -> None:
 
     for channel, (phase, image) in enumerate(case.images.items()):
         hu = np.clip(np.rint(image), -32768, 32767).astype(np.int16)
-        sitk.WriteImage(_sitk_image(hu, case.spacing, case.origin),
+        sitk.WriteImage(to_sitk_image(hu, case.spacing, case.origin),
                         os.path.join(folder, "imagesTr", f"{name}_{channel:04d}.nii.gz"), useCompression=True)
-    sitk.WriteImage(_sitk_image(case.label.astype(np.uint8), case.spacing, case.origin),
+    sitk.WriteImage(to_sitk_image(case.label.astype(np.uint8), case.spacing, case.origin),
                     os.path.join(folder, "labelsTr", f"{name}.nii.gz"), useCompression=True)
 
 
