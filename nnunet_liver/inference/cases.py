@@ -105,6 +105,21 @@ def _same_geometry(a, b) -> Optional[str]:
     return None
 
 
+def _json_ready(report: dict) -> dict:
+    """The registration report's scalar, string and number-list entries, as plain JSON values."""
+    out = {}
+    for k, v in dict(report).items():
+        if isinstance(v, (bool, np.bool_)):
+            out[k] = bool(v)
+        elif isinstance(v, (int, float, np.integer, np.floating)):
+            out[k] = float(v)
+        elif isinstance(v, str):
+            out[k] = v
+        elif isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(x, (int, float, np.number)) for x in v):
+            out[k] = [float(x) for x in v]
+    return out
+
+
 def _check_nifti_nan(path: str, what: str) -> None:
     """Raise InputError if a floating-point NIfTI file holds NaN voxels.
 
@@ -173,8 +188,7 @@ def load_case(case: CaseFiles, channel_names: Sequence[str], allow_missing: bool
         moved, report = register_to_reference(sitk.Cast(images[c], sitk.sitkFloat32),
                                               sitk.Cast(ref, sitk.sitkFloat32), transform=registration_transform)
         arrays[c] = sitk.GetArrayFromImage(moved)
-        registration[names[c]] = {k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
-                                  for k, v in dict(report).items() if isinstance(v, (int, float, str, np.floating))}
+        registration[names[c]] = _json_ready(report)
     shape = arrays[ref_c].shape
     data = np.empty((len(names),) + tuple(shape), dtype=np.float32)
     for c in range(len(names)):
