@@ -267,3 +267,26 @@ def test_missing_phase_fill_and_case_ids(tmp_path):
         with pytest.raises(InputError):
             load_case(CaseFiles(bad, case.files), ("NC", "A", "V", "D"), allow_missing=True)
     assert validate_case_id("liver_001.v2-b") == "liver_001.v2-b"
+
+
+def test_interrupted_run_leaves_no_half_output(models, tmp_path, monkeypatch):
+    import nnunet_liver.inference.runner as runner
+    import nnunet_liver.utils.io as io
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "c", paint_case(0))
+    det = runner.LiverDetector(models["whole"], folds=[0])
+
+    def interrupted_dump(obj, f, **kwargs):
+        f.write('{"schema_version": "1.0", "case": ')  # half a JSON, then the process is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io.json, "dump", interrupted_dump)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_folder(det, str(inp), str(out), progress=False)
+    monkeypatch.undo()
+    assert not (out / "c.json").exists()                       # the case is not "done"
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp_")]
+    res = runner.run_folder(det, str(inp), str(out), progress=False)  # the rerun redoes it
+    assert res.done == ["c"] and not res.skipped
+    validate(json.load(open(out / "c.json")))

@@ -81,6 +81,8 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
             continue
         try:
             res = detector.detect_case(case)
+            if os.path.exists(paths["json"]):  # the case is "done" again only once its new JSON lands
+                os.remove(paths["json"])
             write_image_like(res.instance_map, res.case.reference, paths["lesions"])
             write_json_atomic(res.record, paths["json"])
             if os.path.exists(paths["error"]):
@@ -133,6 +135,12 @@ def write_summary(all_cases: List[CaseFiles], output_dir: str, result: Optional[
     rows, factor_cols = [], []
     for case in all_cases:
         cid = case.case_id
+        if not _safe_id(cid):  # never used as a file name
+            try:
+                validate_case_id(cid)
+            except InputError as e:
+                rows.append({"case": cid, "status": "failed", "error": str(e)})
+            continue
         if cid in result.failed:
             rows.append({"case": cid, "status": "failed", "error": result.failed[cid]})
             continue
