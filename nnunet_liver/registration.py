@@ -74,17 +74,19 @@ def mutual_information(fixed, moving, transform=None, bins: int = 50, fixed_mask
     return float(reg.MetricEvaluate(_float(fixed), _float(moving)))
 
 
-def _correlation(fixed, moving_on_fixed, mask=None) -> float:
-    """Pearson correlation of the two images' voxels (moving already on the fixed grid; inside ``mask`` when
-    given), HU clipped to -200..400."""
+def _correlation(fixed, moving, transform=None, mask=None) -> float:
+    """Pearson correlation between ``fixed`` and ``moving`` resampled onto it through ``transform``, over the fixed
+    voxels the moving field of view covers (and inside ``mask`` when given), HU clipped to -200..400."""
     import SimpleITK as sitk
 
-    a = np.clip(sitk.GetArrayViewFromImage(fixed).astype(np.float32), -200, 400)
-    b = np.clip(sitk.GetArrayViewFromImage(moving_on_fixed).astype(np.float32), -200, 400)
+    on_fixed = resample_to(moving, fixed, transform)
+    cover = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    cover.CopyInformation(moving)
+    m = sitk.GetArrayFromImage(resample_to(cover, fixed, transform, "nearest", 0)).astype(bool)
     if mask is not None:
-        m = sitk.GetArrayViewFromImage(mask).astype(bool)
-        a, b = a[m], b[m]
-    a, b = a.ravel(), b.ravel()
+        m &= sitk.GetArrayViewFromImage(mask).astype(bool)
+    a = np.clip(sitk.GetArrayViewFromImage(fixed).astype(np.float32), -200, 400)[m]
+    b = np.clip(sitk.GetArrayViewFromImage(on_fixed).astype(np.float32), -200, 400)[m]
     if a.size < 2 or a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
@@ -112,7 +114,8 @@ def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=No
         -1024 HU). ``report``: {"transform": name, "metric": "mattes_mutual_information (lower is better)",
         "metric_before", "metric_after" (every fixed voxel of the region, before = scanner coordinates),
         "correlation_before",
-        "correlation_after" (Pearson, HU clipped to -200..400, in the mask), "metric_region",
+        "correlation_after" (Pearson, HU clipped to -200..400, in the region and the moving field of view),
+        "metric_region",
         "initialisation": "physical"|"centred", "parameters": [...],
         "fixed_parameters": [...], "translation_mm_xyz": (x, y, z) of the fixed -> moving point
         mapping (a moving image whose content is shifted by +t mm reports +t), "iterations", "stop_condition", "improved"}.
@@ -158,15 +161,14 @@ def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=No
     if metric_after > metric_before and init_name == "physical":  # never return something worse than the scanner
         final, metric_after = sitk.Transform(3, sitk.sitkIdentity), metric_before
     resampled = resample_to(moving, fixed, final)
-    before = resample_to(moving, fixed, None)
     params = list(final.GetParameters())
     translation = params[-3:] if params else [0.0, 0.0, 0.0]
     report = {"transform": transform, "metric": "mattes_mutual_information (lower is better)",
               "metric_before": metric_before, "metric_after": metric_after,
               "metric_region": "whole image" if mask is None else
               f"fixed mask ({int(sitk.GetArrayViewFromImage(mask).sum())} voxels)",
-              "correlation_before": _correlation(fixed, before, mask),
-              "correlation_after": _correlation(fixed, resampled, mask),
+              "correlation_before": _correlation(fixed, moving, None, mask),
+              "correlation_after": _correlation(fixed, moving, final, mask),
               "improved": bool(metric_after < metric_before), "initialisation": init_name,
               "parameters": [float(p) for p in params], "fixed_parameters": [float(p) for p in
                                                                               final.GetFixedParameters()],

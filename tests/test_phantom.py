@@ -28,7 +28,7 @@ def _digest(folder):
 @pytest.fixture(scope="module")
 def all_types_case():
     """A medium case with one lesion of each type, no noise blur on the pattern check beyond the default."""
-    return generate_case(11, lesion_types=LESION_TYPES, **MEDIUM)
+    return generate_case(11, lesion_types=LESION_TYPES, lesion_volumes_cm3=[6, 8, 6, 10, 8, 6], **MEDIUM)
 
 
 def test_same_seed_same_arrays_and_different_seed_differs():
@@ -190,12 +190,9 @@ def test_misalignment_recorded_and_applied():
     for p in ("NC", "A", "D"):
         s = np.asarray(moved.shifts_mm[p])
         assert 3.0 - 1e-6 <= np.linalg.norm(s) <= 6.0 + 1e-6
-        back = ndimage.shift(moved.images[p], -s / np.asarray(moved.spacing), order=1, mode="nearest")
-        liver = ndimage.binary_erosion(aligned.label == L.LIVER, iterations=2)
-        liver[:3], liver[-3:] = False, False
-        err_back = np.abs(back - aligned.images[p])[liver].mean()
-        err_moved = np.abs(moved.images[p] - aligned.images[p])[liver].mean()
-        assert err_back < 0.5 * err_moved, (p, err_back, err_moved)
+        expected = ndimage.shift(aligned.images[p], s / np.asarray(moved.spacing), order=1, mode="nearest")
+        assert np.allclose(moved.images[p], expected, atol=1e-3)
+        assert np.abs(moved.images[p] - aligned.images[p]).mean() > 1.0
 
 
 def test_sizes_span_small_to_large_with_many_small():

@@ -16,7 +16,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from nnunet_liver import labels as L
-from nnunet_liver.phantom.shapes import ellipsoid, tube
+from nnunet_liver.phantom.shapes import ellipsoid, smooth_noise, tube
 
 __all__ = ["STANDARD_FOV_MM", "TISSUES", "TISSUE_HU", "BLOOD_POOL_HU", "LIVER_HU", "standard_coords",
            "build_anatomy", "tissue_hu"]
@@ -46,6 +46,8 @@ TISSUES: Dict[str, Tuple[float, float, float, float]] = {
     "stomach_wall": (40, 90, 110, 85),
     "stomach_fluid": (10, 10, 10, 10),
     "stomach_air": (-950, -950, -950, -950),
+    "lung": (-850, -850, -850, -850),
+    "heart": (40, 230, 150, 115),
 }
 TISSUE_IDS = {name: i for i, name in enumerate(TISSUES)}
 TISSUE_HU = np.array(list(TISSUES.values()), dtype=np.float32)  # (n_tissues, 4)
@@ -108,6 +110,14 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
     t2[inside(6, 6, (0, 104))] = T["csf"]  # spinal canal
     t2[inside(11, 11, (14, 50))] = T["aorta"]
     tissue = np.broadcast_to(t2, tuple(shape)).copy()
+    # ribs: oblique bony arcs in the body wall of the upper abdomen (not in front, not beside the spine)
+    theta = np.arctan2(Y - bcy, X)  # 0 = patient's left, pi/2 = posterior
+    wall = (t2 == T["muscle"]) & ~inside(bx - fat_mm - 0.3 * muscle_mm, by - fat_mm - 0.3 * muscle_mm, (0, bcy))
+    wall &= (np.abs(theta + np.pi / 2) > 0.6) & (np.abs(theta - np.pi / 2) > 0.45) & (Y > -by * 0.6)
+    pitch = rng.uniform(22.0, 28.0)
+    band = np.mod(cz[:, None, None] / pitch + np.abs(theta)[None] / np.pi * 1.3, 1.0) < 0.32
+    ribs = band & wall[None] & (cz[:, None, None] > -40.0)
+    tissue[ribs] = T["bone"]
     ivc = tube(coords, (-160, 44, -24), (125, 44, -24), 11)
     _paint(None, tissue, ivc, tissue_name="ivc")
     label = np.zeros(tuple(shape), np.uint8)
@@ -146,9 +156,25 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
     lr = np.array((85, 90, 92)) * (1 + j(0.1))
     left = np.array((68 + j(8), -52 + j(5), 15 + j(8)))
     liver_free = lambda lab, tis: (lab == 0) & ((tis == T["visceral_fat"]) | (tis == T["bowel"]))  # noqa: E731
-    _paint(label, tissue, ellipsoid(coords, lc, lr, rng, 0.06), L.LIVER, "liver", liver_free)
+    right = ellipsoid(coords, lc, lr, rng, 0.06)
+    if right is not None:  # wedge: the inferior surface rises towards the midline (cut by an oblique plane)
+        box, mask, _ = right
+        zr = (cz[box[0]][:, None, None] - lc[0]) / lr[0]
+        xr = (cx[box[2]][None, None, :] - lc[2]) / lr[2]
+        yr = (cy[box[1]][None, :, None] - lc[1]) / lr[1]
+        cut = -0.75 + 0.8 * (xr + 0.3) - 0.25 * yr + 0.12 * smooth_noise(rng, mask.shape, (2, 3, 3))
+        _paint(label, tissue, (box, mask & (zr > cut)), L.LIVER, "liver", liver_free)
     _paint(label, tissue, ellipsoid(coords, left, np.array((40, 40, 68)) * (1 + j(0.15)), rng, 0.08), L.LIVER,
            "liver", liver_free)
+
+    # --- lung bases and heart above and around the liver dome ---
+    chest = lambda lab, tis: (lab == 0) & ((tis == T["visceral_fat"]) | (tis == T["bowel"]))  # noqa: E731
+    dome = lc[0] + lr[0]
+    for side in (-1, 1):
+        _paint(label, tissue, ellipsoid(coords, (dome + 45 + j(8), 45, side * 85), (90, 75, 72), rng, 0.05), None,
+               "lung", chest)
+    _paint(label, tissue, ellipsoid(coords, (dome + 40 + j(8), -25, 20 + j(6)), (50, 55, 62), rng, 0.05), None,
+           "heart", chest)
 
     # --- gallbladder under the right lobe, with a thin wall ---
     gc, gr = (lc[0] - 0.62 * lr[0] + j(5), -60 + j(5), -50 + j(6)), np.array((36, 15, 16)) * (1 + j(0.15))
@@ -170,7 +196,7 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
 
     # --- hepatic vessels inside the liver: portal branches from the hilum, hepatic veins into the IVC ---
     only_liver = lambda lab, tis: lab == L.LIVER  # noqa: E731
-    top = np.array((lc[0] + 0.75 * lr[0], 44, -24))
+    top = np.array((lc[0] + 0.75 * lr[0], 44, -24))  # hepatic vein confluence
     branches = [(hilum, hilum + (12, -40, -50), 5.5, 3.5), (hilum, hilum + (8, 35, -70), 5.5, 3.5),
                 (hilum, hilum + (25, -50, 55), 5, 3), (top, top + (-25, -35, -95), 5.5, 3),
                 (top, top + (-30, -90, -30), 5, 3), (top, top + (-15, -80, 45), 5, 3)]
