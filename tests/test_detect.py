@@ -137,10 +137,17 @@ def test_f4_finds_every_lesion_f1_finds(models, tmp_path):
     assert res.record["patient"]["class_by_factor"] == {"1": "HCC", "2": "HCC", "4": "HCC"}
 
 
-def test_reclassification_drops_and_retypes(models, tmp_path):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_reclassification_drops_and_retypes(models, tmp_path, transposed):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_case(inp, "case_r", paint_case(1))
-    assert main(["-i", str(inp), "-o", str(out), "-m", models["whole"], "--patch-model", models["patch"]]) == 0
+    whole, patch = models["whole"], models["patch"]
+    if transposed:  # plans whose network axes are (x, z, y) / (y, x, z): outputs must not change
+        whole = write_rule_model(str(tmp_path / "w"), dataset_json_labels(), WHOLE_CENTERS, [40.0] * 14,
+                                 spacing=(2.5, 2.0, 2.0), transpose_forward=(2, 0, 1))
+        patch = write_rule_model(str(tmp_path / "p"), patch_dataset_json_labels(), PATCH_CENTERS, [20.0] * 8,
+                                 patch_size=(8, 24, 24), spacing=(2.0, 2.0, 2.0), transpose_forward=(1, 2, 0))
+    assert main(["-i", str(inp), "-o", str(out), "-m", whole, "--patch-model", patch]) == 0
     rec, img = read_outputs(out, "case_r")
     validate(rec)
     assert rec["settings"]["reclassification"]["enabled"] is True

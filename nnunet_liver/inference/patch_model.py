@@ -56,7 +56,8 @@ class PatchModel:
         Returns
         -------
         (image (C, z, y, x) normalised float32, instance map (z, y, x) int32, liver mask (z, y, x) bool,
-        spacing (z, y, x) mm of UNet-patch's grid), all in (z, y, x) order.
+        spacing (z, y, x) mm of UNet-patch's grid), in the network's axis order (the plans' ``transpose_forward``
+        applied, as its patch size and spacing are; (z, y, x) for the usual identity transpose).
         """
         from nnunet_liver.inference.predict import resample_seg_like
 
@@ -68,12 +69,8 @@ class PatchModel:
         # nearest neighbour: one pass for any number of lesion ids (per-label interpolation costs a pass per id)
         seg = resample_seg_like(self.model, combined[None], prepared["properties"], image.shape[1:], order=0)[0]
         seg = seg.astype(np.int32)
-        pm = self.model.plans_manager
+        # everything stays in the network's axis order (plans' transpose_forward), like its patch size and spacing
         spacing_pp = tuple(float(s) for s in self.model.configuration_manager.spacing)
-        if list(pm.transpose_forward) != [0, 1, 2]:
-            image = image.transpose([0, *[i + 1 for i in pm.transpose_backward]])
-            seg = seg.transpose(pm.transpose_backward)
-            spacing_pp = tuple(spacing_pp[i] for i in pm.transpose_backward)
         seg[seg < 0] = 0
         liver = seg > 0
         instances = np.where(seg == liver_id, 0, seg)

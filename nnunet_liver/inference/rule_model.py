@@ -57,15 +57,21 @@ def write_rule_model(folder: str, labels: Dict[str, int], centers: Sequence[floa
                      channel_names: Sequence[str] = ("NC", "A", "V", "D"), spacing=(2.0, 2.0, 2.0),
                      patch_size=(16, 32, 32), folds=(0,), checkpoint: str = "checkpoint_final.pth",
                      channel: Optional[int] = None, trainer_name: str = "nnUNetTrainer",
-                     median_shape=(32, 64, 64)) -> str:
+                     median_shape=(32, 64, 64), transpose_forward=(0, 1, 2)) -> str:
     """Write an nnU-Net training output folder whose network is an :class:`IntensityRuleNetwork`.
 
     Intensities are not normalised (``NoNormalization``), so ``centers`` are in HU. ``spacing`` and
-    ``patch_size`` are (z, y, x). Each fold's checkpoint holds the same weights (fold ``k`` adds ``k * 1e-3`` HU to
+    ``patch_size`` are (z, y, x) and are transposed into the plans' axis order by ``transpose_forward`` (nnU-Net
+    transposes anisotropic data so that the low-resolution axis comes first). Each fold's checkpoint holds the same weights (fold ``k`` adds ``k * 1e-3`` HU to
     the centres, so folds differ measurably). Returns ``folder``.
     """
     os.makedirs(folder, exist_ok=True)
     n_ch = len(channel_names)
+    tf = [int(a) for a in transpose_forward]
+    tb = [tf.index(i) for i in range(3)]
+    spacing = [float(spacing[a]) for a in tf]
+    patch_size = [int(patch_size[a]) for a in tf]
+    median_shape = [int(median_shape[a]) for a in tf]
     dataset_json = {"channel_names": {str(i): n for i, n in enumerate(channel_names)}, "labels": dict(labels),
                     "numTraining": 1, "file_ending": ".nii.gz"}
     arch = {"network_class_name": "nnunet_liver.inference.rule_model.IntensityRuleNetwork",
@@ -75,7 +81,7 @@ def write_rule_model(folder: str, labels: Dict[str, int], centers: Sequence[floa
         "dataset_name": "Dataset999_Rule", "plans_name": "nnUNetPlans",
         "original_median_spacing_after_transp": list(map(float, spacing)),
         "original_median_shape_after_transp": list(map(int, median_shape)),
-        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "image_reader_writer": "SimpleITKIO", "transpose_forward": tf, "transpose_backward": tb,
         "configurations": {"3d_fullres": {
             "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
             "batch_size": 2, "patch_size": list(map(int, patch_size)), "median_image_size_in_voxels":
