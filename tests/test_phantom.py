@@ -28,7 +28,7 @@ def _digest(folder):
 @pytest.fixture(scope="module")
 def all_types_case():
     """A medium case with one lesion of each type, no noise blur on the pattern check beyond the default."""
-    return generate_case(11, lesion_types=LESION_TYPES, lesion_volumes_cm3=[6, 8, 6, 10, 8, 6], **MEDIUM)
+    return generate_case(11, lesion_types=LESION_TYPES, lesion_volumes_cm3=[6, 8, 6, 10, 8, 12], **MEDIUM)
 
 
 def test_same_seed_same_arrays_and_different_seed_differs():
@@ -149,9 +149,10 @@ def test_textbook_enhancement(all_types_case):
     hem, _ = _lesion_vs_liver(case, "Hem")
     assert hem["V"] > 0 and hem["D"] > 0 and hem["NC"] < 0  # fills in, follows blood pool
     cyst, mask = _lesion_vs_liver(case, "Cyst")
-    core = ndimage.binary_erosion(mask) if ndimage.binary_erosion(mask).sum() > 3 else mask
+    depth = ndimage.distance_transform_edt(mask, sampling=case.spacing)
+    core = depth >= 0.5 * depth.max()  # away from the partial-volume margin
     cyst_hu = [_median(case, p, core) for p in L.PHASES]
-    assert max(cyst_hu) < 25 and max(cyst_hu) - min(cyst_hu) < 10  # water, no enhancement
+    assert max(cyst_hu) < 25 and max(cyst_hu) - min(cyst_hu) < 15 and -5 < np.mean(cyst_hu) < 18  # water, flat
 
 
 def test_hcc_capsule_and_hemangioma_centripetal_fill_in():

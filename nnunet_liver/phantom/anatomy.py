@@ -153,7 +153,7 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
 
     # --- liver: right lobe + left lobe ---
     lc = np.array((50 + j(10), 5 + j(6), -70 + j(6)))
-    lr = np.array((85, 90, 92)) * (1 + j(0.1))
+    lr = np.array((80, 84, 86)) * (1 + j(0.1))
     left = np.array((68 + j(8), -52 + j(5), 15 + j(8)))
     liver_free = lambda lab, tis: (lab == 0) & ((tis == T["visceral_fat"]) | (tis == T["bowel"]))  # noqa: E731
     right = ellipsoid(coords, lc, lr, rng, 0.06)

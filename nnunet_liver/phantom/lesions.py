@@ -147,7 +147,7 @@ def lesion_hu(lesion: Lesion, phase_index: int, enhancement: float = 1.0) -> np.
     if kind == "HCC":
         if lesion.radius_mm > 12:  # mosaic
             out += 14.0 * aux * (phase_index > 0)
-        capsule = (depth_mm < max(2.0, 0.08 * lesion.radius_mm)) & (lesion.radius_mm > 6)
+        capsule = (depth_mm < max(1.2, 0.06 * lesion.radius_mm)) & (lesion.radius_mm > 10)
         out = np.where(capsule & (phase_index >= 2), hu(rim), out)
     elif kind in ("ICC", "Meta"):
         rim_mm = max(2.5, 0.22 * lesion.radius_mm) if kind == "ICC" else max(1.5, 0.18 * lesion.radius_mm)
