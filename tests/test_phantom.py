@@ -220,3 +220,11 @@ def test_cli_writes_dataset_and_rejects_bad_phases(tmp_path, capsys):
     assert not (tmp_path / "Dataset903_P").exists()
     rc = phantom_main(["-o", str(out), "-n", "1"])  # exists, no --overwrite
     assert rc != 0 and "already exists" in capsys.readouterr().err
+
+
+def test_random_draw_gives_lesion_free_livers_and_several_types():
+    cases = [generate_case(s, shape=(16, 48, 48), spacing=(5.0, 4.0, 4.0)) for s in range(30)]
+    free = [c for c in cases if c.lesion_free]
+    assert 2 <= len(free) <= 15 and all(not c.lesions for c in free)
+    types = {les["type"] for c in cases for les in c.lesions}
+    assert types == set(LESION_TYPES)

@@ -112,8 +112,9 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
     tissue = np.broadcast_to(t2, tuple(shape)).copy()
     # ribs: oblique bony arcs in the body wall of the upper abdomen (not in front, not beside the spine)
     theta = np.arctan2(Y - bcy, X)  # 0 = patient's left, pi/2 = posterior
-    wall = (t2 == T["muscle"]) & ~inside(bx - fat_mm - 0.3 * muscle_mm, by - fat_mm - 0.3 * muscle_mm, (0, bcy))
-    wall &= (np.abs(theta + np.pi / 2) > 0.6) & (np.abs(theta - np.pi / 2) > 0.45) & (Y > -by * 0.6)
+    wall = inside(bx - fat_mm - 0.15 * muscle_mm, by - fat_mm - 0.15 * muscle_mm, (0, bcy)) & ~inside(
+        bx - fat_mm - 0.75 * muscle_mm, by - fat_mm - 0.75 * muscle_mm, (0, bcy))
+    wall &= (np.abs(theta + np.pi / 2) > 0.6) & (np.abs(theta - np.pi / 2) > 0.8) & (Y > -by * 0.6)
     pitch = rng.uniform(22.0, 28.0)
     band = np.mod(cz[:, None, None] / pitch + np.abs(theta)[None] / np.pi * 1.3, 1.0) < 0.32
     ribs = band & wall[None] & (cz[:, None, None] > -40.0)
