@@ -12,8 +12,12 @@ fusion follows time order::
     h = F_first(x_first);   for each later phase p:   h = F_conv(concat(h, F_p(x_p)))
 
 ``F_conv`` is one shared conv block (2C -> C, kernel 1 by default: a channel mixer, cheap at full resolution).
-A missing phase is skipped per sample: ``h = where(present_p, F_conv(...), h)``; the first *present* phase starts
-the fusion. Presence is read from the data (:func:`phase_presence`): a missing phase arrives as a constant channel
+A missing phase is skipped per sample; the first *present* phase starts the fusion. The module runs sample by
+sample (exact, as InstanceNorm is per sample), so a sample only pays for its present phases, its output cannot
+depend on the other samples, and a missing phase's block gets no gradient from it. Blocks that no sample of the
+batch used are tied into the output with a zero weight, so every parameter is in the graph (nnU-Net's DDP runs
+without ``find_unused_parameters``). The forward is excluded from ``torch.compile`` (data-dependent control flow);
+the rest of the network compiles as usual. Presence is read from the data (:func:`phase_presence`): a missing phase arrives as a constant channel
 (possibly with nnU-Net's zero padding around it), i.e. a channel with at most two distinct values in a sample. No
 real CT channel is like that except a patch of pure air, where every channel is absent and the module falls back to
 treating all of them as present.
@@ -118,32 +122,39 @@ class IterativeFusionModule(nn.Module):
             PhaseBlock(conv_op, (1, k, out_channels), kernel_size, stride, **common) for _ in range(num_phases))
         self.fusion = PhaseBlock(conv_op, (2 * out_channels, out_channels), fusion_kernel_size, 1, **common)
 
+    @torch.compiler.disable  # a data-dependent loop: run eagerly inside a compiled nnU-Net network
     def forward(self, x: torch.Tensor, presence: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.shape[1] != self.num_phases:
             raise ValueError(f"IFM built for {self.num_phases} phases got an input with {x.shape[1]} channels")
-        present = phase_presence(x) if presence is None else presence.to(device=x.device, dtype=torch.bool)
-        bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        h = None
-        started = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for p, block in enumerate(self.phase_blocks):
-            present_p = present[:, p]
-            # every block runs even when no sample has its phase: all parameters stay in the graph, which
-            # nnU-Net's DDP (-num_gpus, no find_unused_parameters) needs; the selection below zeroes its gradient
-            f = block(x[:, p:p + 1])
-            if h is None:
-                h = f
-            else:
-                fused = self.fusion(torch.cat((h, f), dim=1))
-                if bool(started.all()) and bool(present_p.all()):
-                    h = fused  # every sample fuses this phase (the common case: no selection needed)
+        present = phase_presence(x) if presence is None else presence.to(dtype=torch.bool)
+        present = present.tolist()
+        used = [False] * self.num_phases
+        fusion_used = False
+        outs = []
+        # one sample at a time (InstanceNorm is per sample, so this is exact): each sample runs only its present
+        # phases' blocks and fusions, in time order, and nothing of the others'
+        for b in range(x.shape[0]):
+            h = None
+            for p in range(self.num_phases):
+                if not present[b][p]:
+                    continue
+                used[p] = True
+                f = self.phase_blocks[p](x[b:b + 1, p:p + 1])
+                if h is None:
+                    h = f
                 else:
-                    # samples that have not started yet begin with this phase's features; the others fuse
-                    new = torch.where(started.view(bshape), fused, f)
-                    h = torch.where(present_p.view(bshape), new, h)
-            started = started | present_p
-        if h is None:  # unreachable: phase_presence marks every channel present when none is
-            raise ValueError("no phase present in the input")
-        return h
+                    h = self.fusion(torch.cat((h, f), dim=1))
+                    fusion_used = True
+            outs.append(h)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        # blocks no sample used stay in the graph with a zero gradient: nnU-Net's DDP (-num_gpus) runs without
+        # find_unused_parameters
+        unused = [q for p, block in enumerate(self.phase_blocks) if not used[p] for q in block.parameters()]
+        if not fusion_used and self.num_phases > 1:
+            unused += list(self.fusion.parameters())
+        if unused and torch.is_grad_enabled():
+            out = out + 0.0 * sum(q.sum() for q in unused)
+        return out
 
 
 def first_layer(network: nn.Module):
