@@ -14,24 +14,24 @@ PROG = "nnunet-liver-phantom"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Generate multi-phase liver CT phantoms (cartoon anatomy, six lesion types with "
-        "textbook enhancement) as an nnU-Net raw dataset with a truth.json listing every lesion.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "textbook enhancement) as an nnU-Net raw dataset with a truth.json listing every lesion.")
     p.add_argument("-o", "--output", required=True, help="dataset folder to create, e.g. "
                    "$nnUNet_raw/Dataset501_LiverPhantom (must not exist unless --overwrite)")
     p.add_argument("-n", "--num-cases", type=int, required=True, help="number of cases")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (same seed, same bytes)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed; same seed, same bytes (default: %(default)s)")
     p.add_argument("--shape", type=int, nargs=3, default=(64, 256, 256), metavar=("Z", "Y", "X"),
-                   help="voxels per case")
+                   help="voxels per case (default: 64 256 256)")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="voxel spacing in mm (default: 5 mm slices and a 384 mm axial field of view)")
     p.add_argument("--phases", default=",".join(L.PHASES), help="channels to write, comma-separated subset of "
-                   "NC,A,V,D (written in time order)")
+                   "NC,A,V,D, written in time order (default: %(default)s)")
     p.add_argument("--missing-delayed", type=float, default=0.0, metavar="P",
                    help="probability that a case's delayed phase is missing (constant "
-                   f"{L.MISSING_PHASE_VALUE:g} channel)")
+                   f"{L.MISSING_PHASE_VALUE:g} channel; default: %(default)s)")
     p.add_argument("--misalign-mm", type=float, default=0.0, metavar="MM",
-                   help="maximum random rigid shift (mm) of each phase against the reference phase (V)")
-    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes")
+                   help="maximum random rigid shift (mm) of each phase against the reference phase (V); "
+                   "recorded in truth.json (default: %(default)s)")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return p
 
