@@ -141,7 +141,12 @@ def main(argv=None) -> int:
 
         dataset = str(write_phantom_dataset(os.path.join(work, "Dataset999_Bench"), args.cases + 1, seed=123,
                                             shape=tuple(args.shape), progress=False))
-        model = args.model or make_rule_model(dataset, os.path.join(work, "rule_model"), [int(f) for f in args.f])
+        from nnunet_liver.inference.model import resolve_model_dir
+
+        model = resolve_model_dir(args.model, "whole") if args.model else \
+            make_rule_model(dataset, os.path.join(work, "rule_model"), [int(f) for f in args.f])
+        if args.patch_model:
+            args.patch_model = resolve_model_dir(args.patch_model, "patch")
         cases_dir = os.path.join(dataset, "imagesTr")
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), nnUNet_compile="f")
         import nnunet_liver

@@ -1,6 +1,7 @@
 """UNet-patch for reclassification: its grid, its intensity normalisation, one batched call per fold."""
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -82,7 +83,8 @@ class PatchModel:
 
         x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).to(self.device)
         probabilities = None
-        with torch.inference_mode():
+        autocast = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()  # as nnU-Net
+        with torch.inference_mode(), autocast:
             for params in self.model.parameters:
                 self.network.load_state_dict(params)
                 out = self.network(x)
