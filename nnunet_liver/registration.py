@@ -92,6 +92,39 @@ def _correlation(fixed, moving, transform=None, mask=None) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _leaf(transform, kind):
+    """The optimised transform as ``kind`` (SimpleITK may hand back a composite holding it)."""
+    import SimpleITK as sitk
+
+    if transform.GetName() == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        transform = composite.GetNthTransform(composite.GetNumberOfTransforms() - 1)
+    return kind(transform)
+
+
+def _optimise(fixed_f, moving_f, init, mask, bins, sampling, iterations, seed, levels, learning_rate):
+    """One multi-resolution Mattes MI optimisation from ``init``: (transform, iterations, stop condition)."""
+    import SimpleITK as sitk
+
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(float(sampling), int(seed))
+    if mask is not None:
+        reg.SetMetricFixedMask(mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=1e-3,
+                                                 numberOfIterations=int(iterations), relaxationFactor=0.6,
+                                                 gradientMagnitudeTolerance=1e-6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel(list(levels))
+    reg.SetSmoothingSigmasPerLevel([{4: 2.0, 2: 1.0, 1: 0.0}[f] for f in levels])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetInitialTransform(init, inPlace=False)
+    result = reg.Execute(fixed_f, moving_f)
+    return result, int(reg.GetOptimizerIteration()), reg.GetOptimizerStopConditionDescription()
+
+
 def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=None, bins: int = 50,
                           sampling: float = 0.2, iterations: int = 200, seed: int = 0) -> Tuple[object, Dict]:
     """Register ``moving`` to ``fixed`` and resample it onto ``fixed``'s grid.
@@ -99,7 +132,8 @@ def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=No
     Parameters
     ----------
     moving, fixed : 3D SimpleITK images (HU). Their physical geometry (origin, spacing, direction) is used.
-    transform : "rigid" (Euler3D: 3 rotations + 3 translations) or "affine" (12 parameters).
+    transform : "rigid" (Euler3D: 3 rotations + 3 translations) or "affine" (12 parameters, optimised after a
+        rigid stage).
     fixed_mask : optional region of the fixed image (bool array (z, y, x) or SimpleITK image on its grid) where
         the metric is computed, e.g. the dilated liver: organs move differently with breathing, and the spine
         (which does not) would otherwise dominate. Empty or None = the whole image.
@@ -140,23 +174,29 @@ def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=No
     metric_centred = mutual_information(fixed_f, moving_f, centred, bins, mask)
     init, init_name = (physical, "physical") if metric_before <= metric_centred else (centred, "centred")
 
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(sampling), int(seed))
-    if mask is not None:
-        reg.SetMetricFixedMask(mask)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=int(iterations),
-                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()
     levels = [f for f in (4, 2, 1) if min(fixed.GetSize()) // f >= 8] or [1]
-    reg.SetShrinkFactorsPerLevel(levels)
-    reg.SetSmoothingSigmasPerLevel([{4: 2.0, 2: 1.0, 1: 0.0}[f] for f in levels])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    reg.SetInitialTransform(init, inPlace=False)
-    result = reg.Execute(fixed_f, moving_f)
-    final = result
+    if transform == "rigid":
+        final, iters, stop = _optimise(fixed_f, moving_f, init, mask, bins, sampling, iterations, seed, levels, 2.0)
+    else:  # affine: a rigid stage first, then the 12 parameters from there on the finer levels
+        rigid = sitk.Euler3DTransform()
+        rigid.SetCenter(init.GetCenter())
+        rigid.SetTranslation(init.GetTranslation())
+        first, iters, _ = _optimise(fixed_f, moving_f, rigid, mask, bins, sampling, iterations, seed, levels, 2.0)
+        first = _leaf(first, sitk.Euler3DTransform)
+        affine = sitk.AffineTransform(3)
+        affine.SetCenter(first.GetCenter())
+        affine.SetMatrix(first.GetMatrix())
+        affine.SetTranslation(first.GetTranslation())
+        refined, more, stop = _optimise(fixed_f, moving_f, affine, mask, bins, sampling, min(iterations, 100),
+                                        seed, levels[-1:], 0.5)
+        iters += more
+        refined = _leaf(refined, sitk.AffineTransform)
+        # keep the affine refinement only when it beats its rigid start on the full metric
+        if mutual_information(fixed_f, moving_f, refined, bins, mask) > mutual_information(fixed_f, moving_f, first,
+                                                                                          bins, mask):
+            refined, stop = affine, "affine refinement did not beat the rigid stage; rigid result kept"
+        final = refined
+    final = _leaf(final, sitk.Euler3DTransform if transform == "rigid" else sitk.AffineTransform)
     metric_after = mutual_information(fixed_f, moving_f, final, bins, mask)
     if metric_after > metric_before and init_name == "physical":  # never return something worse than the scanner
         final, metric_after = sitk.Transform(3, sitk.sitkIdentity), metric_before
@@ -173,6 +213,5 @@ def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=No
               "parameters": [float(p) for p in params], "fixed_parameters": [float(p) for p in
                                                                               final.GetFixedParameters()],
               "translation_mm_xyz": [float(t) for t in translation],
-              "iterations": int(reg.GetOptimizerIteration()),
-              "stop_condition": reg.GetOptimizerStopConditionDescription()}
+              "iterations": int(iters), "stop_condition": stop}
     return resampled, report
