@@ -89,6 +89,18 @@ def test_sample_output_independent_of_other_samples_phases():
             torch.testing.assert_close(m(xb)[:1], alone, rtol=1e-5, atol=1e-6)
 
 
+def test_mixed_batch_every_sample_equals_its_own_output():
+    m = ifm()
+    x = images(batch=5, seed=4)
+    x[1, 3] = 1.0
+    x[3, 3] = 1.0
+    x[2, 1:] = -1.0
+    with torch.no_grad():
+        batch = m(x)
+        for b in range(5):
+            torch.testing.assert_close(batch[b:b + 1], m(x[b:b + 1]), rtol=1e-5, atol=1e-6)
+
+
 def test_missing_phase_block_gets_no_gradient():
     m = ifm().train()
     x = images(batch=2, seed=2)

@@ -12,12 +12,14 @@ fusion follows time order::
     h = F_first(x_first);   for each later phase p:   h = F_conv(concat(h, F_p(x_p)))
 
 ``F_conv`` is one shared conv block (2C -> C, kernel 1 by default: a channel mixer, cheap at full resolution).
-A missing phase is skipped per sample; the first *present* phase starts the fusion. The module runs sample by
-sample (exact, as InstanceNorm is per sample), so a sample only pays for its present phases, its output cannot
-depend on the other samples, and a missing phase's block gets no gradient from it. Blocks that no sample of the
-batch used are tied into the output with a zero weight, so every parameter is in the graph (nnU-Net's DDP runs
-without ``find_unused_parameters``). The forward is excluded from ``torch.compile`` (data-dependent control flow);
-the rest of the network compiles as usual. Presence is read from the data (:func:`phase_presence`): a missing phase arrives as a constant channel
+A missing phase is skipped per sample; the first *present* phase starts the fusion. The module runs one group of
+samples with the same present phases at a time (exact, as InstanceNorm is per sample), so a sample only pays for
+its present phases, its output cannot depend on the other samples, and a missing phase's block gets no gradient
+from it. Blocks that no sample of the batch used are tied into the output with a zero weight, so every parameter
+is in the graph (nnU-Net's DDP runs without ``find_unused_parameters``). The forward is excluded from
+``torch.compile`` (data-dependent control flow); the rest of the network compiles as usual.
+
+Presence is read from the data (:func:`phase_presence`): a missing phase arrives as a constant channel
 (possibly with nnU-Net's zero padding around it), i.e. a channel with at most two distinct values in a sample. No
 real CT channel is like that except a patch of pure air, where every channel is absent and the module falls back to
 treating all of them as present.
@@ -130,23 +132,33 @@ class IterativeFusionModule(nn.Module):
         present = present.tolist()
         used = [False] * self.num_phases
         fusion_used = False
-        outs = []
-        # one sample at a time (InstanceNorm is per sample, so this is exact): each sample runs only its present
-        # phases' blocks and fusions, in time order, and nothing of the others'
-        for b in range(x.shape[0]):
+        # samples are grouped by their set of present phases; each group runs only its phases' blocks and fusions,
+        # in time order (InstanceNorm is per sample, so grouping is exact and samples never mix)
+        groups: dict = {}
+        for b, row in enumerate(present):
+            groups.setdefault(tuple(bool(v) for v in row), []).append(b)
+        outs, order = [], []
+        for pattern, idx in groups.items():
+            xg = x if len(groups) == 1 else x[idx]
             h = None
             for p in range(self.num_phases):
-                if not present[b][p]:
+                if not pattern[p]:
                     continue
                 used[p] = True
-                f = self.phase_blocks[p](x[b:b + 1, p:p + 1])
+                f = self.phase_blocks[p](xg[:, p:p + 1])
                 if h is None:
                     h = f
                 else:
                     h = self.fusion(torch.cat((h, f), dim=1))
                     fusion_used = True
             outs.append(h)
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+            order += idx
+        if len(outs) == 1:
+            out = outs[0]
+        else:
+            inverse = torch.empty(len(order), dtype=torch.long)
+            inverse[torch.tensor(order)] = torch.arange(len(order))
+            out = torch.cat(outs, dim=0)[inverse.to(x.device)]
         # blocks no sample used stay in the graph with a zero gradient: nnU-Net's DDP (-num_gpus) runs without
         # find_unused_parameters
         unused = [q for p, block in enumerate(self.phase_blocks) if not used[p] for q in block.parameters()]
