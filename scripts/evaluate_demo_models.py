@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Seed 003's tables for the demo models from three ``nnunet-liver-detect`` runs on a phantom test set.
+
+Used by ``scripts/train_demo_models.py --stages evaluate``; runnable alone on existing detector outputs::
+
+    python scripts/evaluate_demo_models.py -ref TEST/labelsTr --base DET_BASE --base-recls DET_BASE_RECLS \
+        --high-recls DET_HIGH_RECLS -o test_results.md
+
+Tables (markdown): I (reference lesions per type and size), II (lesion level per type, All and Malign: FN, FP, FL,
+TP, precision, recall for Base, Base+ReCls, High+ReCls), IV (patient-level malignancy sensitivity/specificity per
+model and for the consensus of Base+ReCls and High+ReCls, counted on the cases where they agree), V (High+ReCls on
+the consensus cases, with recall-rough). Patient classes are read from each run's ``CASE.json``: Base and
+Base+ReCls ran with the single factor 1; High+ReCls ran with factors 1 and 4, so its ``class_by_factor["4"]`` is
+High+ReCls's class and its ``class`` the consensus.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+TYPES = ("HCC", "ICC", "Meta", "Hem", "Other", "Cyst", "All", "Malign")
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _evaluate(ref_dir, det_dir):
+    from nnunet_liver.evaluation.evaluate import evaluate_folders
+
+    return evaluate_folders(str(ref_dir), str(det_dir))
+
+
+def _classes(det_dir, factor_key=None):
+    out = {}
+    for f in sorted(Path(det_dir).glob("*.json")):
+        d = json.loads(f.read_text())
+        if "patient" not in d:
+            continue
+        p = d["patient"]
+        out[d["case"]] = p["class_by_factor"][factor_key] if factor_key else p["class"]
+    return out
+
+
+def lesion_table_md(tables: dict, cols=("FN", "FP", "FL", "TP", "precision", "recall")) -> str:
+    names = list(tables)
+    head = "| Type | " + " | ".join(f"{n} {c}" if i == 0 else c for n in names for i, c in enumerate(cols)) + " |"
+    sep = "|---|" + "---:|" * (len(cols) * len(names))
+    rows = []
+    for t in TYPES:
+        cells = []
+        for n in names:
+            r = tables[n][t]
+            cells += [_pct(r[c]) if c in ("precision", "recall", "recall_rough") else str(r[c]) for c in cols]
+        rows.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *rows])
+
+
+def compute(ref_dir, det_dirs: dict) -> dict:
+    """All figures of the model card: {"lesion": {model: table}, "patient": {row: table}, "consensus_lesion": table,
+    "reference_counts": table, "cases": n}."""
+    from nnunet_liver.evaluation import metrics as M
+
+    res = {name: _evaluate(ref_dir, d) for name, d in det_dirs.items()}
+    ref_class = {c.case: c.ref_class for c in next(iter(res.values())).cases}
+    high = det_dirs["High+ReCls"]
+    pred = {"Base": _classes(det_dirs["Base"]), "Base+ReCls": _classes(det_dirs["Base+ReCls"]),
+            "High+ReCls": _classes(high, "4"), "Base+ReCls & High+ReCls": _classes(high)}
+    patient = {k: M.patient_table((ref_class[c], v[c]) for c in ref_class) for k, v in pred.items()}
+    agree = {c for c, v in pred["Base+ReCls & High+ReCls"].items() if v != "uncertain"}
+    consensus_lesion = M.lesion_table(c.match for c in res["High+ReCls"].cases if c.case in agree)
+    return {"lesion": {k: r.lesion for k, r in res.items()}, "patient": patient, "consensus_lesion": consensus_lesion,
+            "reference_counts": next(iter(res.values())).reference_counts, "cases": len(ref_class),
+            "consensus_cases": len(agree)}
+
+
+def checks(fig: dict) -> dict:
+    """The issue's acceptance checks on the figures (True/False each)."""
+    les, pat = fig["lesion"], fig["patient"]["Base+ReCls & High+ReCls"]
+    return {"High+ReCls has fewer FN than Base (All)": les["High+ReCls"]["All"]["FN"] < les["Base"]["All"]["FN"],
+            "Base+ReCls has fewer FP than Base (All)": les["Base+ReCls"]["All"]["FP"] < les["Base"]["All"]["FP"],
+            "consensus malignancy sensitivity >= 0.9": (pat["malignancy_sensitivity"] or 0) >= 0.9,
+            "consensus malignancy specificity >= 0.9": (pat["malignancy_specificity"] or 0) >= 0.9}
+
+
+def markdown(fig: dict, timings: dict = None) -> str:
+    out = [f"Test set: {fig['cases']} phantom cases. Reference lesions below 0.5 cm3 are ignored, and so are "
+           f"unmatched predictions below 0.5 cm3 (seed 003, Table I).", ""]
+    rc = fig["reference_counts"]
+    bins = [k for k in next(iter(rc.values())) if k != "Total"] + ["Total"]
+    out += ["**Table I layout: reference lesions per type and volume (cm3)**", "",
+            "| Type | " + " | ".join(bins) + " |", "|---|" + "---:|" * len(bins)]
+    out += [f"| {t} | " + " | ".join(str(rc[t].get(b, 0)) for b in bins) + " |" for t in TYPES if t in rc]
+    out += ["", "**Table II layout: lesion level (FN, FP, FL, TP, precision, recall)**", "",
+            lesion_table_md(fig["lesion"]), ""]
+    out += ["**Table IV layout: patient-level malignancy**", "",
+            "| Model | sensitivity | specificity | cases counted | uncertain (left out) | patient-class accuracy |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for k, p in fig["patient"].items():
+        out.append(f"| {k} | {_pct(p['malignancy_sensitivity'])} ({p['malignant_tp']}/"
+                   f"{p['malignant_tp'] + p['malignant_fn']}) | {_pct(p['malignancy_specificity'])} "
+                   f"({p['malignant_tn']}/{p['malignant_tn'] + p['malignant_fp']}) | {p['certain']} | "
+                   f"{p['uncertain']} | {_pct(p['class_accuracy'])} |")
+    out += ["", f"**Table V layout: High+ReCls on the consensus cases ({fig['consensus_cases']} of {fig['cases']})**",
+            "", lesion_table_md({"High+ReCls": fig["consensus_lesion"]},
+                                cols=("FN", "FP", "FL", "TP", "precision", "recall", "recall_rough")), ""]
+    out += ["**Checks (issue 6)**", ""] + [f"- {k}: {'yes' if v else 'NO'}" for k, v in checks(fig).items()]
+    if timings:
+        out += ["", "Detection wall time for the whole test set (2 CPU cores): "
+                + ", ".join(f"{k} {v / 60:.1f} min ({v / fig['cases']:.1f} s/case)" for k, v in timings.items())]
+    return "\n".join(out) + "\n"
+
+
+def write_results(work, test, det_dirs, timings, out_md) -> dict:
+    fig = compute(Path(test) / "labelsTr", det_dirs)
+    Path(out_md).write_text(markdown(fig, timings))
+    Path(out_md).with_suffix(".json").write_text(json.dumps({**fig, "checks": checks(fig), "timings_s": timings},
+                                                            indent=1, default=str))
+    return fig
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-ref", required=True, help="reference label maps folder")
+    p.add_argument("--base", required=True)
+    p.add_argument("--base-recls", required=True)
+    p.add_argument("--high-recls", required=True)
+    p.add_argument("-o", default=None, help="markdown output (default: print)")
+    a = p.parse_args(argv)
+    fig = compute(a.ref, {"Base": a.base, "Base+ReCls": a.base_recls, "High+ReCls": a.high_recls})
+    text = markdown(fig)
+    if a.o:
+        Path(a.o).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

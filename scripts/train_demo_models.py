@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Reproduce the bundled demo models (``nnunet_liver/demo_models``) and their model card's test figures.
+
+Everything runs with nnU-Net's own commands on the CPU, in a work folder outside the repository::
+
+    python scripts/train_demo_models.py -w /work/demo_build            # every stage, in order
+    python scripts/train_demo_models.py -w /work/demo_build --stages evaluate
+
+Stages:
+
+1. ``data``        ``nnunet-liver-phantom``: TRAIN_CASES phantoms (seed TRAIN_SEED, 24 x 96 x 96 voxels at
+                   6 x 4 x 4 mm, a quarter without the delayed phase) as ``Dataset601_DemoLiverPhantom``.
+2. ``plan-whole``  ``nnUNetv2_plan_and_preprocess -d 601 -c 3d_fullres``.
+3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
+4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, plan and preprocess it.
+5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``.
+6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
+                   logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
+7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training), ``nnunet-liver-detect -m demo`` as
+                   Base (f = 1), Base+ReCls (f = 1, UNet-patch) and High+ReCls (f = 1 and 4, UNet-patch),
+                   ``nnunet-liver-evaluate`` on each; writes ``WORK/test_results.md`` with seed 003's tables
+                   (lesion level per type + All + Malign, patient-level malignancy, the consensus).
+
+nnU-Net's folders are ``WORK/nnUNet_raw``, ``WORK/nnUNet_preprocessed`` and ``WORK/nnUNet_results``; logs go to
+``WORK/logs``. Threads: ``OMP_NUM_THREADS`` (default 2), no augmentation worker processes unless
+``nnUNet_n_proc_DA`` is set, no ``torch.compile``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO / "nnunet_liver" / "demo_models"
+
+TRAIN_SEED, TRAIN_CASES = 601, 120
+TEST_SEED, TEST_CASES = 20261, 40
+SHAPE, SPACING = (24, 96, 96), (6.0, 4.0, 4.0)
+MISSING_DELAYED = 0.25
+WHOLE_ID, WHOLE_NAME, WHOLE_TRAINER = 601, "Dataset601_DemoLiverPhantom", "LiverIFMTrainer_demo"
+PATCH_ID, PATCH_NAME, PATCH_TRAINER = 602, "Dataset602_DemoLiverPatch", "LesionShufflePatchTrainer_demo"
+STAGES = ("data", "plan-whole", "train-whole", "patches", "train-patch", "export", "evaluate")
+#: the three models of seed 003 Tables II and IV: name -> nnunet-liver-detect flags
+MODELS = {"Base": ["--factors", "1"],
+          "Base+ReCls": ["--factors", "1", "--patch-model", "demo"],
+          "High+ReCls": ["--factors", "1", "4", "--patch-model", "demo"]}
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def environment(work: Path) -> dict:
+    import nnunet_liver
+
+    env = dict(os.environ)
+    threads = env.get("OMP_NUM_THREADS", "2")
+    env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
+               nnUNet_results=str(work / "nnUNet_results"), nnUNet_extTrainer=nnunet_liver.TRAINERS_DIR,
+               nnUNet_compile="f", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env.setdefault("nnUNet_n_proc_DA", "0")
+    return env
+
+
+def run(cmd, env, log: Path) -> float:
+    """Run a command, its output to ``log``; raise with the log's tail on failure. Returns seconds."""
+    cmd = [str(c) for c in cmd]
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.run([_bin(cmd[0]), *cmd[1:]], env=env, stdout=f, stderr=subprocess.STDOUT)
+    dt = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}), see {log}:\n{log.read_text()[-3000:]}")
+    print(f"  done in {dt / 60:.1f} min (log: {log})", flush=True)
+    return dt
+
+
+def model_folder(work: Path, name: str, trainer: str) -> Path:
+    return work / "nnUNet_results" / name / f"{trainer}__nnUNetPlans__3d_fullres"
+
+
+def export_model(src: Path, dst: Path, fold: int = 0) -> None:
+    """Copy an nnU-Net model folder's dataset.json, plans.json and fold checkpoint_final.pth, the latter without
+    optimizer state, grad scaler and logging (inference needs network_weights, trainer_name, init_args and
+    inference_allowed_mirroring_axes)."""
+    import torch
+
+    ckpt = torch.load(src / f"fold_{fold}" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    keep = {k: ckpt[k] for k in ("network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes",
+                                 "current_epoch") if k in ckpt}
+    keep["network_weights"] = {k: v.clone() for k, v in keep["network_weights"].items()}
+    if dst.exists():
+        shutil.rmtree(dst)
+    (dst / f"fold_{fold}").mkdir(parents=True)
+    for name in ("dataset.json", "plans.json"):
+        shutil.copy2(src / name, dst / name)
+    torch.save(keep, dst / f"fold_{fold}" / "checkpoint_final.pth")
+
+
+def stage_data(work, env):
+    run(["nnunet-liver-phantom", "-o", work / "nnUNet_raw" / WHOLE_NAME, "-n", TRAIN_CASES, "--seed", TRAIN_SEED,
+         "--shape", *SHAPE, "--spacing", *SPACING, "--missing-delayed", MISSING_DELAYED], env,
+        work / "logs" / "data.log")
+
+
+def plan(work, env, dataset_id):
+    run(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2", "-npfp", "2",
+         "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "1"}, work / "logs" / f"plan_{dataset_id}.log")
+
+
+def stage_patches(work, env):
+    run(["nnunet-liver-convert", "patches", "-i", work / "nnUNet_raw" / WHOLE_NAME,
+         "-o", work / "nnUNet_raw" / PATCH_NAME], env, work / "logs" / "patches.log")
+    plan(work, env, PATCH_ID)
+
+
+def train(work, env, dataset_id, trainer):
+    dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env,
+             work / "logs" / f"train_{trainer}.log")
+    (work / "logs" / f"train_{trainer}.seconds").write_text(f"{dt:.0f}\n")
+
+
+def stage_export(work, env):
+    export_model(model_folder(work, WHOLE_NAME, WHOLE_TRAINER), DEMO_DIR / "whole")
+    export_model(model_folder(work, PATCH_NAME, PATCH_TRAINER), DEMO_DIR / "patch")
+
+
+def stage_evaluate(work, env):
+    from evaluate_demo_models import write_results  # scripts/evaluate_demo_models.py
+
+    test = work / "test" / "Dataset699_DemoLiverTest"
+    if not test.exists():
+        run(["nnunet-liver-phantom", "-o", test, "-n", TEST_CASES, "--seed", TEST_SEED, "--shape", *SHAPE,
+             "--spacing", *SPACING, "--missing-delayed", MISSING_DELAYED], env, work / "logs" / "test_data.log")
+    timings = {}
+    for name, flags in MODELS.items():
+        tag = name.replace("+", "_")
+        out = work / "test" / f"det_{tag}"
+        timings[name] = run(["nnunet-liver-detect", "-i", test / "imagesTr", "-o", out, "-m", "demo", *flags,
+                             "--overwrite"], env, work / "logs" / f"detect_{tag}.log")
+        run(["nnunet-liver-evaluate", "-ref", test / "labelsTr", "-pred", out, "-o", out / "evaluation"], env,
+            work / "logs" / f"evaluate_{tag}.log")
+    write_results(work, test, {n: work / "test" / f"det_{n.replace('+', '_')}" for n in MODELS}, timings,
+                  work / "test_results.md")
+    print((work / "test_results.md").read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-w", "--work", default="/work/demo_build", help="work folder (outside the repository)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run, in order")
+    args = p.parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = environment(work)
+    for stage in STAGES:
+        if stage not in args.stages:
+            continue
+        print(f"== {stage}", flush=True)
+        if stage == "data":
+            stage_data(work, env)
+        elif stage == "plan-whole":
+            plan(work, env, WHOLE_ID)
+        elif stage == "train-whole":
+            train(work, env, WHOLE_ID, WHOLE_TRAINER)
+        elif stage == "patches":
+            stage_patches(work, env)
+        elif stage == "train-patch":
+            train(work, env, PATCH_ID, PATCH_TRAINER)
+        elif stage == "export":
+            stage_export(work, env)
+        elif stage == "evaluate":
+            stage_evaluate(work, env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())
