@@ -26,6 +26,7 @@ setup(
         "connected-components-3d>=3.12",
         "numpy>=1.24",
         "scipy>=1.10",
+        "nibabel>=4",
         "tqdm",
         "matplotlib>=3.6",
     ],

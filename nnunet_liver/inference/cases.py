@@ -120,24 +120,6 @@ def _json_ready(report: dict) -> dict:
     return out
 
 
-def _check_nifti_nan(path: str, what: str) -> None:
-    """Raise InputError if a floating-point NIfTI file holds NaN voxels.
-
-    ITK's NIfTI reader (SimpleITK 2.x) silently turns NaN into 0, so the check in ``read_image`` cannot see them;
-    nibabel reads the stored values. Integer files (most CT) cannot hold NaN and are not read twice.
-    """
-    if not path.endswith((".nii", ".nii.gz")):
-        return
-    import nibabel
-
-    image = nibabel.load(path)
-    if not np.issubdtype(image.header.get_data_dtype(), np.floating):
-        return
-    bad = int(np.count_nonzero(~np.isfinite(np.asanyarray(image.dataobj))))
-    if bad:
-        raise InputError(f"{path}: {what} holds {bad} NaN or infinite voxels")
-
-
 def load_case(case: CaseFiles, channel_names: Sequence[str], allow_missing: bool, register: bool = False,
               registration_transform: str = "rigid") -> LoadedCase:
     """Read, check and align one case; fill missing phases when ``allow_missing``.
@@ -170,7 +152,6 @@ def load_case(case: CaseFiles, channel_names: Sequence[str], allow_missing: bool
     images = {}
     for c in present:
         arrays[c], _, images[c] = read_image(files[c], what=f"phase {names[c]} image")
-        _check_nifti_nan(files[c], f"phase {names[c]} image")
     ref_c = names.index("V") if "V" in names and files[names.index("V")] is not None else present[0]
     ref = images[ref_c]
     registration = {}

@@ -109,9 +109,27 @@ def read_image(path: str, what: str = "image"):
     if min(array.shape) < 2 and what != "label":
         raise InputError(f"{path}: {what} has shape {array.shape} (z, y, x); a 3D volume needs at least 2 voxels "
                          f"along every axis")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise InputError(f"{path}: {what} holds {int((~np.isfinite(array)).sum())} NaN or infinite voxels")
+    bad = int(np.count_nonzero(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0
+    bad = bad or _count_nifti_nonfinite(path)
+    if bad:
+        raise InputError(f"{path}: {what} holds {bad} NaN or infinite voxels")
     return array, spacing_zyx(image), image
+
+
+def _count_nifti_nonfinite(path: str) -> int:
+    """Number of NaN/inf voxels stored in a floating-point NIfTI file (0 for other files).
+
+    ITK's NIfTI reader (SimpleITK 2.x) silently turns NaN into 0, so the array it returns cannot show them; nibabel
+    reads the stored values. Integer files (most CT) cannot hold NaN and are not read twice.
+    """
+    if not path.endswith((".nii", ".nii.gz")):
+        return 0
+    import nibabel
+
+    image = nibabel.load(path)
+    if not np.issubdtype(image.header.get_data_dtype(), np.floating):
+        return 0
+    return int(np.count_nonzero(~np.isfinite(np.asanyarray(image.dataobj))))
 
 
 def write_image_like(array: np.ndarray, reference, path: str) -> None:
