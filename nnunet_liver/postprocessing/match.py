@@ -95,16 +95,24 @@ def _box_intersection(a, b):
 
 
 def overlap_matrix(reference: Sequence, prediction: Sequence) -> np.ndarray:
-    """Shared voxel counts, shape (len(reference), len(prediction)); uses the lesions' bbox masks."""
+    """Shared voxel counts, shape (len(reference), len(prediction)); uses the lesions' bbox masks.
+
+    Pairs whose bounding boxes are disjoint are ruled out at once (vectorised), so only touching pairs cost a mask
+    comparison: thousands of noise proposals against a few reference lesions stay cheap.
+    """
     out = np.zeros((len(reference), len(prediction)), dtype=np.int64)
-    for i, r in enumerate(reference):
-        for j, p in enumerate(prediction):
-            box = _box_intersection(r, p)
-            if box is None:
-                continue
-            rs = tuple(slice(lo - r0, hi - r0) for (lo, hi), (r0, _) in zip(box, r.bbox))
-            ps = tuple(slice(lo - p0, hi - p0) for (lo, hi), (p0, _) in zip(box, p.bbox))
-            out[i, j] = int(np.count_nonzero(r.mask[rs] & p.mask[ps]))
+    if not len(reference) or not len(prediction):
+        return out
+    rb = np.array([r.bbox for r in reference], dtype=np.int64)  # (n, 3, 2) half-open
+    pb = np.array([p.bbox for p in prediction], dtype=np.int64)  # (m, 3, 2)
+    touching = ((np.maximum(rb[:, None, :, 0], pb[None, :, :, 0]) <
+                 np.minimum(rb[:, None, :, 1], pb[None, :, :, 1])).all(axis=2))
+    for i, j in zip(*np.nonzero(touching)):
+        r, p = reference[i], prediction[j]
+        box = _box_intersection(r, p)
+        rs = tuple(slice(lo - r0, hi - r0) for (lo, hi), (r0, _) in zip(box, r.bbox))
+        ps = tuple(slice(lo - p0, hi - p0) for (lo, hi), (p0, _) in zip(box, p.bbox))
+        out[i, j] = int(np.count_nonzero(r.mask[rs] & p.mask[ps]))
     return out
 
 
