@@ -12,7 +12,7 @@ Phantom cases (``nnunet_liver.phantom``) are predicted twice, each in a fresh wo
   seg2det, reclassification (with ``--patch-model``), patient results, JSON, lesion map, summary.csv, report.html.
 
 Each worker first predicts one warm-up case (not timed). The ratio cascade / plain is the figure of merit
-(target <= 1.5). Without ``--model`` the benchmark writes a rule model (``nnunet_liver.inference.rule_model``:
+(target <= 1.5). Without ``--model`` the benchmark writes a rule model (``nnunet_liver.testing.rule_model``:
 nearest class mean HU, learned from the phantoms' label maps) whose network costs almost nothing, so the ratio is
 then an upper bound of the cascade's overhead; pass a trained UNet-whole to measure a realistic ratio.
 """
@@ -92,7 +92,7 @@ def make_rule_model(dataset_dir: str, folder: str, folds) -> str:
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunet_liver.inference.rule_model import write_rule_model
+    from nnunet_liver.testing.rule_model import write_rule_model
     from nnunet_liver.labels import NUM_CLASSES, dataset_json_labels
 
     sums, sq, counts = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES)

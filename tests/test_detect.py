@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from nnunet_liver.inference import schema_path
 from nnunet_liver.inference.cli import main
-from nnunet_liver.inference.rule_model import write_rule_model
+from nnunet_liver.testing.rule_model import write_rule_model
 from nnunet_liver.labels import dataset_json_labels, patch_dataset_json_labels
 from nnunet_liver.utils.io import InputError
 

@@ -74,7 +74,7 @@ def write_rule_model(folder: str, labels: Dict[str, int], centers: Sequence[floa
     median_shape = [int(median_shape[a]) for a in tf]
     dataset_json = {"channel_names": {str(i): n for i, n in enumerate(channel_names)}, "labels": dict(labels),
                     "numTraining": 1, "file_ending": ".nii.gz"}
-    arch = {"network_class_name": "nnunet_liver.inference.rule_model.IntensityRuleNetwork",
+    arch = {"network_class_name": "nnunet_liver.testing.rule_model.IntensityRuleNetwork",
             "arch_kwargs": {"centers": list(map(float, centers)), "widths": list(map(float, widths)),
                             "channel": channel}, "_kw_requires_import": []}
     plans = {
