@@ -59,12 +59,7 @@ def step(net, opt, x, y):
     opt.step()
 
 
-def measure(net, x, y, repeats: int, device) -> dict:
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-    step(net, opt, x, y)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+def timed_steps(net, opt, x, y, repeats: int, device) -> list:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -72,8 +67,7 @@ def measure(net, x, y, repeats: int, device) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    mem = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    return {"median_s": statistics.median(times), "peak_bytes": mem}
+    return times
 
 
 def main(argv=None):
@@ -82,7 +76,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
     p.add_argument("--phases", type=int, default=4, help="input phases (default: 4)")
     p.add_argument("--stages", type=int, default=5, help="U-Net stages (default: 5)")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per network (default: 3)")
+    p.add_argument("--repeats", type=int, default=2, help="timed steps per network and round (default: 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
     p.add_argument("--resenc", action="store_true", help="nnU-Net's residual-encoder U-Net instead of PlainConvUNet")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--all-present", action="store_true",
@@ -96,22 +91,33 @@ def main(argv=None):
     if not a.all_present:
         x[0, -1] = 0.0  # one sample without its last phase, as in training with phase dropout
     y = torch.randint(0, 14, (a.batch, *a.patch), generator=g).to(device)
-    results = {}
-    for name in ("plain", "ifm", "plain", "ifm"):  # interleaved; the second round is kept
-        net = build(name == "ifm", a.phases, a.stages, a.resenc, device)
-        results[name] = measure(net, x, y, a.repeats, device)
-        del net
+    nets = {name: build(name == "ifm", a.phases, a.stages, a.resenc, device) for name in ("plain", "ifm")}
+    opts = {k: torch.optim.SGD(n.parameters(), lr=1e-3, momentum=0.99, nesterov=True) for k, n in nets.items()}
+    times = {k: [] for k in nets}
+    peak = {}
+    for k in nets:  # warm-up, and peak memory of one step
+        step(nets[k], opts[k], x, y)
         if device.type == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            step(nets[k], opts[k], x, y)
+            torch.cuda.synchronize()
+            peak[k] = torch.cuda.max_memory_allocated()
+    for _ in range(a.rounds):  # interleaved rounds; the minimum is robust to other processes' load
+        for k in nets:
+            times[k] += timed_steps(nets[k], opts[k], x, y, a.repeats, device)
+    results = {k: {"min_s": min(v), "median_s": statistics.median(v), "peak_bytes": peak.get(k)}
+               for k, v in times.items()}
     n_plain = sum(q.numel() for q in build(False, a.phases, a.stages, a.resenc, "cpu").parameters())
     n_ifm = sum(q.numel() for q in build(True, a.phases, a.stages, a.resenc, "cpu").parameters())
-    ratio = results["ifm"]["median_s"] / results["plain"]["median_s"]
+    ratio = results["ifm"]["min_s"] / results["plain"]["min_s"]
     print(f"device={device} arch={'ResEnc' if a.resenc else 'PlainConvUNet'} patch={tuple(a.patch)} "
           f"batch={a.batch} phases={a.phases} stages={a.stages} threads={a.threads} "
           f"{'all phases present' if a.all_present else 'sample 0 without its last phase'}")
     print(f"parameters: plain {n_plain:,}  ifm {n_ifm:,}  (+{n_ifm - n_plain:,})")
-    print(f"train step: plain {results['plain']['median_s']:.3f} s  ifm {results['ifm']['median_s']:.3f} s  "
-          f"ratio {ratio:.3f} (target <= 1.3)")
+    print(f"train step (min of {a.rounds} x {a.repeats}): plain {results['plain']['min_s']:.3f} s  "
+          f"ifm {results['ifm']['min_s']:.3f} s  ratio {ratio:.3f} (target <= 1.3); medians "
+          f"{results['plain']['median_s']:.3f} s / {results['ifm']['median_s']:.3f} s")
     if device.type == "cuda":
         mr = results["ifm"]["peak_bytes"] / results["plain"]["peak_bytes"]
         print(f"peak GPU memory: plain {results['plain']['peak_bytes'] / 2**30:.2f} GiB  "
