@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import inspect
 import os
 import pkgutil
 import re
@@ -136,14 +135,9 @@ def resolve_trainer_class(trainer_name: str) -> type:
 
 
 def is_ifm_trainer(trainer_class: type) -> bool:
-    """Whether models of this trainer accept missing phases (iterative fusion module).
-
-    A trainer says so with the class attribute ``supports_missing_phases = True``; trainers named ``*IFM*`` count
-    as well, so a model trained before the attribute existed still works.
-    """
-    if getattr(trainer_class, "supports_missing_phases", None) is not None:
-        return bool(trainer_class.supports_missing_phases)
-    return any("IFM" in c.__name__ for c in inspect.getmro(trainer_class))
+    """Whether models of this trainer accept missing phases (iterative fusion module): the trainer's class attribute
+    ``supports_missing_phases`` (``LiverIFMTrainer`` and its subclasses)."""
+    return bool(getattr(trainer_class, "supports_missing_phases", False))
 
 
 def load_model(model_dir: str, folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth",

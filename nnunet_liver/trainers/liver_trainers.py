@@ -127,6 +127,9 @@ class LiverIFMTrainer(LiverWholeTrainer):
     ``liver_transforms``); a random subset of the present phases is dropped with probability ``PHASE_DROPOUT_P``.
     """
 
+    #: detection may fill a missing phase file with the constant channel for models of this trainer
+    supports_missing_phases = True
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         self.phases = phase_order(dataset_json)
