@@ -6,8 +6,9 @@
    train the demo models): an HCC liver, metastases with a cyst, an ICC with its delayed phase missing, benign
    lesions (hemangioma and cyst) and a lesion-free liver, written as ``OUT/phantoms/imagesTr`` (nnU-Net naming,
    channels NC, A, V, D; the ICC case has no ``_0003`` file) and ``OUT/phantoms/labelsTr`` (the truth).
-2. Runs ``nnunet-liver-detect -m demo --patch-model demo`` (UNet-whole, sensitivity factors 1 and 4, lesion-shuffle
-   reclassification with UNet-patch, patient classes) into ``OUT/detections`` (``CASE.json``,
+2. Runs ``nnunet-liver-detect -m demo --patch-model demo --disable-tta`` (UNet-whole, sensitivity factors 1 and
+   4, lesion-shuffle reclassification with UNet-patch, patient classes; no test-time mirroring, as in the model
+   card's evaluation) into ``OUT/detections`` (``CASE.json``,
    ``CASE_lesions.nii.gz``, ``summary.csv``, ``report.html``).
 3. Runs ``nnunet-liver-evaluate`` against the phantom truth into ``OUT/evaluation``.
 4. Prints where the report is and the headline figures, and writes them to ``OUT/demo_summary.json``.
@@ -147,9 +148,9 @@ def run_demo(out: str, overwrite: bool = False, device: str = "cpu", progress: b
     phantoms, detections, evaluation = (os.path.join(out, n) for n in ("phantoms", "detections", "evaluation"))
     print(f"{PROG}: 1/3 generating {len(DEMO_CASES)} phantom cases -> {phantoms}", flush=True)
     write_demo_cases(phantoms)
-    print(f"{PROG}: 2/3 nnunet-liver-detect -m demo --patch-model demo -> {detections}", flush=True)
+    print(f"{PROG}: 2/3 nnunet-liver-detect -m demo --patch-model demo --disable-tta -> {detections}", flush=True)
     detect_args = ["-i", os.path.join(phantoms, "imagesTr"), "-o", detections, "-m", "demo",
-                   "--patch-model", "demo", "--device", device]
+                   "--patch-model", "demo", "--device", device, "--disable-tta"]
     with contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()):
         code = detect_cli.main(detect_args)
     if code != 0:

@@ -114,7 +114,7 @@ def markdown(fig: dict, timings: dict = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_results(work, test, det_dirs, timings, out_md) -> dict:
+def write_results(test, det_dirs, timings, out_md) -> dict:
     fig = compute(Path(test) / "labelsTr", det_dirs)
     Path(out_md).write_text(markdown(fig, timings))
     Path(out_md).with_suffix(".json").write_text(json.dumps({**fig, "checks": checks(fig), "timings_s": timings},

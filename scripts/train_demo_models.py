@@ -14,12 +14,15 @@ Stages:
 3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
 4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, plan and preprocess it.
 5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``.
+   ``finetune-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demoFT -device cpu
+                   -pretrained_weights <the first stage's fold_0/checkpoint_final.pth>`` (the bundled UNet-patch).
 6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
                    logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
-7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training), ``nnunet-liver-detect -m demo`` as
+7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training), ``nnunet-liver-detect -m demo --disable-tta`` as
                    Base (f = 1), Base+ReCls (f = 1, UNet-patch) and High+ReCls (f = 1 and 4, UNet-patch),
-                   ``nnunet-liver-evaluate`` on each; writes ``WORK/test_results.md`` with seed 003's tables
-                   (lesion level per type + All + Malign, patient-level malignancy, the consensus).
+                   ``nnunet-liver-evaluate`` on each; writes seed 003's tables
+                   (lesion level per type + All + Malign, patient-level malignancy, the consensus), in
+                   ``WORK/test/test_results.md`` (and ``.json``).
 
 nnU-Net's folders are ``WORK/nnUNet_raw``, ``WORK/nnUNet_preprocessed`` and ``WORK/nnUNet_results``; logs go to
 ``WORK/logs``. Threads: ``OMP_NUM_THREADS`` (default 2), no augmentation worker processes unless
@@ -40,16 +43,20 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "nnunet_liver" / "demo_models"
 
 TRAIN_SEED, TRAIN_CASES = 601, 120
-TEST_SEED, TEST_CASES = 20261, 40
+TEST_SEED, TEST_CASES = 20261, 30
 SHAPE, SPACING = (24, 96, 96), (6.0, 4.0, 4.0)
 MISSING_DELAYED = 0.25
 WHOLE_ID, WHOLE_NAME, WHOLE_TRAINER = 601, "Dataset601_DemoLiverPhantom", "LiverIFMTrainer_demo"
 PATCH_ID, PATCH_NAME, PATCH_TRAINER = 602, "Dataset602_DemoLiverPatch", "LesionShufflePatchTrainer_demo"
-STAGES = ("data", "plan-whole", "train-whole", "patches", "train-patch", "export", "evaluate")
+#: second stage of UNet-patch, fine-tuned from PATCH_TRAINER's weights; this is the bundled patch model
+PATCH_FT_TRAINER = "LesionShufflePatchTrainer_demoFT"
+STAGES = ("data", "plan-whole", "train-whole", "patches", "train-patch", "finetune-patch", "export", "evaluate")
 #: the three models of seed 003 Tables II and IV: name -> nnunet-liver-detect flags
 MODELS = {"Base": ["--factors", "1"],
-          "Base+ReCls": ["--factors", "1", "--patch-model", "demo"],
-          "High+ReCls": ["--factors", "1", "4", "--patch-model", "demo"]}
+          "Base+ReCls": ["--factors", "1", "--patch-model", "{patch}"],
+          "High+ReCls": ["--factors", "1", "4", "--patch-model", "{patch}"]}
+#: detector options shared by the three runs (also the demo's): no test-time mirroring, for CPU speed
+DETECT_FLAGS = ["--disable-tta"]
 
 
 def _bin(name: str) -> str:
@@ -123,35 +130,38 @@ def stage_patches(work, env):
     plan(work, env, PATCH_ID)
 
 
-def train(work, env, dataset_id, trainer):
-    dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env,
+def train(work, env, dataset_id, trainer, extra=()):
+    dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *extra], env,
              work / "logs" / f"train_{trainer}.log")
     (work / "logs" / f"train_{trainer}.seconds").write_text(f"{dt:.0f}\n")
 
 
 def stage_export(work, env):
     export_model(model_folder(work, WHOLE_NAME, WHOLE_TRAINER), DEMO_DIR / "whole")
-    export_model(model_folder(work, PATCH_NAME, PATCH_TRAINER), DEMO_DIR / "patch")
+    export_model(model_folder(work, PATCH_NAME, PATCH_FT_TRAINER), DEMO_DIR / "patch")
 
 
-def stage_evaluate(work, env):
+def stage_evaluate(work, env, whole="demo", patch="demo", num_cases=TEST_CASES, out_name="test"):
+    """Test-set phantoms, the three detector runs and their evaluation; ``whole``/``patch`` are model folders
+    (default: the bundled ones, ``-m demo``)."""
     from evaluate_demo_models import write_results  # scripts/evaluate_demo_models.py
 
-    test = work / "test" / "Dataset699_DemoLiverTest"
+    base = work / out_name
+    test = base / "Dataset699_DemoLiverTest"
     if not test.exists():
-        run(["nnunet-liver-phantom", "-o", test, "-n", TEST_CASES, "--seed", TEST_SEED, "--shape", *SHAPE,
+        run(["nnunet-liver-phantom", "-o", test, "-n", num_cases, "--seed", TEST_SEED, "--shape", *SHAPE,
              "--spacing", *SPACING, "--missing-delayed", MISSING_DELAYED], env, work / "logs" / "test_data.log")
-    timings = {}
+    timings, dets = {}, {}
     for name, flags in MODELS.items():
         tag = name.replace("+", "_")
-        out = work / "test" / f"det_{tag}"
-        timings[name] = run(["nnunet-liver-detect", "-i", test / "imagesTr", "-o", out, "-m", "demo", *flags,
-                             "--overwrite"], env, work / "logs" / f"detect_{tag}.log")
+        dets[name] = out = base / f"det_{tag}"
+        flags = [f.format(patch=patch) for f in flags]
+        timings[name] = run(["nnunet-liver-detect", "-i", test / "imagesTr", "-o", out, "-m", whole, *flags,
+                             *DETECT_FLAGS, "--overwrite"], env, work / "logs" / f"{out_name}_detect_{tag}.log")
         run(["nnunet-liver-evaluate", "-ref", test / "labelsTr", "-pred", out, "-o", out / "evaluation"], env,
-            work / "logs" / f"evaluate_{tag}.log")
-    write_results(work, test, {n: work / "test" / f"det_{n.replace('+', '_')}" for n in MODELS}, timings,
-                  work / "test_results.md")
-    print((work / "test_results.md").read_text())
+            work / "logs" / f"{out_name}_evaluate_{tag}.log")
+    write_results(test, dets, timings, base / "test_results.md")
+    print((base / "test_results.md").read_text())
 
 
 def main(argv=None) -> int:
@@ -176,6 +186,9 @@ def main(argv=None) -> int:
             stage_patches(work, env)
         elif stage == "train-patch":
             train(work, env, PATCH_ID, PATCH_TRAINER)
+        elif stage == "finetune-patch":
+            first = model_folder(work, PATCH_NAME, PATCH_TRAINER) / "fold_0" / "checkpoint_final.pth"
+            train(work, env, PATCH_ID, PATCH_FT_TRAINER, ["-pretrained_weights", first])
         elif stage == "export":
             stage_export(work, env)
         elif stage == "evaluate":

@@ -22,7 +22,7 @@ from nnunet_liver.trainers.liver_networks import tiny_configuration
 from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer
 
-__all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "DEMO_FEATURES", "demo_configuration"]
+__all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "LesionShufflePatchTrainer_demoFT", "DEMO_FEATURES", "demo_configuration"]
 
 DEMO_FEATURES: Tuple[int, ...] = (8, 16, 32, 64)
 DEMO_WHOLE_PATCH_SIZE: Tuple[int, int, int] = (16, 64, 64)
@@ -80,3 +80,13 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
         return LesionShufflePatchTrainer.build_network_architecture(
             plans_manager, demo_configuration(configuration_manager, DEMO_PATCH_PATCH_SIZE), num_input_channels,
             num_output_channels, enable_deep_supervision)
+
+
+class LesionShufflePatchTrainer_demoFT(LesionShufflePatchTrainer_demo):
+    """Second stage of the demo UNet-patch: fine-tunes ``LesionShufflePatchTrainer_demo``'s weights
+    (``nnUNetv2_train ... -pretrained_weights``) for 10 more epochs with more positive patches (the first stage
+    learns the liver but, in 600 iterations, not yet the small lesions)."""
+
+    demo_num_epochs: int = 10
+    scheme_rates = {"original_positive": 0.35, "original_negative": 0.15,
+                    "shuffled_positive": 0.35, "shuffled_negative": 0.15}
