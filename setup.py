@@ -37,6 +37,7 @@ setup(
             "nnunet-liver-convert=nnunet_liver.dataset_conversion.cli:main",
             "nnunet-liver-evaluate=nnunet_liver.evaluation.cli:main",
             "nnunet-liver-detect=nnunet_liver.inference.cli:main",
+            "nnunet-liver-demo=nnunet_liver.demo:main",
         ],
     },
 )
