@@ -143,7 +143,10 @@ def run_demo(out: str, overwrite: bool = False, device: str = "cpu", progress: b
     from nnunet_liver.evaluation import cli as evaluate_cli
     from nnunet_liver.inference import cli as detect_cli
 
+    from nnunet_liver.inference.model import resolve_model_dir
+
     t0 = time.perf_counter()
+    resolve_model_dir("demo", "whole"), resolve_model_dir("demo", "patch")  # clear error before any work
     prepare_output(out, overwrite)
     phantoms, detections, evaluation = (os.path.join(out, n) for n in ("phantoms", "detections", "evaluation"))
     print(f"{PROG}: 1/3 generating {len(DEMO_CASES)} phantom cases -> {phantoms}", flush=True)

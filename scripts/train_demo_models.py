@@ -130,8 +130,8 @@ def stage_patches(work, env):
     plan(work, env, PATCH_ID)
 
 
-def train(work, env, dataset_id, trainer, extra=()):
-    dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *extra], env,
+def train(work, env, dataset_id, trainer, extra=(), device="cpu"):
+    dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", device, *extra], env,
              work / "logs" / f"train_{trainer}.log")
     (work / "logs" / f"train_{trainer}.seconds").write_text(f"{dt:.0f}\n")
 
@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-w", "--work", default="/work/demo_build", help="work folder (outside the repository)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run, in order")
+    p.add_argument("--device", default="cpu", help="nnUNetv2_train -device (cpu, cuda)")
     args = p.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -181,14 +182,14 @@ def main(argv=None) -> int:
         elif stage == "plan-whole":
             plan(work, env, WHOLE_ID)
         elif stage == "train-whole":
-            train(work, env, WHOLE_ID, WHOLE_TRAINER)
+            train(work, env, WHOLE_ID, WHOLE_TRAINER, device=args.device)
         elif stage == "patches":
             stage_patches(work, env)
         elif stage == "train-patch":
-            train(work, env, PATCH_ID, PATCH_TRAINER)
+            train(work, env, PATCH_ID, PATCH_TRAINER, device=args.device)
         elif stage == "finetune-patch":
             first = model_folder(work, PATCH_NAME, PATCH_TRAINER) / "fold_0" / "checkpoint_final.pth"
-            train(work, env, PATCH_ID, PATCH_FT_TRAINER, ["-pretrained_weights", first])
+            train(work, env, PATCH_ID, PATCH_FT_TRAINER, ["-pretrained_weights", first], device=args.device)
         elif stage == "export":
             stage_export(work, env)
         elif stage == "evaluate":

@@ -1,9 +1,9 @@
 """``nnunet-liver-demo`` and the bundled demo models (issue 6).
 
 The end-to-end test runs the installed command (or ``python -m nnunet_liver.demo`` where the console script is not
-installed) in a subprocess and checks its figures against floors set below what the demo measured when the models
-were committed (see ``nnunet_liver/demo_models/MODEL_CARD.md``), so a regression in any stage of the cascade
-(phantoms, UNet-whole, sensitivity, seg2det, reclassification, evaluation) fails it.
+installed) in a subprocess and checks its figures against floors (see ``nnunet_liver/demo_models/MODEL_CARD.md``),
+so a regression in any stage of the cascade (phantoms, UNet-whole, sensitivity, seg2det, reclassification,
+evaluation) fails it. It is skipped while no demo weights are bundled.
 """
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from nnunet_liver.demo import DEMO_CASES, main, prepare_output
 from nnunet_liver.inference.model import DEMO_MODELS_DIR
 from nnunet_liver.utils.io import InputError
 
-#: floors of the demo's headline figures (measured at commit time: see the report in MODEL_CARD.md)
+#: floors of the demo's headline figures. PROVISIONAL: no demo weights are shipped yet (MODEL_CARD.md, status), so
+#: these are the minimum a shippable model must reach on the five demo cases; once weights are committed, set them
+#: just below what the demo measures with them.
 MIN_LESION_RECALL_ROUGH = 0.5
 MIN_MALIGNANCY_SENSITIVITY = 0.5
 MIN_MALIGNANCY_SPECIFICITY = 0.5
@@ -46,12 +48,21 @@ def test_bundled_models_are_small_and_stripped():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         assert "optimizer_state" not in ckpt and "logging" not in ckpt
         assert {"network_weights", "trainer_name", "init_args"} <= set(ckpt)
-        assert ckpt["trainer_name"].endswith("_demo")
+        assert "_demo" in ckpt["trainer_name"]
         total += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert total < 10 * 2 ** 20
     assert (Path(DEMO_MODELS_DIR) / "MODEL_CARD.md").is_file()
 
 
+@pytest.mark.skipif(os.path.isdir(os.path.join(DEMO_MODELS_DIR, "whole")), reason="demo models are bundled")
+def test_clear_error_without_bundled_models(tmp_path, capsys):
+    assert main(["-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet-liver-demo: error:") and "no bundled demo model" in err
+    assert not (tmp_path / "out").exists()
+
+
+@needs_models
 def test_refuses_non_empty_output(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -74,6 +85,10 @@ def test_prepare_output_overwrite_removes_only_demo_outputs(tmp_path):
         prepare_output(str(out), overwrite=False)
     prepare_output(str(out), overwrite=True)
     assert os.listdir(out) == []
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(InputError, match="did not write"):
+        prepare_output(str(out), overwrite=True)
+    assert (out / "mine.txt").read_text() == "keep me"
     with pytest.raises(InputError):
         (tmp_path / "file").write_text("x")
         prepare_output(str(tmp_path / "file"), overwrite=True)

@@ -84,9 +84,9 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
 
 class LesionShufflePatchTrainer_demoFT(LesionShufflePatchTrainer_demo):
     """Second stage of the demo UNet-patch: fine-tunes ``LesionShufflePatchTrainer_demo``'s weights
-    (``nnUNetv2_train ... -pretrained_weights``) for 10 more epochs with more positive patches (the first stage
+    (``nnUNetv2_train ... -pretrained_weights``) for 6 more epochs with more positive patches (the first stage
     learns the liver but, in 600 iterations, not yet the small lesions)."""
 
-    demo_num_epochs: int = 10
+    demo_num_epochs: int = 6
     scheme_rates = {"original_positive": 0.35, "original_negative": 0.15,
                     "shuffled_positive": 0.35, "shuffled_negative": 0.15}
