@@ -1,6 +1,7 @@
 """nnunet-liver-convert patches: liver crop, masking and patch labels of the UNet-patch dataset."""
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +88,20 @@ def test_convert_rejects_foreign_labels(tmp_path):
     with pytest.raises(InputError, match="13-class"):
         convert_patch_dataset(src, tmp_path / "Dataset602_Patch", progress=False)
     assert not (tmp_path / "Dataset602_Patch").exists()
+
+
+@pytest.mark.slow
+def test_reclassification_applies_unet_patch_on_its_training_patch_size(tiny_patch_model):
+    """The plans saved with UNet-patch keep nnU-Net's planned patch size; the detector must use the size the
+    trainer actually trained on, as recorded by nnU-Net itself in fold_0/debug.json."""
+    import ast
+
+    from nnunet_liver.inference.model import load_model
+
+    debug = json.loads((Path(tiny_patch_model.model_folder) / "fold_0" / "debug.json").read_text())
+    trained = ast.literal_eval(debug["configuration_manager"])["patch_size"]
+    plans = json.loads((Path(tiny_patch_model.model_folder) / "plans.json").read_text())
+    planned = plans["configurations"]["3d_fullres"]["patch_size"]
+    assert trained != planned  # otherwise this test could not tell the two apart
+    loaded = load_model(str(tiny_patch_model.model_folder), folds=(0,), which="patch")
+    assert list(loaded.configuration_manager.patch_size) == list(trained)

@@ -26,12 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folds to ensemble (default: every fold holding the checkpoint)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
     p.add_argument("--patch-model", default=None, metavar="PATCH_MODEL_DIR",
-                   help="UNet-patch's training output folder ('demo' for the bundled one); without it the "
-                        "reclassification step is skipped")
+                   help="UNet-patch's training output folder ('demo' for the bundled one; the default with "
+                        "-m demo); without it the reclassification step is skipped")
     p.add_argument("--factors", nargs="+", type=float, default=[1.0, 4.0],
                    help="lesion sensitivity factors; the highest gives the final lesions, the lowest the "
                         "same/diff split")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda when available, else cpu)")
     p.add_argument("--register", action="store_true",
                    help="register phases on another grid onto the venous phase (rigid, SimpleITK) instead of "
                         "failing the case")
@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.patch_model is None and args.m == "demo":
+        args.patch_model = "demo"  # the bundled pair: -m demo alone runs the whole cascade
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         from nnunet_liver.inference.detector import LiverDetector
         from nnunet_liver.inference.runner import run_folder

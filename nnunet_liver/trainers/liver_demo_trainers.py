@@ -81,6 +81,11 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
             plans_manager, demo_configuration(configuration_manager, DEMO_PATCH_PATCH_SIZE), num_input_channels,
             num_output_channels, enable_deep_supervision)
 
+    @classmethod
+    def training_configuration(cls, plans_manager, configuration_manager):
+        return demo_configuration(super().training_configuration(plans_manager, configuration_manager),
+                                  DEMO_PATCH_PATCH_SIZE, transpose_forward=plans_manager.transpose_forward)
+
 
 class LesionShufflePatchTrainer_demoFT(LesionShufflePatchTrainer_demo):
     """Second stage of the demo UNet-patch: fine-tunes ``LesionShufflePatchTrainer_demo``'s weights

@@ -55,13 +55,21 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        cm = with_patch_size(self.configuration_manager, self.patch_size, self.plans_manager.transpose_forward)
-        if cm is None:
+        if with_patch_size(self.configuration_manager, self.patch_size, self.plans_manager.transpose_forward) is None:
             self.print_to_log_file(
                 f"LesionShufflePatchTrainer: the planned network's strides do not divide the patch size "
                 f"{self.patch_size}; training on the planned patch size {self.configuration_manager.patch_size}")
-        else:
-            self.configuration_manager = cm
+        self.configuration_manager = self.training_configuration(self.plans_manager, self.configuration_manager)
+
+    @classmethod
+    def training_configuration(cls, plans_manager, configuration_manager) -> ConfigurationManager:
+        """The configuration this trainer trains with, from the plans' one (pure).
+
+        Reclassification reads the patch size from here: the plans saved with the model keep nnU-Net's planned
+        patch size, while UNet-patch is trained (and must be applied) on ``cls.patch_size`` patches.
+        """
+        cm = with_patch_size(configuration_manager, cls.patch_size, plans_manager.transpose_forward)
+        return configuration_manager if cm is None else cm
 
     @staticmethod
     def check_dataset(dataset_json: dict) -> None:

@@ -66,3 +66,8 @@ class LesionShufflePatchTrainer_tiny(LesionShufflePatchTrainer):
         return LesionShufflePatchTrainer.build_network_architecture(
             plans_manager, tiny_configuration(configuration_manager), num_input_channels, num_output_channels,
             enable_deep_supervision)
+
+    @classmethod
+    def training_configuration(cls, plans_manager, configuration_manager):
+        return tiny_configuration(super().training_configuration(plans_manager, configuration_manager),
+                                  transpose_forward=plans_manager.transpose_forward)
