@@ -31,7 +31,6 @@ nnU-Net's folders are ``WORK/nnUNet_raw``, ``WORK/nnUNet_preprocessed`` and ``WO
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

@@ -1,6 +1,4 @@
 """nnU-Net's own planner accepts a converted dataset (MSD fixture + a multi-phase case, merged)."""
-import os
-import subprocess
 import sys
 from pathlib import Path
 
