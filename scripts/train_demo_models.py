@@ -14,8 +14,6 @@ Stages:
 3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
 4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, plan and preprocess it.
 5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``.
-   ``finetune-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demoFT -device cpu
-                   -pretrained_weights <the first stage's fold_0/checkpoint_final.pth>`` (the bundled UNet-patch).
 6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
                    logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
 7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training), ``nnunet-liver-detect -m demo --disable-tta`` as
@@ -47,9 +45,7 @@ SHAPE, SPACING = (24, 96, 96), (6.0, 4.0, 4.0)
 MISSING_DELAYED = 0.25
 WHOLE_ID, WHOLE_NAME, WHOLE_TRAINER = 601, "Dataset601_DemoLiverPhantom", "LiverIFMTrainer_demo"
 PATCH_ID, PATCH_NAME, PATCH_TRAINER = 602, "Dataset602_DemoLiverPatch", "LesionShufflePatchTrainer_demo"
-#: second stage of UNet-patch, fine-tuned from PATCH_TRAINER's weights; this is the bundled patch model
-PATCH_FT_TRAINER = "LesionShufflePatchTrainer_demoFT"
-STAGES = ("data", "plan-whole", "train-whole", "patches", "train-patch", "finetune-patch", "export", "evaluate")
+STAGES = ("data", "plan-whole", "train-whole", "patches", "train-patch", "export", "evaluate")
 #: the three models of seed 003 Tables II and IV: name -> nnunet-liver-detect flags
 MODELS = {"Base": ["--factors", "1"],
           "Base+ReCls": ["--factors", "1", "--patch-model", "{patch}"],
@@ -137,7 +133,7 @@ def train(work, env, dataset_id, trainer, extra=(), device="cpu"):
 
 def stage_export(work, env):
     export_model(model_folder(work, WHOLE_NAME, WHOLE_TRAINER), DEMO_DIR / "whole")
-    export_model(model_folder(work, PATCH_NAME, PATCH_FT_TRAINER), DEMO_DIR / "patch")
+    export_model(model_folder(work, PATCH_NAME, PATCH_TRAINER), DEMO_DIR / "patch")
 
 
 def stage_evaluate(work, env, whole="demo", patch="demo", num_cases=TEST_CASES, out_name="test"):
@@ -186,9 +182,6 @@ def main(argv=None) -> int:
             stage_patches(work, env)
         elif stage == "train-patch":
             train(work, env, PATCH_ID, PATCH_TRAINER, device=args.device)
-        elif stage == "finetune-patch":
-            first = model_folder(work, PATCH_NAME, PATCH_TRAINER) / "fold_0" / "checkpoint_final.pth"
-            train(work, env, PATCH_ID, PATCH_FT_TRAINER, ["-pretrained_weights", first], device=args.device)
         elif stage == "export":
             stage_export(work, env)
         elif stage == "evaluate":

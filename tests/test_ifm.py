@@ -231,3 +231,21 @@ def test_detect_presence_transform():
     d["image"][1] = torch.randn(4, 8, 8)
     d = ImposeAbsentPhasesTransform()(**d)
     assert torch.all(d["image"][1] == 0) and PRESENCE_KEY not in d
+
+
+def test_demo_trainers_use_their_own_phase_dropout():
+    """The demo recipe's lighter phase dropout reaches nnU-Net's pipeline; the full trainers keep LIDIA's 0.5."""
+    from nnunet_liver.trainers import liver_demo_trainers as dt
+    from nnunet_liver.trainers.liver_trainers import PHASE_DROPOUT_P, LiverIFMTrainer
+
+    args = ((8, 16, 16), (-0.5, 0.5), None, (1, 2), False)
+    kwargs = dict(use_mask_for_norm=[False] * 4, foreground_labels=list(range(1, 14)))
+    for cls, p in ((LiverIFMTrainer, PHASE_DROPOUT_P), (dt.LiverIFMTrainer_demo, dt.DEMO_PHASE_DROPOUT_P),
+                   (dt.LesionShufflePatchTrainer_demo, dt.DEMO_PHASE_DROPOUT_P)):
+        ts = cls.get_training_transforms(*args, **kwargs).transforms
+        assert isinstance(ts[0], DetectPhasePresenceTransform) and isinstance(ts[-1], ImposeAbsentPhasesTransform)
+        assert isinstance(ts[1], PhaseDropoutTransform) and ts[1].p == p
+    assert dt.DEMO_PHASE_DROPOUT_P < PHASE_DROPOUT_P
+    rates = dt.LesionShufflePatchTrainer_demo.scheme_rates
+    assert abs(sum(rates.values()) - 1.0) < 1e-9
+    assert rates["original_positive"] + rates["shuffled_positive"] > 0.5

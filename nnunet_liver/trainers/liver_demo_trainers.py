@@ -1,12 +1,16 @@
 """``_demo`` variants of the liver trainers: the bundled demo models (``nnunet_liver/demo_models``), CPU-trainable.
 
-Bigger than ``_tiny`` and trained for longer, still small enough to train on two CPU cores in well under an hour
+Bigger than ``_tiny`` and trained for longer, still small enough to train on two CPU cores in about an hour and a half
 (see ``scripts/train_demo_models.py``, which reproduces the bundled models):
 
 - a 4-stage U-Net with 8/16/32/64 features (the plan's first four stages' kernels and strides),
 - UNet-whole: patches of 16 x 64 x 64 voxels (96 x 256 x 256 mm at 6 x 4 x 4 mm: most of the demo liver),
 - UNet-patch: lesion-shuffle patches of 16 x 64 x 64 voxels (256 mm across at 4 mm, the whole demo liver),
-- ``num_epochs`` epochs of 50 training and 5 validation iterations, a checkpoint every 10 epochs.
+- ``num_epochs`` epochs of 50 training and 5 validation iterations, a checkpoint every 10 epochs,
+- a short-training sampling recipe: each patch forced onto foreground with probability 2/3 (nnU-Net: the last third),
+  most of those centred on a lesion; IFM phase dropout with probability ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a
+  few thousand iterations the network must first learn the lesion types from all phases); UNet-patch with 70 %
+  positive lesion-shuffle patches.
 
 ``build_network_architecture`` derives the network from the saved plans (as the ``_tiny`` variants do), so the
 predictor rebuilds exactly the trained network from the model folder alone.
@@ -16,17 +20,21 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnunet_liver.trainers.liver_networks import tiny_configuration
 from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
-from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer
+from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, wrap_phase_transforms
 
-__all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "LesionShufflePatchTrainer_demoFT", "DEMO_FEATURES", "demo_configuration"]
+__all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "DEMO_FEATURES", "demo_configuration"]
 
 DEMO_FEATURES: Tuple[int, ...] = (8, 16, 32, 64)
 DEMO_WHOLE_PATCH_SIZE: Tuple[int, int, int] = (16, 64, 64)
 DEMO_PATCH_PATCH_SIZE: Tuple[int, int, int] = (16, 64, 64)
+DEMO_PHASE_DROPOUT_P = 0.2
+DEMO_OVERSAMPLE_FOREGROUND = 0.66
+DEMO_LESION_FRACTION = 0.8
 
 
 def demo_configuration(configuration_manager, patch_size, transpose_forward=None):
@@ -43,12 +51,25 @@ def _make_demo(trainer, patch_size, num_epochs: int) -> None:
     trainer.num_iterations_per_epoch = 50
     trainer.num_val_iterations_per_epoch = 5
     trainer.save_every = 10
+    trainer.oversample_foreground_percent = DEMO_OVERSAMPLE_FOREGROUND
+    trainer.probabilistic_oversampling = True  # per sample; with batch 2, "last 66 %" would force only one
+    trainer.lesion_fraction = DEMO_LESION_FRACTION
+
+
+def _demo_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                              do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                              foreground_labels=None, regions=None, ignore_label=None):
+    base = nnUNetTrainer.get_training_transforms(
+        patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+        use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
+    return wrap_phase_transforms(base, DEMO_PHASE_DROPOUT_P)
 
 
 class LiverIFMTrainer_demo(LiverIFMTrainer):
     """UNet-whole of the demo: the IFM network, demo-sized (see the module docstring)."""
 
-    demo_num_epochs: int = 20
+    demo_num_epochs: int = 100
+    get_training_transforms = staticmethod(_demo_training_transforms)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -67,7 +88,10 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
     """UNet-patch of the demo: lesion-shuffle patches of 16 x 64 x 64 voxels, demo-sized network."""
 
     patch_size = DEMO_PATCH_PATCH_SIZE
-    demo_num_epochs: int = 12
+    demo_num_epochs: int = 60
+    get_training_transforms = staticmethod(_demo_training_transforms)
+    scheme_rates = {"original_positive": 0.35, "original_negative": 0.15,
+                    "shuffled_positive": 0.35, "shuffled_negative": 0.15}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -85,13 +109,3 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
     def training_configuration(cls, plans_manager, configuration_manager):
         return demo_configuration(super().training_configuration(plans_manager, configuration_manager),
                                   DEMO_PATCH_PATCH_SIZE, transpose_forward=plans_manager.transpose_forward)
-
-
-class LesionShufflePatchTrainer_demoFT(LesionShufflePatchTrainer_demo):
-    """Second stage of the demo UNet-patch: fine-tunes ``LesionShufflePatchTrainer_demo``'s weights
-    (``nnUNetv2_train ... -pretrained_weights``) for 6 more epochs with more positive patches (the first stage
-    learns the liver but, in 600 iterations, not yet the small lesions)."""
-
-    demo_num_epochs: int = 6
-    scheme_rates = {"original_positive": 0.35, "original_negative": 0.15,
-                    "shuffled_positive": 0.35, "shuffled_negative": 0.15}

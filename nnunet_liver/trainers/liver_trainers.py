@@ -25,7 +25,7 @@ from nnunet_liver.trainers.liver_networks import insert_ifm
 from nnunet_liver.trainers.liver_transforms import (DetectPhasePresenceTransform, ImposeAbsentPhasesTransform,
                                                     PhaseDropoutTransform)
 
-__all__ = ["LiverWholeTrainer", "LiverIFMTrainer", "check_labels", "phase_order", "PHASE_DROPOUT_P"]
+__all__ = ["LiverWholeTrainer", "LiverIFMTrainer", "check_labels", "phase_order", "PHASE_DROPOUT_P", "wrap_phase_transforms"]
 
 #: probability that a training sample has a random subset of its phases dropped (LiverIFMTrainer)
 PHASE_DROPOUT_P = 0.5
@@ -154,5 +154,11 @@ class LiverIFMTrainer(LiverWholeTrainer):
         base = nnUNetTrainer.get_training_transforms(
             patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
             use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
-        return ComposeTransforms([DetectPhasePresenceTransform(), PhaseDropoutTransform(PHASE_DROPOUT_P),
-                                  *base.transforms, ImposeAbsentPhasesTransform()])
+        return wrap_phase_transforms(base, PHASE_DROPOUT_P)
+
+
+def wrap_phase_transforms(base: ComposeTransforms, dropout_p: float) -> ComposeTransforms:
+    """nnU-Net's training transforms ``base`` wrapped for variable phase sets: presence detection and phase dropout
+    (probability ``dropout_p``) before them, re-imposition of the absent phases after them."""
+    return ComposeTransforms([DetectPhasePresenceTransform(), PhaseDropoutTransform(dropout_p),
+                              *base.transforms, ImposeAbsentPhasesTransform()])
