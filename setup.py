@@ -38,6 +38,7 @@ setup(
             "nnunet-liver-evaluate=nnunet_liver.evaluation.cli:main",
             "nnunet-liver-detect=nnunet_liver.inference.cli:main",
             "nnunet-liver-demo=nnunet_liver.demo:main",
+            "nnunet-liver-plan=nnunet_liver.planning:main",
         ],
     },
 )

@@ -10,9 +10,10 @@ Stages:
 
 1. ``data``        ``nnunet-liver-phantom``: TRAIN_CASES phantoms (seed TRAIN_SEED, 24 x 96 x 96 voxels at
                    6 x 4 x 4 mm, a quarter without the delayed phase) as ``Dataset601_DemoLiverPhantom``.
-2. ``plan-whole``  ``nnUNetv2_plan_and_preprocess -d 601 -c 3d_fullres``.
+2. ``plan-whole``  ``nnunet-liver-plan -d 601``: nnU-Net's nnUNetv2_extract_fingerprint, nnUNetv2_plan_experiment,
+                   the CT window (-150..250 HU) written into the plans, nnUNetv2_preprocess.
 3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
-4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, plan and preprocess it.
+4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, ``nnunet-liver-plan -d 602``.
 5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``.
 6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
                    logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
@@ -115,8 +116,9 @@ def stage_data(work, env):
 
 
 def plan(work, env, dataset_id):
-    run(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2", "-npfp", "2",
-         "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "1"}, work / "logs" / f"plan_{dataset_id}.log")
+    """nnU-Net's fingerprint, planning and preprocessing with the CT window (``nnunet-liver-plan``)."""
+    run(["nnunet-liver-plan", "-d", dataset_id, "-np", "2", "--verify_dataset_integrity"],
+        {**env, "nnUNet_n_proc_DA": "1"}, work / "logs" / f"plan_{dataset_id}.log")
 
 
 def stage_patches(work, env):

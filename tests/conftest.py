@@ -4,7 +4,7 @@
   nnU-Net's commands as subprocesses (nnU-Net reads these variables at import time), with our trainers on
   ``nnUNet_extTrainer``, no augmentation workers, no torch.compile, one thread.
 - ``tiny_whole_model``: 8 phantom cases (16 x 64 x 64, every fourth one without its delayed phase) ->
-  ``nnUNetv2_plan_and_preprocess`` -> ``nnUNetv2_train ... -tr LiverIFMTrainer_tiny -device cpu``; returns a
+  ``nnunet-liver-plan`` (nnU-Net's planning with the CT window) -> ``nnUNetv2_train ... -tr LiverIFMTrainer_tiny -device cpu``; returns a
   :class:`TrainedModel` (model folder, dataset id/folder, env).
 - ``tiny_patch_model``: ``nnunet-liver-convert patches`` of that dataset -> plan -> train
   ``LesionShufflePatchTrainer_tiny``; returns a :class:`TrainedModel`.
@@ -75,11 +75,12 @@ def nnunet_dirs(tmp_path_factory) -> NnUNetDirs:
 
 
 def plan_and_train(dirs: NnUNetDirs, dataset_id: int, dataset_name: str, trainer: str) -> TrainedModel:
-    """``nnUNetv2_plan_and_preprocess`` then ``nnUNetv2_train ID 3d_fullres 0 -tr TRAINER -device cpu``."""
+    """``nnunet-liver-plan`` (nnU-Net's fingerprint, planning and preprocessing with the CT window in between), then
+    ``nnUNetv2_train ID 3d_fullres 0 -tr TRAINER -device cpu``."""
     logs = dirs.results.parent
     # planning needs nnUNet_n_proc_DA >= 1 (it sets torch's thread count from it); training runs without workers
-    run_nnunet(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "1", "-npfp", "1",
-                "--verify_dataset_integrity"], {**dirs.env, "nnUNet_n_proc_DA": "1"}, logs / f"plan_{dataset_id}.log")
+    run_nnunet(["nnunet-liver-plan", "-d", dataset_id, "-np", "1", "--verify_dataset_integrity"],
+               {**dirs.env, "nnUNet_n_proc_DA": "1"}, logs / f"plan_{dataset_id}.log")
     run_nnunet(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
                {**dirs.env, "nnUNet_n_proc_DA": "0"}, logs / f"train_{dataset_id}_{trainer}.log")
     folder = dirs.results / dataset_name / f"{trainer}__nnUNetPlans__3d_fullres"
