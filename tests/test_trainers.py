@@ -97,6 +97,14 @@ def test_ifm_network_from_plans_and_tiny_configuration():
     assert len(out) == 2 and out[0].shape == (1, 14, 32, 16, 32)
     small.decoder.deep_supervision = False
     assert small(x).shape == (1, 14, 32, 16, 32)
+    # the configuration each trainer trains with (detection applies the network with it): pure, from the plans
+    assert LiverIFMTrainer.training_configuration(pm, cm) is cm
+    assert LiverIFMTrainer_tiny.training_configuration(pm, cm).configuration == tiny.configuration
+    from nnunet_liver.trainers.liver_demo_trainers import DEMO_WHOLE_PATCH_SIZE, LiverIFMTrainer_demo
+    demo = LiverIFMTrainer_demo.training_configuration(pm, cm)
+    assert demo.patch_size == [min(p, q) for p, q in zip(cm.patch_size, [DEMO_WHOLE_PATCH_SIZE[i] for i in (1, 0, 2)])]
+    assert demo.network_arch_init_kwargs["features_per_stage"] == [8, 16, 32, 64]
+    assert cm.patch_size == [64, 16, 64]
     patch_cm = with_patch_size(cm, (16, 128, 128), pm.transpose_forward)
     assert patch_cm.patch_size == [128, 16, 128]
     assert with_patch_size(cm, (16, 100, 128), pm.transpose_forward) is None

@@ -105,3 +105,19 @@ def test_reclassification_applies_unet_patch_on_its_training_patch_size(tiny_pat
     assert trained != planned  # otherwise this test could not tell the two apart
     loaded = load_model(str(tiny_patch_model.model_folder), folds=(0,), which="patch")
     assert list(loaded.configuration_manager.patch_size) == list(trained)
+
+
+@pytest.mark.slow
+def test_detection_applies_unet_whole_on_its_training_patch_size(tiny_whole_model):
+    """Same for UNet-whole: a variant that trains on its own patch size (``_tiny``, ``_demo``) is applied with it,
+    as nnU-Net recorded it in fold_0/debug.json."""
+    import ast
+
+    from nnunet_liver.inference.model import load_model
+
+    debug = json.loads((Path(tiny_whole_model.model_folder) / "fold_0" / "debug.json").read_text())
+    trained = ast.literal_eval(debug["configuration_manager"])["patch_size"]
+    plans = json.loads((Path(tiny_whole_model.model_folder) / "plans.json").read_text())
+    assert trained != plans["configurations"]["3d_fullres"]["patch_size"]
+    loaded = load_model(str(tiny_whole_model.model_folder), folds=(0,), which="whole")
+    assert list(loaded.configuration_manager.patch_size) == list(trained)

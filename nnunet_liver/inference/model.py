@@ -183,8 +183,9 @@ def load_model(model_dir: str, folds: Optional[Sequence] = None, checkpoint: str
         parameters.append(ckpt["network_weights"])
     configuration_manager = plans_manager.get_configuration(configuration)
     trainer_class = resolve_trainer_class(trainer_name)
-    if which == "patch" and hasattr(trainer_class, "training_configuration"):
-        # UNet-patch is applied on the patches it was trained on (e.g. 16 x 128 x 128), not the planned size
+    if hasattr(trainer_class, "training_configuration"):
+        # our trainers' networks are applied on the patches they were trained on (UNet-patch: 16 x 128 x 128; the
+        # _tiny and _demo variants: their own), not necessarily the planned size
         configuration_manager = trainer_class.training_configuration(plans_manager, configuration_manager)
     num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads

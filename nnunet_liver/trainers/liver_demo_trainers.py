@@ -1,14 +1,14 @@
 """``_demo`` variants of the liver trainers: the bundled demo models (``nnunet_liver/demo_models``), CPU-trainable.
 
-Bigger than ``_tiny`` and trained for longer, still small enough to train on two CPU cores in about an hour and a half
+Bigger than ``_tiny`` and trained for longer, still small enough to train on two CPU cores in about an hour
 (see ``scripts/train_demo_models.py``, which reproduces the bundled models):
 
 - a 4-stage U-Net with 8/16/32/64 features (the plan's first four stages' kernels and strides),
-- UNet-whole: patches of 16 x 64 x 64 voxels (96 x 256 x 256 mm at 6 x 4 x 4 mm: most of the demo liver),
+- UNet-whole: batches of 4 patches of 16 x 48 x 48 voxels (96 x 192 x 192 mm at 6 x 4 x 4 mm),
 - UNet-patch: lesion-shuffle patches of 16 x 64 x 64 voxels (256 mm across at 4 mm, the whole demo liver),
 - ``num_epochs`` epochs of 50 training and 5 validation iterations, a checkpoint every 10 epochs,
-- a short-training sampling recipe: each patch forced onto foreground with probability 2/3 (nnU-Net: the last third),
-  most of those centred on a lesion; IFM phase dropout with probability ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a
+- a short-training sampling recipe: each patch forced onto foreground with probability 0.8 (nnU-Net: the last
+  third of the batch), 90 % of those centred on a lesion; IFM phase dropout with probability ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a
   few thousand iterations the network must first learn the lesion types from all phases); UNet-patch with 70 %
   positive lesion-shuffle patches.
 
@@ -30,11 +30,12 @@ from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, wrap_phase_tra
 __all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "DEMO_FEATURES", "demo_configuration"]
 
 DEMO_FEATURES: Tuple[int, ...] = (8, 16, 32, 64)
-DEMO_WHOLE_PATCH_SIZE: Tuple[int, int, int] = (16, 64, 64)
+DEMO_WHOLE_PATCH_SIZE: Tuple[int, int, int] = (16, 48, 48)
 DEMO_PATCH_PATCH_SIZE: Tuple[int, int, int] = (16, 64, 64)
 DEMO_PHASE_DROPOUT_P = 0.2
-DEMO_OVERSAMPLE_FOREGROUND = 0.66
-DEMO_LESION_FRACTION = 0.8
+DEMO_OVERSAMPLE_FOREGROUND = 0.8
+DEMO_LESION_FRACTION = 0.9
+DEMO_WHOLE_BATCH_SIZE = 4
 
 
 def demo_configuration(configuration_manager, patch_size, transpose_forward=None):
@@ -43,10 +44,11 @@ def demo_configuration(configuration_manager, patch_size, transpose_forward=None
                               transpose_forward=transpose_forward)
 
 
-def _make_demo(trainer, patch_size, num_epochs: int) -> None:
+def _make_demo(trainer, patch_size, num_epochs: int, batch_size: int = 2) -> None:
     trainer.configuration_manager = demo_configuration(
         trainer.configuration_manager, patch_size, transpose_forward=trainer.plans_manager.transpose_forward)
-    trainer.batch_size = trainer.configuration_manager.batch_size
+    trainer.configuration_manager.configuration["batch_size"] = batch_size
+    trainer.batch_size = batch_size
     trainer.num_epochs = num_epochs
     trainer.num_iterations_per_epoch = 50
     trainer.num_val_iterations_per_epoch = 5
@@ -68,13 +70,13 @@ def _demo_training_transforms(patch_size, rotation_for_DA, deep_supervision_scal
 class LiverIFMTrainer_demo(LiverIFMTrainer):
     """UNet-whole of the demo: the IFM network, demo-sized (see the module docstring)."""
 
-    demo_num_epochs: int = 100
+    demo_num_epochs: int = 90
     get_training_transforms = staticmethod(_demo_training_transforms)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _make_demo(self, DEMO_WHOLE_PATCH_SIZE, self.demo_num_epochs)
+        _make_demo(self, DEMO_WHOLE_PATCH_SIZE, self.demo_num_epochs, DEMO_WHOLE_BATCH_SIZE)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
@@ -82,6 +84,11 @@ class LiverIFMTrainer_demo(LiverIFMTrainer):
         return LiverIFMTrainer.build_network_architecture(
             plans_manager, demo_configuration(configuration_manager, DEMO_WHOLE_PATCH_SIZE), num_input_channels,
             num_output_channels, enable_deep_supervision)
+
+    @classmethod
+    def training_configuration(cls, plans_manager, configuration_manager):
+        return demo_configuration(configuration_manager, DEMO_WHOLE_PATCH_SIZE,
+                                  transpose_forward=plans_manager.transpose_forward)
 
 
 class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):

@@ -39,6 +39,10 @@ class LiverWholeTrainer_tiny(LiverWholeTrainer):
                                                             num_input_channels, num_output_channels,
                                                             enable_deep_supervision)
 
+    @classmethod
+    def training_configuration(cls, plans_manager, configuration_manager):
+        return tiny_configuration(configuration_manager, transpose_forward=plans_manager.transpose_forward)
+
 
 class LiverIFMTrainer_tiny(LiverIFMTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -52,6 +56,10 @@ class LiverIFMTrainer_tiny(LiverIFMTrainer):
         return LiverIFMTrainer.build_network_architecture(plans_manager, tiny_configuration(configuration_manager),
                                                           num_input_channels, num_output_channels,
                                                           enable_deep_supervision)
+
+    @classmethod
+    def training_configuration(cls, plans_manager, configuration_manager):
+        return tiny_configuration(configuration_manager, transpose_forward=plans_manager.transpose_forward)
 
 
 class LesionShufflePatchTrainer_tiny(LesionShufflePatchTrainer):

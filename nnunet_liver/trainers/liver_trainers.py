@@ -78,6 +78,16 @@ class LiverWholeTrainer(nnUNetTrainer):
     def check_dataset(dataset_json: dict) -> None:
         check_labels(dataset_json, dataset_json_labels(), "13-class whole-CT")
 
+    @classmethod
+    def training_configuration(cls, plans_manager: PlansManager,
+                               configuration_manager: ConfigurationManager) -> ConfigurationManager:
+        """The configuration this trainer trains with, from the plans' one (pure): the plans' own here.
+
+        Detection builds the network and slides its window with this configuration, so a variant that trains on
+        another patch size (``_tiny``, ``_demo``, UNet-patch) is applied on the patches it was trained on.
+        """
+        return configuration_manager
+
     def make_dataloader(self, dataset, patch_size, final_patch_size, transforms, train: bool):
         """The data loader of one split (hook for subclasses)."""
         return LesionOversamplingDataLoader(
