@@ -262,3 +262,31 @@ def test_tiny_patch_model_trains_and_predicts_reclassification_patches(tiny_patc
     with torch.no_grad():
         logits = pred.network(torch.from_numpy(patches))
     assert logits.shape == (4, 8, 8, 16, 16) and torch.isfinite(logits).all()
+
+
+def test_demo_trainers_weight_lesion_classes_in_nnunets_loss(tmp_path, monkeypatch):
+    """The demo recipe's loss is nnU-Net's Dice + CE with the lesion classes weighted in the CE term; the CE part
+    equals torch's weighted cross-entropy (independent implementation)."""
+    from nnunet_liver.labels import LESION_IDS
+    from nnunet_liver.trainers.liver_demo_trainers import DEMO_LESION_CE_WEIGHT, LiverIFMTrainer_demo
+
+    # nnU-Net reads its folders from the environment when used; the trainer only derives paths from them here
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    p = plans()
+    p["continue_training"] = False
+    p["configurations"]["3d_fullres"]["batch_dice"] = False
+    trainer = LiverIFMTrainer_demo(p, "3d_fullres", 0, whole_json(), torch.device("cpu"))
+    trainer.enable_deep_supervision = True
+    loss = trainer._build_loss()
+    ce = loss.loss.ce
+    expected = torch.ones(14)
+    expected[list(LESION_IDS)] = DEMO_LESION_CE_WEIGHT["whole"]
+    assert torch.equal(ce.weight, expected)
+    torch.manual_seed(0)
+    logits = torch.randn(2, 14, 4, 6, 6)
+    target = torch.randint(0, 14, (2, 1, 4, 6, 6))
+    ref = torch.nn.functional.cross_entropy(logits, target[:, 0], weight=expected)
+    assert torch.allclose(ce(logits, target), ref)
+    unweighted = torch.nn.functional.cross_entropy(logits, target[:, 0])
+    assert not torch.allclose(ref, unweighted)

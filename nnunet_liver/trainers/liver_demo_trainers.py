@@ -10,7 +10,8 @@ Bigger than ``_tiny`` and trained for longer, still small enough to train on two
 - a short-training sampling recipe: each patch forced onto foreground with probability 0.8 (nnU-Net: the last
   third of the batch), 90 % of those centred on a lesion; IFM phase dropout with probability ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a
   few thousand iterations the network must first learn the lesion types from all phases); UNet-patch with 70 %
-  positive lesion-shuffle patches.
+  positive lesion-shuffle patches; nnU-Net's Dice + CE loss with the lesion classes weighted 4 (UNet-whole) and 2
+  (UNet-patch) in the CE term (``DEMO_LESION_CE_WEIGHT``).
 
 ``build_network_architecture`` derives the network from the saved plans (as the ``_tiny`` variants do), so the
 predictor rebuilds exactly the trained network from the model folder alone.
@@ -20,9 +21,11 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
+from nnunet_liver.labels import LESION_IDS
 from nnunet_liver.trainers.liver_networks import tiny_configuration
 from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, wrap_phase_transforms
@@ -36,6 +39,8 @@ DEMO_PHASE_DROPOUT_P = 0.2
 DEMO_OVERSAMPLE_FOREGROUND = 0.8
 DEMO_LESION_FRACTION = 0.9
 DEMO_WHOLE_BATCH_SIZE = 4
+#: cross-entropy weight of the lesion classes (1..6 in both label schemes); every other class 1
+DEMO_LESION_CE_WEIGHT = {"whole": 4.0, "patch": 2.0}
 
 
 def demo_configuration(configuration_manager, patch_size, transpose_forward=None):
@@ -58,6 +63,17 @@ def _make_demo(trainer, patch_size, num_epochs: int, batch_size: int = 2) -> Non
     trainer.lesion_fraction = DEMO_LESION_FRACTION
 
 
+def _lesion_weighted_loss(trainer, lesion_weight: float):
+    """nnU-Net's own loss (Dice + CE, deep supervision) with the lesion classes weighted ``lesion_weight`` in the CE
+    term: in a few thousand iterations the rare, small lesion voxels otherwise never win against liver."""
+    loss = nnUNetTrainer._build_loss(trainer)
+    dc_ce = loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
+    weight = torch.ones(trainer.label_manager.num_segmentation_heads, dtype=torch.float32)
+    weight[list(LESION_IDS)] = lesion_weight
+    dc_ce.ce.weight = weight.to(trainer.device)
+    return loss
+
+
 def _demo_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                               do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
                               foreground_labels=None, regions=None, ignore_label=None):
@@ -72,6 +88,9 @@ class LiverIFMTrainer_demo(LiverIFMTrainer):
 
     demo_num_epochs: int = 90
     get_training_transforms = staticmethod(_demo_training_transforms)
+
+    def _build_loss(self):
+        return _lesion_weighted_loss(self, DEMO_LESION_CE_WEIGHT["whole"])
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -99,6 +118,9 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
     get_training_transforms = staticmethod(_demo_training_transforms)
     scheme_rates = {"original_positive": 0.35, "original_negative": 0.15,
                     "shuffled_positive": 0.35, "shuffled_negative": 0.15}
+
+    def _build_loss(self):
+        return _lesion_weighted_loss(self, DEMO_LESION_CE_WEIGHT["patch"])
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
