@@ -28,7 +28,7 @@ import sys
 import time
 from typing import List, Optional
 
-from nnunet_liver.utils.io import InputError, write_json_atomic
+from nnunet_liver.utils.io import InputError, run_cli, write_json_atomic
 
 PROG = "nnunet-liver-demo"
 #: phantom seed of the demo cases (the demo models were trained with seed 601 and tested with 20261)
@@ -176,15 +176,8 @@ def run_demo(out: str, overwrite: bool = False, device: str = "cpu", progress: b
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run_demo(args.o, overwrite=args.overwrite, device=args.device, progress=not args.quiet)
-    except InputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(PROG, lambda: run_demo(args.o, overwrite=args.overwrite, device=args.device,
+                                          progress=not args.quiet))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import subprocess
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from nnunet_liver.utils.io import InputError, write_json_atomic
+from nnunet_liver.utils.io import InputError, run_cli, write_json_atomic
 
-__all__ = ["DEFAULT_CT_WINDOW", "apply_ct_window", "ct_window_of", "main"]
+__all__ = ["DEFAULT_CT_WINDOW", "apply_ct_window", "ct_window_of", "plan_with_ct_window", "main"]
 
 PROG = "nnunet-liver-plan"
 #: soft-tissue window (HU): fat, water (cysts), liver and lesions, enhanced vessels partly
@@ -94,40 +94,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def plan_with_ct_window(dataset_id: int, configurations: Sequence[str] = ("3d_fullres",),
+                        window: Sequence[float] = DEFAULT_CT_WINDOW, num_processes: int = 2,
+                        verify_dataset_integrity: bool = False) -> str:
+    """nnU-Net's fingerprint and planning, :func:`apply_ct_window` on the plans, then nnU-Net's preprocessing.
+    Returns the plans file."""
+    if not window[1] > window[0]:
+        raise InputError(f"--window {window[0]:g} {window[1]:g}: upper must exceed lower")
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        name = maybe_convert_to_dataset_name(dataset_id)
+    except RuntimeError as e:
+        raise InputError(f"dataset {dataset_id}: {str(e).splitlines()[0]}") from None
+    fp = ["nnUNetv2_extract_fingerprint", "-d", str(dataset_id), "-np", str(num_processes)]
+    _run(fp + (["--verify_dataset_integrity"] if verify_dataset_integrity else []))
+    _run(["nnUNetv2_plan_experiment", "-d", str(dataset_id)])
+    plans_file = os.path.join(str(nnUNet_preprocessed), name, "nnUNetPlans.json")
+    with open(plans_file) as f:
+        plans = apply_ct_window(json.load(f), window)
+    write_json_atomic(plans, plans_file)
+    print(f"{PROG}: {plans_file}: CTNormalization with window [{window[0]:g}, {window[1]:g}] HU "
+          f"for {len(plans['foreground_intensity_properties_per_channel'])} channels", flush=True)
+    for c in configurations:  # stale preprocessed data of an earlier plan must not survive
+        data_id = plans["configurations"].get(c, {}).get("data_identifier")
+        folder = os.path.join(str(nnUNet_preprocessed), name, data_id) if data_id else None
+        if folder and os.path.isdir(folder):
+            shutil.rmtree(folder)
+    _run(["nnUNetv2_preprocess", "-d", str(dataset_id), "-c", *configurations,
+          "-np", *[str(num_processes)] * len(configurations)])
+    return plans_file
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if not args.window[1] > args.window[0]:
-            raise InputError(f"--window {args.window[0]:g} {args.window[1]:g}: upper must exceed lower")
-        from nnunetv2.paths import nnUNet_preprocessed
-        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-        try:
-            name = maybe_convert_to_dataset_name(args.d)
-        except RuntimeError as e:
-            raise InputError(f"dataset {args.d}: {str(e).splitlines()[0]}") from None
-        fp = ["nnUNetv2_extract_fingerprint", "-d", str(args.d), "-np", str(args.np)]
-        _run(fp + (["--verify_dataset_integrity"] if args.verify_dataset_integrity else []))
-        _run(["nnUNetv2_plan_experiment", "-d", str(args.d)])
-        plans_file = os.path.join(nnUNet_preprocessed, name, "nnUNetPlans.json")
-        with open(plans_file) as f:
-            plans = json.load(f)
-        plans = apply_ct_window(plans, args.window)
-        write_json_atomic(plans, plans_file)
-        print(f"{PROG}: {plans_file}: CTNormalization with window [{args.window[0]:g}, {args.window[1]:g}] HU "
-              f"for {len(plans['foreground_intensity_properties_per_channel'])} channels", flush=True)
-        for c in args.c:  # stale preprocessed data of an earlier plan must not survive
-            data_id = plans["configurations"].get(c, {}).get("data_identifier")
-            if data_id and os.path.isdir(os.path.join(nnUNet_preprocessed, name, data_id)):
-                shutil.rmtree(os.path.join(nnUNet_preprocessed, name, data_id))
-        _run(["nnUNetv2_preprocess", "-d", str(args.d), "-c", *args.c, "-np", *[str(args.np)] * len(args.c)])
-    except InputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(PROG, lambda: plan_with_ct_window(args.d, args.c, args.window, args.np,
+                                                     args.verify_dataset_integrity))
 
 
 if __name__ == "__main__":

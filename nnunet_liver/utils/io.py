@@ -8,13 +8,14 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
-from typing import Iterator, Tuple
+from typing import Callable, Iterator, Tuple
 
 import numpy as np
 
 __all__ = ["InputError", "atomic_path", "atomic_dir", "write_json_atomic", "read_image", "spacing_zyx",
-           "write_image_like"]
+           "write_image_like", "run_cli"]
 
 
 class InputError(ValueError):
@@ -140,3 +141,17 @@ def write_image_like(array: np.ndarray, reference, path: str) -> None:
     out.CopyInformation(reference)
     with atomic_path(path) as tmp:
         sitk.WriteImage(out, tmp, useCompression=True)
+
+
+def run_cli(prog: str, work: Callable[[], None]) -> int:
+    """Run a command's ``work``; bad input (:class:`InputError`) -> one line ``PROG: error: ...`` and exit code 2, a
+    failed step (``RuntimeError``) -> one line and exit code 1, success -> 0."""
+    try:
+        work()
+    except InputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
