@@ -114,7 +114,7 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
     """UNet-patch of the demo: lesion-shuffle patches of 16 x 64 x 64 voxels, demo-sized network."""
 
     patch_size = DEMO_PATCH_PATCH_SIZE
-    demo_num_epochs: int = 50
+    demo_num_epochs: int = 40
     get_training_transforms = staticmethod(_demo_training_transforms)
     scheme_rates = {"original_positive": 0.35, "original_negative": 0.15,
                     "shuffled_positive": 0.35, "shuffled_negative": 0.15}
