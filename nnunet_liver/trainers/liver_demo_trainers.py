@@ -8,10 +8,10 @@ Bigger than ``_tiny`` and trained for longer, still small enough to train on two
 - UNet-patch: lesion-shuffle patches of 16 x 64 x 64 voxels (256 mm across at 4 mm, the whole demo liver),
 - ``num_epochs`` epochs of 50 training and 5 validation iterations, a checkpoint every 10 epochs,
 - a short-training sampling recipe: each patch forced onto foreground with probability 0.8 (nnU-Net: the last
-  third of the batch), 90 % of those centred on a lesion; IFM phase dropout with probability ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a
-  few thousand iterations the network must first learn the lesion types from all phases); UNet-patch with 70 %
-  positive lesion-shuffle patches; nnU-Net's Dice + CE loss with the lesion classes weighted 4 (UNet-whole) and 2
-  (UNet-patch) in the CE term (``DEMO_LESION_CE_WEIGHT``).
+  third of the batch), 90 % of those centred on a lesion; IFM phase dropout with probability
+  ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a few thousand iterations the network must first learn the lesion
+  types from all phases); UNet-patch with 70 % positive lesion-shuffle patches; nnU-Net's Dice + CE loss with the
+  lesion classes weighted 4 (UNet-whole) and 2 (UNet-patch) in the CE term (``DEMO_LESION_CE_WEIGHT``).
 
 ``build_network_architecture`` derives the network from the saved plans (as the ``_tiny`` variants do), so the
 predictor rebuilds exactly the trained network from the model folder alone.
@@ -59,7 +59,7 @@ def _make_demo(trainer, patch_size, num_epochs: int, batch_size: int = 2) -> Non
     trainer.num_val_iterations_per_epoch = 5
     trainer.save_every = 10
     trainer.oversample_foreground_percent = DEMO_OVERSAMPLE_FOREGROUND
-    trainer.probabilistic_oversampling = True  # per sample; with batch 2, "last 66 %" would force only one
+    trainer.probabilistic_oversampling = True  # per sample, not nnU-Net's "last X % of the batch"
     trainer.lesion_fraction = DEMO_LESION_FRACTION
 
 
