@@ -27,7 +27,7 @@ import subprocess
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from nnunet_liver.utils.io import InputError, run_cli, write_json_atomic
+from nnunet_liver.utils.io import InputError, console_script, run_cli, write_json_atomic
 
 __all__ = ["DEFAULT_CT_WINDOW", "apply_ct_window", "ct_window_of", "plan_with_ct_window", "main"]
 
@@ -48,7 +48,7 @@ def apply_ct_window(plans: dict, window: Sequence[float] = DEFAULT_CT_WINDOW) ->
     for ch in props:
         props[ch] = {"max": hi, "mean": (lo + hi) / 2.0, "median": (lo + hi) / 2.0, "min": lo,
                      "percentile_00_5": lo, "percentile_99_5": hi, "std": (hi - lo) / 4.0}
-    for name, cfg in out["configurations"].items():
+    for cfg in out["configurations"].values():
         if "normalization_schemes" in cfg:  # configurations inheriting from another have none of their own
             cfg["normalization_schemes"] = ["CTNormalization"] * len(props)
             cfg["use_mask_for_norm"] = [False] * len(props)
@@ -68,14 +68,9 @@ def ct_window_of(plans: dict) -> Optional[Tuple[float, float]]:
     return (float(lo), float(hi)) if ok else None
 
 
-def _bin(name: str) -> str:
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    return candidate if os.path.exists(candidate) else name
-
-
 def _run(cmd: List[str]) -> None:
     print("$ " + " ".join(cmd), flush=True)
-    code = subprocess.call([_bin(cmd[0]), *cmd[1:]])
+    code = subprocess.call([console_script(cmd[0]), *cmd[1:]])
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {code}")
 

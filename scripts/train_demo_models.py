@@ -55,11 +55,6 @@ MODELS = {"Base": ["--factors", "1"],
 DETECT_FLAGS = ["--disable-tta"]
 
 
-def _bin(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
 def environment(work: Path) -> dict:
     import nnunet_liver
 
@@ -76,10 +71,12 @@ def run(cmd, env, log: Path) -> float:
     """Run a command, its output to ``log``; raise with the log's tail on failure. Returns seconds."""
     cmd = [str(c) for c in cmd]
     print("$ " + " ".join(cmd), flush=True)
+    from nnunet_liver.utils.io import console_script
+
     t0 = time.time()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        proc = subprocess.run([_bin(cmd[0]), *cmd[1:]], env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run([console_script(cmd[0]), *cmd[1:]], env=env, stdout=f, stderr=subprocess.STDOUT)
     dt = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}), see {log}:\n{log.read_text()[-3000:]}")

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from nnunet_liver.utils.io import console_script
 
 WHOLE_ID, WHOLE_NAME = 501, "Dataset501_LiverPhantom"
 PATCH_ID, PATCH_NAME = 502, "Dataset502_LiverPatch"
@@ -44,16 +45,10 @@ class TrainedModel:
     env: dict
 
 
-def _bin(name: str) -> str:
-    """nnU-Net's console script next to the running interpreter (the venv), else from PATH."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
 def run_nnunet(args, env, log: Path) -> None:
     """Run an nnU-Net command; on failure raise with the tail of its output."""
     with open(log, "w") as f:
-        proc = subprocess.run([_bin(args[0]), *map(str, args[1:])], env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run([console_script(args[0]), *map(str, args[1:])], env=env, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = log.read_text()[-4000:]
         raise RuntimeError(f"{' '.join(map(str, args))} failed with exit code {proc.returncode}:\n{tail}")

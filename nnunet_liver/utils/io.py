@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Tuple
 import numpy as np
 
 __all__ = ["InputError", "atomic_path", "atomic_dir", "write_json_atomic", "read_image", "spacing_zyx",
-           "write_image_like", "run_cli"]
+           "write_image_like", "run_cli", "console_script"]
 
 
 class InputError(ValueError):
@@ -155,3 +155,9 @@ def run_cli(prog: str, work: Callable[[], None]) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def console_script(name: str) -> str:
+    """A console script (nnU-Net's or ours) next to the running interpreter, i.e. in its venv, else ``name`` for PATH."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    return candidate if os.path.exists(candidate) else name
