@@ -49,9 +49,10 @@ def demo_configuration(configuration_manager, patch_size, transpose_forward=None
                               transpose_forward=transpose_forward)
 
 
-def _make_demo(trainer, patch_size, num_epochs: int, batch_size: int = 2) -> None:
-    trainer.configuration_manager = demo_configuration(
-        trainer.configuration_manager, patch_size, transpose_forward=trainer.plans_manager.transpose_forward)
+def _make_demo(trainer, num_epochs: int, batch_size: int = 2) -> None:
+    # the configuration detection applies the network with (training_configuration) is the one it trains with
+    trainer.configuration_manager = trainer.training_configuration(trainer.plans_manager,
+                                                                   trainer.configuration_manager)
     trainer.configuration_manager.configuration["batch_size"] = batch_size
     trainer.batch_size = batch_size
     trainer.num_epochs = num_epochs
@@ -95,7 +96,7 @@ class LiverIFMTrainer_demo(LiverIFMTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _make_demo(self, DEMO_WHOLE_PATCH_SIZE, self.demo_num_epochs, DEMO_WHOLE_BATCH_SIZE)
+        _make_demo(self, self.demo_num_epochs, DEMO_WHOLE_BATCH_SIZE)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
@@ -125,7 +126,7 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _make_demo(self, DEMO_PATCH_PATCH_SIZE, self.demo_num_epochs)
+        _make_demo(self, self.demo_num_epochs)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,

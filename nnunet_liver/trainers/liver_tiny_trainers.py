@@ -18,8 +18,9 @@ __all__ = ["LiverWholeTrainer_tiny", "LiverIFMTrainer_tiny", "LesionShufflePatch
 
 
 def _make_tiny(trainer) -> None:
-    trainer.configuration_manager = tiny_configuration(
-        trainer.configuration_manager, transpose_forward=trainer.plans_manager.transpose_forward)
+    # the configuration detection applies the network with (training_configuration) is the one it trains with
+    trainer.configuration_manager = trainer.training_configuration(trainer.plans_manager,
+                                                                   trainer.configuration_manager)
     trainer.num_epochs = 2
     trainer.num_iterations_per_epoch = 5
     trainer.num_val_iterations_per_epoch = 2
