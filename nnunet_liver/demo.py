@@ -7,7 +7,8 @@
    lesions (hemangioma and cyst) and a lesion-free liver, written as ``OUT/phantoms/imagesTr`` (nnU-Net naming,
    channels NC, A, V, D; the ICC case has no ``_0003`` file) and ``OUT/phantoms/labelsTr`` (the truth).
 2. Runs ``nnunet-liver-detect -m demo --patch-model demo --disable-tta`` (UNet-whole, sensitivity factors 1 and
-   4, lesion-shuffle reclassification with UNet-patch, patient classes; no test-time mirroring, as in the model
+   4, lesion-shuffle reclassification with UNet-patch -- skipped, ``--patch-model none``, where the installation
+   bundles no UNet-patch -- patient classes; no test-time mirroring, as in the model
    card's evaluation) into ``OUT/detections`` (``CASE.json``,
    ``CASE_lesions.nii.gz``, ``summary.csv``, ``report.html``).
 3. Runs ``nnunet-liver-evaluate`` against the phantom truth into ``OUT/evaluation``.
@@ -143,17 +144,21 @@ def run_demo(out: str, overwrite: bool = False, device: str = "cpu", progress: b
     from nnunet_liver.evaluation import cli as evaluate_cli
     from nnunet_liver.inference import cli as detect_cli
 
-    from nnunet_liver.inference.model import resolve_model_dir
+    from nnunet_liver.inference.model import bundled_demo_model, resolve_model_dir
 
     t0 = time.perf_counter()
-    resolve_model_dir("demo", "whole"), resolve_model_dir("demo", "patch")  # clear error before any work
+    resolve_model_dir("demo", "whole")  # clear error before any work
+    # the cascade with the bundled UNet-patch where this installation has one (MODEL_CARD.md says which it ships)
+    patch = "demo" if bundled_demo_model("patch") else "none"
     prepare_output(out, overwrite)
     phantoms, detections, evaluation = (os.path.join(out, n) for n in ("phantoms", "detections", "evaluation"))
     print(f"{PROG}: 1/3 generating {len(DEMO_CASES)} phantom cases -> {phantoms}", flush=True)
     write_demo_cases(phantoms)
-    print(f"{PROG}: 2/3 nnunet-liver-detect -m demo --patch-model demo --disable-tta -> {detections}", flush=True)
+    note = "" if patch == "demo" else " (no bundled UNet-patch: no reclassification, see MODEL_CARD.md)"
+    print(f"{PROG}: 2/3 nnunet-liver-detect -m demo --patch-model {patch} --disable-tta -> {detections}{note}",
+          flush=True)
     detect_args = ["-i", os.path.join(phantoms, "imagesTr"), "-o", detections, "-m", "demo",
-                   "--patch-model", "demo", "--device", device, "--disable-tta"]
+                   "--patch-model", patch, "--device", device, "--disable-tta"]
     with contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()):
         code = detect_cli.main(detect_args)
     if code != 0:

@@ -5,6 +5,13 @@ Everything runs with nnU-Net's own commands on the CPU, in a work folder outside
 
     python scripts/train_demo_models.py -w /work/demo_build            # every stage, in order
     python scripts/train_demo_models.py -w /work/demo_build --stages evaluate
+    # the bundled UNet-whole: run 2 above (90 epochs), then continued twice with nnUNetv2_train --c (checkpoint,
+    # optimizer state, epoch counter) up to 180 and 260 epochs in all (MODEL_CARD.md)
+    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 180 40
+    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 260 40
+    # on a machine without the work folder: start UNet-whole from the bundled weights instead
+    python scripts/train_demo_models.py -w WORK --stages data plan-whole train-whole \
+        --warm-start nnunet_liver/demo_models --epochs 100 40
 
 Stages:
 
@@ -14,7 +21,8 @@ Stages:
                    the CT window (-150..250 HU) written into the plans, nnUNetv2_preprocess.
 3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
 4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, ``nnunet-liver-plan -d 602``.
-5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``.
+5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``, from
+                   UNet-whole's final weights (``-pretrained_weights``) unless ``--patch-init scratch``.
 6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
                    logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
 7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training), ``nnunet-liver-detect -m demo --disable-tta`` as
@@ -48,7 +56,7 @@ WHOLE_ID, WHOLE_NAME, WHOLE_TRAINER = 601, "Dataset601_DemoLiverPhantom", "Liver
 PATCH_ID, PATCH_NAME, PATCH_TRAINER = 602, "Dataset602_DemoLiverPatch", "LesionShufflePatchTrainer_demo"
 STAGES = ("data", "plan-whole", "train-whole", "patches", "train-patch", "export", "evaluate")
 #: the three models of seed 003 Tables II and IV: name -> nnunet-liver-detect flags
-MODELS = {"Base": ["--factors", "1"],
+MODELS = {"Base": ["--factors", "1", "--patch-model", "none"],
           "Base+ReCls": ["--factors", "1", "--patch-model", "{patch}"],
           "High+ReCls": ["--factors", "1", "4", "--patch-model", "{patch}"]}
 #: detector options shared by the three runs (also the demo's): no test-time mirroring, for CPU speed
@@ -124,10 +132,23 @@ def stage_patches(work, env):
     plan(work, env, PATCH_ID)
 
 
-def train(work, env, dataset_id, trainer, extra=(), device="cpu"):
+def train(work, env, dataset_id, trainer, extra=(), device="cpu", epochs=None):
+    if epochs is not None:
+        env = {**env, "nnUNet_liver_demo_epochs": str(epochs)}
     dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", device, *extra], env,
              work / "logs" / f"train_{trainer}.log")
     (work / "logs" / f"train_{trainer}.seconds").write_text(f"{dt:.0f}\n")
+
+
+def warm_start(folder, which="whole"):
+    """nnUNetv2_train's ``-pretrained_weights`` for ``which`` from a folder laid out like ``nnunet_liver/demo_models``
+    (``WHICH/fold_0/checkpoint_final.pth``), or none."""
+    if folder is None:
+        return ()
+    path = Path(folder).resolve() / which / "fold_0" / "checkpoint_final.pth"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such warm-start checkpoint")
+    return ("-pretrained_weights", path)
 
 
 def stage_export(work, env):
@@ -163,7 +184,22 @@ def main(argv=None) -> int:
     p.add_argument("-w", "--work", default="/work/demo_build", help="work folder (outside the repository)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run, in order")
     p.add_argument("--device", default="cpu", help="nnUNetv2_train -device (cpu, cuda)")
+    p.add_argument("--warm-start", type=Path, default=None, metavar="DIR",
+                   help="start UNet-whole from DIR/whole/fold_0/checkpoint_final.pth (nnUNetv2_train "
+                        "-pretrained_weights; nnU-Net re-initialises the segmentation heads), e.g. the bundled "
+                        "nnunet_liver/demo_models on a machine without the work folder")
+    p.add_argument("--epochs", nargs=2, type=int, default=None, metavar=("WHOLE", "PATCH"),
+                   help="total epochs of UNet-whole and UNet-patch (nnUNet_liver_demo_epochs; default: the "
+                        "trainers' demo_num_epochs)")
+    p.add_argument("--continue-training", action="store_true",
+                   help="continue the trainings from their checkpoints (nnUNetv2_train --c: weights, optimizer "
+                        "state and epoch counter) up to --epochs")
+    p.add_argument("--patch-init", choices=("whole", "scratch"), default="whole",
+                   help="UNet-patch starts from UNet-whole's final weights (nnUNetv2_train -pretrained_weights; "
+                        "nnU-Net re-initialises the segmentation heads) or from scratch")
     args = p.parse_args(argv)
+    if args.continue_training and args.warm_start:
+        p.error("--continue-training and --warm-start exclude each other (nnUNetv2_train --c / -pretrained_weights)")
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = environment(work)
@@ -176,11 +212,19 @@ def main(argv=None) -> int:
         elif stage == "plan-whole":
             plan(work, env, WHOLE_ID)
         elif stage == "train-whole":
-            train(work, env, WHOLE_ID, WHOLE_TRAINER, device=args.device)
+            init = ("--c",) if args.continue_training else warm_start(args.warm_start, "whole")
+            train(work, env, WHOLE_ID, WHOLE_TRAINER, init, args.device, args.epochs and args.epochs[0])
         elif stage == "patches":
             stage_patches(work, env)
         elif stage == "train-patch":
-            train(work, env, PATCH_ID, PATCH_TRAINER, device=args.device)
+            if args.continue_training:
+                init = ("--c",)
+            elif args.patch_init == "whole":
+                init = ("-pretrained_weights", model_folder(work, WHOLE_NAME, WHOLE_TRAINER) / "fold_0" /
+                        "checkpoint_final.pth")
+            else:
+                init = ()
+            train(work, env, PATCH_ID, PATCH_TRAINER, init, args.device, args.epochs and args.epochs[1])
         elif stage == "export":
             stage_export(work, env)
         elif stage == "evaluate":

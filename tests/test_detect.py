@@ -80,6 +80,19 @@ def digest(folder):
     return h.hexdigest()
 
 
+def test_patch_model_none_skips_reclassification(models, tmp_path):
+    """``--patch-model none`` runs UNet-whole alone (seed 003's Base model, also with ``-m demo``, whose default is
+    the bundled UNet-patch)."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "case_a", paint_case(0))
+    assert main(["-i", str(inp), "-o", str(out), "-m", models["whole"], "--patch-model", "none",
+                 "--factors", "1"]) == 0
+    rec, _ = read_outputs(out, "case_a")
+    assert rec["settings"]["reclassification"]["enabled"] is False
+    assert rec["model"].get("patch") is None
+    assert [l["type"] for l in rec["lesions"]] == ["HCC"] and rec["lesions"][0]["reclassification"] is None
+
+
 def test_end_to_end_without_patch_model(models, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_case(inp, "case_a", paint_case(0))

@@ -290,3 +290,30 @@ def test_demo_trainers_weight_lesion_classes_in_nnunets_loss(tmp_path, monkeypat
     assert torch.allclose(ce(logits, target), ref)
     unweighted = torch.nn.functional.cross_entropy(logits, target[:, 0])
     assert not torch.allclose(ref, unweighted)
+
+
+def test_demo_epochs_from_environment_for_nnunet_continue(tmp_path, monkeypatch):
+    """``nnUNet_liver_demo_epochs`` sets the total epochs of a ``_demo`` training (so ``nnUNetv2_train --c``
+    continues a finished run up to it); unset means the recipe's own; garbage is refused with the variable named."""
+    from nnunet_liver.trainers.liver_demo_trainers import (DEMO_EPOCHS_ENV, LesionShufflePatchTrainer_demo,
+                                                           LiverIFMTrainer_demo, demo_num_epochs)
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.delenv(DEMO_EPOCHS_ENV, raising=False)
+    assert demo_num_epochs(90) == 90
+    p = plans()
+    p["continue_training"] = False
+    p["configurations"]["3d_fullres"]["batch_dice"] = False
+    trainer = LiverIFMTrainer_demo(p, "3d_fullres", 0, whole_json(), torch.device("cpu"))
+    assert trainer.num_epochs == LiverIFMTrainer_demo.demo_num_epochs == 90
+    monkeypatch.setenv(DEMO_EPOCHS_ENV, "180")
+    p["continue_training"] = False  # nnU-Net's trainer pops it from the plans
+    assert LiverIFMTrainer_demo(p, "3d_fullres", 0, whole_json(), torch.device("cpu")).num_epochs == 180
+    assert demo_num_epochs(LesionShufflePatchTrainer_demo.demo_num_epochs) == 180
+    monkeypatch.setenv(DEMO_EPOCHS_ENV, "")
+    assert demo_num_epochs(40) == 40
+    for bad in ("0", "-3", "many"):
+        monkeypatch.setenv(DEMO_EPOCHS_ENV, bad)
+        with pytest.raises(ValueError, match=DEMO_EPOCHS_ENV):
+            demo_num_epochs(40)

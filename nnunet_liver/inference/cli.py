@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
     p.add_argument("--patch-model", default=None, metavar="PATCH_MODEL_DIR",
                    help="UNet-patch's training output folder ('demo' for the bundled one; the default with "
-                        "-m demo); without it the reclassification step is skipped")
+                        "-m demo where one is bundled); 'none' or no UNet-patch skips the reclassification step")
     p.add_argument("--factors", nargs="+", type=float, default=[1.0, 4.0],
                    help="lesion sensitivity factors; the highest gives the final lesions, the lowest the "
                         "same/diff split")
@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.patch_model is None and args.m == "demo":
-        args.patch_model = "demo"  # the bundled pair: -m demo alone runs the whole cascade
+        from nnunet_liver.inference.model import bundled_demo_model
+
+        # the bundled pair: -m demo alone runs the whole cascade (if this installation bundles a UNet-patch)
+        args.patch_model = "demo" if bundled_demo_model("patch") else None
+    elif args.patch_model is not None and args.patch_model.lower() == "none":
+        args.patch_model = None  # e.g. seed 003's Base model with the bundled UNet-whole: -m demo --patch-model none
     if args.device is None:
         import torch
 

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 from nnunet_liver.utils.io import InputError
 
 __all__ = ["LoadedModel", "load_model", "resolve_trainer_class", "resolve_model_dir", "is_ifm_trainer",
-           "available_folds", "DEMO_MODELS_DIR"]
+           "available_folds", "DEMO_MODELS_DIR", "bundled_demo_model"]
 
 #: bundled demo models (``-m demo``), once they ship with the package
 DEMO_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo_models")
@@ -56,11 +56,16 @@ class LoadedModel:
                 "spacing": [float(s) for s in self.configuration_manager.spacing]}
 
 
+def bundled_demo_model(which: str) -> bool:
+    """Whether this installation bundles the demo model ``which`` ("whole" or "patch")."""
+    return os.path.isdir(os.path.join(DEMO_MODELS_DIR, which))
+
+
 def resolve_model_dir(model_dir: str, which: str = "whole") -> str:
     """Map ``"demo"`` to the bundled demo model (``demo_models/<which>``); check that the folder exists."""
     if model_dir == "demo":
         candidate = os.path.join(DEMO_MODELS_DIR, which)
-        if not os.path.isdir(candidate):
+        if not bundled_demo_model(which):
             raise InputError(f"{candidate}: no bundled demo model in this installation (the demo models are not "
                              f"shipped yet); pass a trained model folder with -m")
         return candidate

@@ -18,6 +18,7 @@ predictor rebuilds exactly the trained network from the model folder alone.
 """
 from __future__ import annotations
 
+import os
 from typing import Tuple
 
 import torch
@@ -30,7 +31,8 @@ from nnunet_liver.trainers.liver_networks import tiny_configuration
 from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, wrap_phase_transforms
 
-__all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "DEMO_FEATURES", "demo_configuration"]
+__all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "DEMO_FEATURES", "demo_configuration",
+           "demo_num_epochs", "DEMO_EPOCHS_ENV"]
 
 DEMO_FEATURES: Tuple[int, ...] = (8, 16, 32, 64)
 DEMO_WHOLE_PATCH_SIZE: Tuple[int, int, int] = (16, 48, 48)
@@ -39,6 +41,8 @@ DEMO_PHASE_DROPOUT_P = 0.2
 DEMO_OVERSAMPLE_FOREGROUND = 0.8
 DEMO_LESION_FRACTION = 0.9
 DEMO_WHOLE_BATCH_SIZE = 4
+#: environment variable overriding the number of epochs (see :func:`demo_num_epochs`)
+DEMO_EPOCHS_ENV = "nnUNet_liver_demo_epochs"
 #: cross-entropy weight of the lesion classes (1..6 in both label schemes); every other class 1
 DEMO_LESION_CE_WEIGHT = {"whole": 4.0, "patch": 2.0}
 
@@ -49,13 +53,28 @@ def demo_configuration(configuration_manager, patch_size, transpose_forward=None
                               transpose_forward=transpose_forward)
 
 
+def demo_num_epochs(default: int) -> int:
+    """Epochs of a ``_demo`` training: ``default``, or the environment's ``nnUNet_liver_demo_epochs`` (total, so that
+    ``nnUNetv2_train --c`` continues a finished run up to that epoch with nnU-Net's own checkpoint and optimizer)."""
+    value = os.environ.get(DEMO_EPOCHS_ENV)
+    if value is None or value == "":
+        return default
+    try:
+        epochs = int(value)
+    except ValueError:
+        epochs = 0
+    if epochs < 1:
+        raise ValueError(f"{DEMO_EPOCHS_ENV}={value!r}: expected a positive number of epochs")
+    return epochs
+
+
 def _make_demo(trainer, num_epochs: int, batch_size: int = 2) -> None:
     # the configuration detection applies the network with (training_configuration) is the one it trains with
     trainer.configuration_manager = trainer.training_configuration(trainer.plans_manager,
                                                                    trainer.configuration_manager)
     trainer.configuration_manager.configuration["batch_size"] = batch_size
     trainer.batch_size = batch_size
-    trainer.num_epochs = num_epochs
+    trainer.num_epochs = demo_num_epochs(num_epochs)
     trainer.num_iterations_per_epoch = 50
     trainer.num_val_iterations_per_epoch = 5
     trainer.save_every = 10
