@@ -96,13 +96,18 @@ def model_folder(work: Path, name: str, trainer: str) -> Path:
     return work / "nnUNet_results" / name / f"{trainer}__nnUNetPlans__3d_fullres"
 
 
+def final_checkpoint(model: Path, fold: int = 0) -> Path:
+    """An nnU-Net model folder's (or a bundled demo model's) ``fold_X/checkpoint_final.pth``."""
+    return model / f"fold_{fold}" / "checkpoint_final.pth"
+
+
 def export_model(src: Path, dst: Path, fold: int = 0) -> None:
     """Copy an nnU-Net model folder's dataset.json, plans.json and fold checkpoint_final.pth, the latter without
     optimizer state, grad scaler and logging (inference needs network_weights, trainer_name, init_args and
     inference_allowed_mirroring_axes)."""
     import torch
 
-    ckpt = torch.load(src / f"fold_{fold}" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    ckpt = torch.load(final_checkpoint(src, fold), map_location="cpu", weights_only=False)
     keep = {k: ckpt[k] for k in ("network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes",
                                  "current_epoch") if k in ckpt}
     keep["network_weights"] = {k: v.clone() for k, v in keep["network_weights"].items()}
@@ -111,7 +116,7 @@ def export_model(src: Path, dst: Path, fold: int = 0) -> None:
     (dst / f"fold_{fold}").mkdir(parents=True)
     for name in ("dataset.json", "plans.json"):
         shutil.copy2(src / name, dst / name)
-    torch.save(keep, dst / f"fold_{fold}" / "checkpoint_final.pth")
+    torch.save(keep, final_checkpoint(dst, fold))
 
 
 def stage_data(work, env):
@@ -134,18 +139,20 @@ def stage_patches(work, env):
 
 def train(work, env, dataset_id, trainer, extra=(), device="cpu", epochs=None):
     if epochs is not None:
-        env = {**env, "nnUNet_liver_demo_epochs": str(epochs)}
+        from nnunet_liver.trainers.liver_demo_trainers import DEMO_EPOCHS_ENV
+
+        env = {**env, DEMO_EPOCHS_ENV: str(epochs)}
     dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", device, *extra], env,
              work / "logs" / f"train_{trainer}.log")
     (work / "logs" / f"train_{trainer}.seconds").write_text(f"{dt:.0f}\n")
 
 
-def warm_start(folder, which="whole"):
-    """nnUNetv2_train's ``-pretrained_weights`` for ``which`` from a folder laid out like ``nnunet_liver/demo_models``
-    (``WHICH/fold_0/checkpoint_final.pth``), or none."""
+def warm_start(folder):
+    """nnUNetv2_train's ``-pretrained_weights`` for UNet-whole from a folder laid out like
+    ``nnunet_liver/demo_models`` (``whole/fold_0/checkpoint_final.pth``), or none."""
     if folder is None:
         return ()
-    path = Path(folder).resolve() / which / "fold_0" / "checkpoint_final.pth"
+    path = final_checkpoint(Path(folder).resolve() / "whole")
     if not path.is_file():
         raise SystemExit(f"{path}: no such warm-start checkpoint")
     return ("-pretrained_weights", path)
@@ -212,7 +219,7 @@ def main(argv=None) -> int:
         elif stage == "plan-whole":
             plan(work, env, WHOLE_ID)
         elif stage == "train-whole":
-            init = ("--c",) if args.continue_training else warm_start(args.warm_start, "whole")
+            init = ("--c",) if args.continue_training else warm_start(args.warm_start)
             train(work, env, WHOLE_ID, WHOLE_TRAINER, init, args.device, args.epochs and args.epochs[0])
         elif stage == "patches":
             stage_patches(work, env)
@@ -220,8 +227,7 @@ def main(argv=None) -> int:
             if args.continue_training:
                 init = ("--c",)
             elif args.patch_init == "whole":
-                init = ("-pretrained_weights", model_folder(work, WHOLE_NAME, WHOLE_TRAINER) / "fold_0" /
-                        "checkpoint_final.pth")
+                init = ("-pretrained_weights", final_checkpoint(model_folder(work, WHOLE_NAME, WHOLE_TRAINER)))
             else:
                 init = ()
             train(work, env, PATCH_ID, PATCH_TRAINER, init, args.device, args.epochs and args.epochs[1])
