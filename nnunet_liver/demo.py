@@ -37,6 +37,9 @@ DEMO_SEED = 7
 #: phantom geometry of the demo models (z, y, x): voxels and mm
 DEMO_SHAPE = (24, 96, 96)
 DEMO_SPACING = (6.0, 4.0, 4.0)
+#: smallest random lesion volume of the demo phantoms (cm3): 3 cm3 is a sphere of 1.8 cm, 30 voxels at 6 x 4 x 4 mm
+#: (the default 0.5 cm3 is 5 voxels there, too few for a model trained for an hour on a CPU; see MODEL_CARD.md)
+DEMO_MIN_LESION_CM3 = 3.0
 #: the demo cases: (name, lesion types, delayed phase missing)
 DEMO_CASES = (("demo_hcc", ("HCC",), False),
               ("demo_meta", ("Meta", "Meta", "Cyst"), False),
@@ -89,7 +92,8 @@ def write_demo_cases(folder: str) -> List[dict]:
     truth = []
     for k, (name, types, missing) in enumerate(DEMO_CASES):
         case = generate_case(case_seed(DEMO_SEED, k), shape=DEMO_SHAPE, spacing=DEMO_SPACING,
-                             missing_delayed=missing, lesion_types=types)
+                             missing_delayed=missing, lesion_types=types,
+                             min_lesion_cm3=DEMO_MIN_LESION_CM3)
         write_case(case, name, folder)
         if missing:  # no delayed-phase file at all: the detector fills the IFM model's constant channel
             os.remove(os.path.join(folder, "imagesTr", f"{name}_{L.PHASES.index('D'):04d}.nii.gz"))

@@ -22,7 +22,8 @@ Stages:
 3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
 4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, ``nnunet-liver-plan -d 602``.
 5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``, from
-                   UNet-whole's final weights (``-pretrained_weights``) unless ``--patch-init scratch``.
+                   UNet-whole's final weights (``-pretrained_weights``), or those of ``--patch-init DIR``, or
+                   from scratch (``--patch-init scratch``).
 6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
                    logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
 7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training), ``nnunet-liver-detect -m demo --disable-tta`` as
@@ -45,12 +46,15 @@ import sys
 import time
 from pathlib import Path
 
+from nnunet_liver.demo import DEMO_MIN_LESION_CM3 as MIN_LESION_CM3  # noqa: E402
+from nnunet_liver.demo import DEMO_SHAPE as SHAPE  # noqa: E402
+from nnunet_liver.demo import DEMO_SPACING as SPACING  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "nnunet_liver" / "demo_models"
 
 TRAIN_SEED, TRAIN_CASES = 601, 120
 TEST_SEED, TEST_CASES = 20261, 30
-SHAPE, SPACING = (24, 96, 96), (6.0, 4.0, 4.0)
 MISSING_DELAYED = 0.25
 WHOLE_ID, WHOLE_NAME, WHOLE_TRAINER = 601, "Dataset601_DemoLiverPhantom", "LiverIFMTrainer_demo"
 PATCH_ID, PATCH_NAME, PATCH_TRAINER = 602, "Dataset602_DemoLiverPatch", "LesionShufflePatchTrainer_demo"
@@ -59,6 +63,8 @@ STAGES = ("data", "plan-whole", "train-whole", "patches", "train-patch", "export
 MODELS = {"Base": ["--factors", "1", "--patch-model", "none"],
           "Base+ReCls": ["--factors", "1", "--patch-model", "{patch}"],
           "High+ReCls": ["--factors", "1", "4", "--patch-model", "{patch}"]}
+#: the runs when there is no UNet-patch to evaluate (``--no-patch``): Base and High (f = 1 and 4) without ReCls
+MODELS_NO_PATCH = {"Base": MODELS["Base"], "High": ["--factors", "1", "4", "--patch-model", "none"]}
 #: detector options shared by the three runs (also the demo's): no test-time mirroring, for CPU speed
 DETECT_FLAGS = ["--disable-tta"]
 
@@ -121,8 +127,8 @@ def export_model(src: Path, dst: Path, fold: int = 0) -> None:
 
 def stage_data(work, env):
     run(["nnunet-liver-phantom", "-o", work / "nnUNet_raw" / WHOLE_NAME, "-n", TRAIN_CASES, "--seed", TRAIN_SEED,
-         "--shape", *SHAPE, "--spacing", *SPACING, "--missing-delayed", MISSING_DELAYED], env,
-        work / "logs" / "data.log")
+         "--shape", *SHAPE, "--spacing", *SPACING, "--missing-delayed", MISSING_DELAYED, "--min-lesion-volume", MIN_LESION_CM3,
+         "-np", 2], env, work / "logs" / "data.log")
 
 
 def plan(work, env, dataset_id):
@@ -158,23 +164,29 @@ def warm_start(folder):
     return ("-pretrained_weights", path)
 
 
-def stage_export(work, env):
+def stage_export(work, env, with_patch=True):
+    """Copy the trained models into the package; without the patch model, a bundled ``patch/`` is removed so that
+    the bundle never pairs models of different runs."""
     export_model(model_folder(work, WHOLE_NAME, WHOLE_TRAINER), DEMO_DIR / "whole")
-    export_model(model_folder(work, PATCH_NAME, PATCH_TRAINER), DEMO_DIR / "patch")
+    if with_patch:
+        export_model(model_folder(work, PATCH_NAME, PATCH_TRAINER), DEMO_DIR / "patch")
+    elif (DEMO_DIR / "patch").exists():
+        shutil.rmtree(DEMO_DIR / "patch")
 
 
 def stage_evaluate(work, env, whole="demo", patch="demo", num_cases=TEST_CASES, out_name="test"):
     """Test-set phantoms, the three detector runs and their evaluation; ``whole``/``patch`` are model folders
-    (default: the bundled ones, ``-m demo``)."""
+    (default: the bundled ones, ``-m demo``); ``patch=None``: Base and High only (:data:`MODELS_NO_PATCH`)."""
     from evaluate_demo_models import write_results  # scripts/evaluate_demo_models.py
 
     base = work / out_name
     test = base / "Dataset699_DemoLiverTest"
     if not test.exists():
         run(["nnunet-liver-phantom", "-o", test, "-n", num_cases, "--seed", TEST_SEED, "--shape", *SHAPE,
-             "--spacing", *SPACING, "--missing-delayed", MISSING_DELAYED], env, work / "logs" / "test_data.log")
+             "--spacing", *SPACING, "--missing-delayed", MISSING_DELAYED, "--min-lesion-volume", MIN_LESION_CM3],
+            env, work / "logs" / "test_data.log")
     timings, dets = {}, {}
-    for name, flags in MODELS.items():
+    for name, flags in (MODELS if patch else MODELS_NO_PATCH).items():
         tag = name.replace("+", "_")
         dets[name] = out = base / f"det_{tag}"
         flags = [f.format(patch=patch) for f in flags]
@@ -201,9 +213,17 @@ def main(argv=None) -> int:
     p.add_argument("--continue-training", action="store_true",
                    help="continue the trainings from their checkpoints (nnUNetv2_train --c: weights, optimizer "
                         "state and epoch counter) up to --epochs")
-    p.add_argument("--patch-init", choices=("whole", "scratch"), default="whole",
-                   help="UNet-patch starts from UNet-whole's final weights (nnUNetv2_train -pretrained_weights; "
-                        "nnU-Net re-initialises the segmentation heads) or from scratch")
+    p.add_argument("--models", type=Path, default=None, metavar="DIR",
+                   help="evaluate the models in DIR (laid out like nnunet_liver/demo_models: whole/, patch/) instead "
+                        "of the bundled ones; results in WORK/test_<DIR name>")
+    p.add_argument("--no-patch", action="store_true",
+                   help="export and evaluate UNet-whole alone (no UNet-patch bundled; evaluation runs Base and High "
+                        "without reclassification)")
+    p.add_argument("--patch-init", default="whole", metavar="{whole,scratch,DIR}",
+                   help="UNet-patch starts from UNet-whole's final weights in the work folder (whole), from "
+                        "DIR/whole/fold_0/checkpoint_final.pth (a folder laid out like nnunet_liver/demo_models), "
+                        "both with nnUNetv2_train -pretrained_weights (nnU-Net re-initialises the segmentation "
+                        "heads), or from scratch (default: %(default)s)")
     args = p.parse_args(argv)
     if args.continue_training and args.warm_start:
         p.error("--continue-training and --warm-start exclude each other (nnUNetv2_train --c / -pretrained_weights)")
@@ -228,13 +248,20 @@ def main(argv=None) -> int:
                 init = ("--c",)
             elif args.patch_init == "whole":
                 init = ("-pretrained_weights", final_checkpoint(model_folder(work, WHOLE_NAME, WHOLE_TRAINER)))
-            else:
+            elif args.patch_init == "scratch":
                 init = ()
+            else:
+                init = warm_start(args.patch_init)
             train(work, env, PATCH_ID, PATCH_TRAINER, init, args.device, args.epochs and args.epochs[1])
         elif stage == "export":
-            stage_export(work, env)
+            stage_export(work, env, with_patch=not args.no_patch)
         elif stage == "evaluate":
-            stage_evaluate(work, env)
+            if args.models is None:
+                stage_evaluate(work, env, patch=None if args.no_patch else "demo")
+            else:
+                models = args.models.resolve()
+                stage_evaluate(work, env, whole=models / "whole",
+                               patch=None if args.no_patch else models / "patch", out_name=f"test_{models.name}")
     return 0
 
 

@@ -205,6 +205,36 @@ def test_sizes_span_small_to_large_with_many_small():
     assert len(big.lesions) == 6
 
 
+def test_min_lesion_volume_raises_the_floor_keeps_the_anatomy_and_is_recorded(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    v = np.array([sample_volume_cm3(rng, low=3.0) for _ in range(2000)])
+    assert v.min() >= 3.0 and v.max() <= 120.0 and np.mean(v < 10) > 0.3
+    # the same seed draws the same random numbers: same anatomy, same lesion types, bigger lesions
+    kw = dict(shape=(24, 96, 96), spacing=(6.0, 4.0, 4.0))
+    organs = [lab.id for lab in L.LABELS if lab.id not in (0, *L.LIVER_REGION_IDS)]
+    assert organs == [9, 10, 11, 12, 13]
+    for seed in range(3, 9):
+        small, large = generate_case(seed, **kw), generate_case(seed, min_lesion_cm3=3.0, **kw)
+        for t in organs:
+            assert np.array_equal(small.label == t, large.label == t)
+        assert small.lesion_free == large.lesion_free
+        if not small.lesion_free:
+            assert [les["type"] for les in small.lesions] != [] and len(large.lesions) >= 1
+            # placement shrinks a lesion that does not fit by 0.7 per 8 tries; the largest always fits here
+            assert max(les["volume_cm3"] for les in large.lesions) >= 0.9 * 3.0
+            assert (sum(les["volume_cm3"] for les in large.lesions) / len(large.lesions)
+                    > sum(les["volume_cm3"] for les in small.lesions) / len(small.lesions))
+    out = tmp_path / "Dataset904_P"
+    assert phantom_main(["-o", str(out), "-n", "2", "--seed", "2", "--shape", "16", "48", "48", "--spacing", "5", "4",
+                         "4", "--min-lesion-volume", "2.5"]) == 0
+    assert json.load(open(out / "truth.json"))["settings"]["min_lesion_cm3"] == 2.5
+    capsys.readouterr()
+    assert phantom_main(["-o", str(tmp_path / "Dataset905_P"), "-n", "1", "--min-lesion-volume", "0"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "min_lesion_cm3" in err[0]
+    assert not (tmp_path / "Dataset905_P").exists()
+
+
 def test_cli_writes_dataset_and_rejects_bad_phases(tmp_path, capsys):
     out = tmp_path / "Dataset902_P"
     rc = phantom_main(["-o", str(out), "-n", "2", "--seed", "1", "--shape", "16", "48", "48", "--spacing", "5", "4",

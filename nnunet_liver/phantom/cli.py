@@ -6,6 +6,7 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_liver import labels as L
+from nnunet_liver.phantom.lesions import MAX_LESION_CM3, MIN_LESION_CM3
 from nnunet_liver.utils.io import InputError
 
 PROG = "nnunet-liver-phantom"
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--misalign-mm", type=float, default=0.0, metavar="MM",
                    help="maximum random rigid shift (mm) of each phase against the reference phase (V); "
                    "recorded in truth.json (default: %(default)s)")
+    p.add_argument("--min-lesion-volume", type=float, default=MIN_LESION_CM3, metavar="CM3",
+                   help="smallest random lesion volume in cm3; volumes are log-distributed from it up to "
+                   f"{MAX_LESION_CM3:g} cm3, skewed towards small ones (default: %(default)s)")
     p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return p
@@ -44,7 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = write_phantom_dataset(args.output, args.num_cases, args.seed, shape=args.shape, spacing=args.spacing,
                                     phases=phases, missing_delayed=args.missing_delayed,
-                                    misalign_mm=args.misalign_mm, num_processes=args.num_processes,
+                                    misalign_mm=args.misalign_mm,
+                                    min_lesion_cm3=args.min_lesion_volume, num_processes=args.num_processes,
                                     overwrite=args.overwrite)
     except (InputError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -26,6 +26,7 @@ import numpy as np
 from nnunet_liver import __version__
 from nnunet_liver import labels as L
 from nnunet_liver.phantom.generate import DEFAULT_SHAPE, _check_phases, generate_case
+from nnunet_liver.phantom.lesions import MAX_LESION_CM3, MIN_LESION_CM3
 from nnunet_liver.utils.io import InputError, atomic_dir, write_json_atomic
 
 __all__ = ["write_phantom_dataset", "case_seed", "write_case", "to_sitk_image"]
@@ -74,7 +75,8 @@ def _job(args):
 
 def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequence[int] = DEFAULT_SHAPE,
                           spacing: Optional[Sequence[float]] = None, phases: Sequence[str] = L.PHASES,
-                          missing_delayed: float = 0.0, misalign_mm: float = 0.0, num_processes: int = 1,
+                          missing_delayed: float = 0.0, misalign_mm: float = 0.0,
+                          min_lesion_cm3: float = MIN_LESION_CM3, num_processes: int = 1,
                           overwrite: bool = False, progress: bool = True) -> Path:
     """Generate ``num_cases`` phantoms into the nnU-Net raw dataset folder ``out_dir``.
 
@@ -89,6 +91,7 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
     phases : channels written, in time order (default NC, A, V, D).
     missing_delayed : probability that a case's D channel is the constant missing channel.
     misalign_mm : maximum length of the random rigid shift of each non-reference phase (0 = aligned).
+    min_lesion_cm3 : smallest random lesion volume (cm3; default 0.5), see :func:`generate_case`.
     num_processes : worker processes.
 
     Returns
@@ -102,12 +105,14 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
         raise InputError(f"missing_delayed is a probability in [0, 1], got {missing_delayed}")
     if float(misalign_mm) < 0:
         raise InputError(f"misalign_mm must be >= 0, got {misalign_mm}")
+    if not 0.0 < float(min_lesion_cm3) < MAX_LESION_CM3:
+        raise InputError(f"min_lesion_cm3 must be in (0, {MAX_LESION_CM3:g}) cm3, got {min_lesion_cm3}")
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     kwargs = dict(shape=tuple(int(s) for s in shape), spacing=None if spacing is None else tuple(spacing),
-                  phases=phases, misalign_mm=float(misalign_mm))
+                  phases=phases, misalign_mm=float(misalign_mm), min_lesion_cm3=float(min_lesion_cm3))
     with atomic_dir(str(out_dir), overwrite=overwrite) as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
@@ -129,7 +134,8 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
         truth = {"schema_version": TRUTH_SCHEMA_VERSION, "generator": f"nnunet_liver.phantom {__version__}",
                  "seed": int(seed), "num_cases": len(results), "phases": list(phases),
                  "settings": {"shape": list(kwargs["shape"]), "spacing": kwargs["spacing"],
-                              "missing_delayed": float(missing_delayed), "misalign_mm": float(misalign_mm)},
+                              "missing_delayed": float(missing_delayed), "misalign_mm": float(misalign_mm),
+                              "min_lesion_cm3": float(min_lesion_cm3)},
                  "cases": {name: entry for name, entry in results}}
         write_json_atomic(truth, os.path.join(tmp, TRUTH_FILE))
     return out_dir

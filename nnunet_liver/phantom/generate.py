@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from nnunet_liver import labels as L
 from nnunet_liver.phantom.anatomy import STANDARD_FOV_MM, build_anatomy, tissue_hu
-from nnunet_liver.phantom.lesions import LESION_TYPES, lesion_hu, margin_weight, place_lesions, sample_volume_cm3
+from nnunet_liver.phantom.lesions import (LESION_TYPES, MAX_LESION_CM3, MIN_LESION_CM3, lesion_hu,                                           margin_weight, place_lesions, sample_volume_cm3)
 from nnunet_liver.phantom.shapes import smooth_noise
 
 __all__ = ["PhantomCase", "generate_case", "default_spacing", "reference_phase"]
@@ -83,7 +83,7 @@ def _check_phases(phases) -> Tuple[str, ...]:
     return tuple(p for p in L.PHASES if p in phases)
 
 
-def _draw_lesions(rng, lesion_types, lesion_volumes_cm3=None):
+def _draw_lesions(rng, lesion_types, lesion_volumes_cm3=None, min_lesion_cm3=MIN_LESION_CM3):
     """Types and volumes of a lesion-bearing liver: a dominant type, plus incidental cysts/hemangiomas."""
     if lesion_types is not None:
         types = list(lesion_types)
@@ -98,7 +98,7 @@ def _draw_lesions(rng, lesion_types, lesion_volumes_cm3=None):
             raise ValueError(f"{len(lesion_volumes_cm3)} lesion volumes for {len(types)} lesion types")
         order = np.argsort(-np.asarray(lesion_volumes_cm3, float), kind="stable")  # big ones placed first
         return [types[i] for i in order], [float(lesion_volumes_cm3[i]) for i in order]
-    volumes = sorted((sample_volume_cm3(rng) for _ in types), reverse=True)  # big ones placed first
+    volumes = sorted((sample_volume_cm3(rng, low=min_lesion_cm3) for _ in types), reverse=True)  # big ones placed first
     order = rng.permutation(len(types))
     return [types[i] for i in order], volumes
 
@@ -106,7 +106,8 @@ def _draw_lesions(rng, lesion_types, lesion_volumes_cm3=None):
 def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Optional[Sequence[float]] = None,
                   phases: Sequence[str] = L.PHASES, missing_delayed: bool = False, misalign_mm: float = 0.0,
                   lesion_free: Optional[bool] = None, lesion_types: Optional[Sequence[str]] = None,
-                  lesion_volumes_cm3: Optional[Sequence[float]] = None, noise: bool = True) -> PhantomCase:
+                  lesion_volumes_cm3: Optional[Sequence[float]] = None, noise: bool = True,
+                  min_lesion_cm3: float = MIN_LESION_CM3) -> PhantomCase:
     """Generate one multi-phase phantom.
 
     Parameters
@@ -121,6 +122,8 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
         ``lesion_free``; a lesion that cannot fit the liver after many tries is left out.
     lesion_volumes_cm3 : target volumes of ``lesion_types`` (default: random, many small); capped to fit.
     noise : add image noise (off for pattern checks without noise).
+    min_lesion_cm3 : smallest random lesion volume (default 0.5 cm3); random volumes are log-distributed from it
+        up to 120 cm3, skewed towards the small end. The same seed draws the same random numbers whatever it is.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 4:
@@ -133,6 +136,8 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
         unknown = [t for t in lesion_types if t not in LESION_TYPES]
         if unknown:
             raise ValueError(f"unknown lesion types {unknown}; known: {list(LESION_TYPES)}")
+    if not 0.0 < float(min_lesion_cm3) < MAX_LESION_CM3:
+        raise ValueError(f"min_lesion_cm3 must be in (0, {MAX_LESION_CM3:g}) cm3, got {min_lesion_cm3}")
     rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     ref = reference_phase(phases)
     origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(shape, spacing))
@@ -143,7 +148,8 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
     else:
         free = bool(rng.random() < 0.2) if lesion_free is None else bool(lesion_free)
     lesions = [] if free else place_lesions(rng, label, spacing,
-                                                 *_draw_lesions(rng, lesion_types, lesion_volumes_cm3))
+                                                 *_draw_lesions(rng, lesion_types, lesion_volumes_cm3,
+                                                                min_lesion_cm3))
 
     enhancement = float(rng.uniform(0.85, 1.15))
     noise_hu = float(rng.uniform(8.0, 14.0)) if noise else 0.0
