@@ -5,18 +5,18 @@ Everything runs with nnU-Net's own commands on the CPU, in a work folder outside
 
     python scripts/train_demo_models.py -w /work/demo_build            # every stage, in order
     python scripts/train_demo_models.py -w /work/demo_build --stages evaluate
-    # the bundled UNet-whole: run 2 above (90 epochs), then continued twice with nnUNetv2_train --c (checkpoint,
-    # optimizer state, epoch counter) up to 180 and 260 epochs in all (MODEL_CARD.md)
-    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 180 40
-    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 260 40
-    # on a machine without the work folder: start UNet-whole from the bundled weights instead
-    python scripts/train_demo_models.py -w WORK --stages data plan-whole train-whole \
-        --warm-start nnunet_liver/demo_models --epochs 100 40
+    # the bundled UNet-whole (run 4, MODEL_CARD.md): 270 epochs warm-started from run 3's (git 3555644), whose
+    # 260 epochs were this script's default stages continued twice with --continue-training --epochs 180/260 40
+    git archive 3555644 nnunet_liver/demo_models | tar -x -C /tmp/v1
+    python scripts/train_demo_models.py -w /work/demo_build --stages data plan-whole train-whole \
+        --warm-start /tmp/v1/nnunet_liver/demo_models --epochs 270 50
+    python scripts/train_demo_models.py -w /work/demo_build --stages export evaluate --no-patch
 
 Stages:
 
 1. ``data``        ``nnunet-liver-phantom``: TRAIN_CASES phantoms (seed TRAIN_SEED, 24 x 96 x 96 voxels at
-                   6 x 4 x 4 mm, a quarter without the delayed phase) as ``Dataset601_DemoLiverPhantom``.
+                   6 x 4 x 4 mm, a quarter without the delayed phase,
+                   lesions of MIN_LESION_CM3 = 3 cm3 and more) as ``Dataset601_DemoLiverPhantom``.
 2. ``plan-whole``  ``nnunet-liver-plan -d 601``: nnU-Net's nnUNetv2_extract_fingerprint, nnUNetv2_plan_experiment,
                    the CT window (-150..250 HU) written into the plans, nnUNetv2_preprocess.
 3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.

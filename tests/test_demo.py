@@ -20,13 +20,15 @@ from nnunet_liver.inference.model import DEMO_MODELS_DIR
 from nnunet_liver.utils.io import InputError
 
 #: floors (and a ceiling) of the demo's headline figures, just below (above) what the demo measured with the
-#: committed UNet-whole (MODEL_CARD.md, third CPU run; no UNet-patch bundled): type-agnostic recall 4 of 7 lesions
-#: (57 %), 4 lesions found at their place (TP 1 + FL 3), 13 false positives on the five cases. The malignancy and
-#: patient-class floors of issue 6 (sensitivity and specificity >= 0.9) are not asserted here because these weights
-#: do not reach them yet (the model types every lesion as a cyst or hemangioma); the model card's checks list them.
-MIN_LESION_RECALL_ROUGH = 0.5
-MIN_LESIONS_AT_THEIR_PLACE = 3  # TP + FL: a reference lesion overlapped by a detection, whatever its type
-MAX_FALSE_POSITIVES = 20
+#: committed UNet-whole (MODEL_CARD.md, fourth CPU run; no UNet-patch bundled, so the demo runs f = 1 and 4 without
+#: reclassification): type-agnostic recall 6 of 7 lesions (86 %), 6 found at their place (TP 4 + FL 2), 27 false
+#: positives on the five cases, patient-level malignancy sensitivity 2 of 2 (one case uncertain). Issue 6's
+#: specificity floor (>= 0.9) is not asserted: these weights call HCC on lesion-free livers (specificity 0 on the
+#: demo, 0.07 on the 30-case test set); the model card's checks list it.
+MIN_LESION_RECALL_ROUGH = 0.7
+MIN_LESIONS_AT_THEIR_PLACE = 5  # TP + FL: a reference lesion overlapped by a detection, whatever its type
+MAX_FALSE_POSITIVES = 35
+MIN_MALIGNANCY_SENSITIVITY = 0.5
 
 needs_models = pytest.mark.skipif(not os.path.isdir(os.path.join(DEMO_MODELS_DIR, "whole")),
                                   reason="bundled demo models not present in this installation")
@@ -123,6 +125,7 @@ def test_demo_end_to_end(tmp_path):
     assert h["lesion"]["recall_rough"] >= MIN_LESION_RECALL_ROUGH
     assert h["lesion"]["TP"] + h["lesion"]["FL"] >= MIN_LESIONS_AT_THEIR_PLACE
     assert h["lesion"]["FP"] <= MAX_FALSE_POSITIVES
+    assert h["patient"]["malignancy_sensitivity"] >= MIN_MALIGNANCY_SENSITIVITY
 
     # a second run into the same folder is refused; --overwrite reproduces the same figures
     again = subprocess.run([*_demo_command(), "-o", str(out), "-q"], env=env, capture_output=True, text=True)
