@@ -26,7 +26,8 @@ Stages:
                    from scratch (``--patch-init scratch``).
 6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
                    logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
-7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training), ``nnunet-liver-detect -m demo --disable-tta`` as
+7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training),
+                   ``nnunet-liver-detect -m demo --disable-tta`` as
                    Base (f = 1), Base+ReCls (f = 1, UNet-patch) and High+ReCls (f = 1 and 4, UNet-patch),
                    ``nnunet-liver-evaluate`` on each; writes seed 003's tables
                    (lesion level per type + All + Malign, patient-level malignancy, the consensus), in
@@ -127,8 +128,8 @@ def export_model(src: Path, dst: Path, fold: int = 0) -> None:
 
 def stage_data(work, env):
     run(["nnunet-liver-phantom", "-o", work / "nnUNet_raw" / WHOLE_NAME, "-n", TRAIN_CASES, "--seed", TRAIN_SEED,
-         "--shape", *SHAPE, "--spacing", *SPACING, "--missing-delayed", MISSING_DELAYED, "--min-lesion-volume", MIN_LESION_CM3,
-         "-np", 2], env, work / "logs" / "data.log")
+         "--shape", *SHAPE, "--spacing", *SPACING, "--missing-delayed", MISSING_DELAYED,
+         "--min-lesion-volume", MIN_LESION_CM3, "-np", 2], env, work / "logs" / "data.log")
 
 
 def plan(work, env, dataset_id):

@@ -16,7 +16,8 @@ from scipy import ndimage
 
 from nnunet_liver import labels as L
 from nnunet_liver.phantom.anatomy import STANDARD_FOV_MM, build_anatomy, tissue_hu
-from nnunet_liver.phantom.lesions import (LESION_TYPES, MAX_LESION_CM3, MIN_LESION_CM3, lesion_hu,                                           margin_weight, place_lesions, sample_volume_cm3)
+from nnunet_liver.phantom.lesions import (LESION_TYPES, MAX_LESION_CM3, MIN_LESION_CM3, lesion_hu,
+                                         margin_weight, place_lesions, sample_volume_cm3)
 from nnunet_liver.phantom.shapes import smooth_noise
 
 __all__ = ["PhantomCase", "generate_case", "default_spacing", "reference_phase"]
@@ -98,7 +99,8 @@ def _draw_lesions(rng, lesion_types, lesion_volumes_cm3=None, min_lesion_cm3=MIN
             raise ValueError(f"{len(lesion_volumes_cm3)} lesion volumes for {len(types)} lesion types")
         order = np.argsort(-np.asarray(lesion_volumes_cm3, float), kind="stable")  # big ones placed first
         return [types[i] for i in order], [float(lesion_volumes_cm3[i]) for i in order]
-    volumes = sorted((sample_volume_cm3(rng, low=min_lesion_cm3) for _ in types), reverse=True)  # big ones placed first
+    # big ones placed first
+    volumes = sorted((sample_volume_cm3(rng, low=min_lesion_cm3) for _ in types), reverse=True)
     order = rng.permutation(len(types))
     return [types[i] for i in order], volumes
 

@@ -24,7 +24,8 @@ from nnunet_liver import labels as L
 from nnunet_liver.phantom.anatomy import BLOOD_POOL_HU
 from nnunet_liver.phantom.shapes import smooth_noise
 
-__all__ = ["LESION_TYPES", "MIN_LESION_CM3", "MAX_LESION_CM3", "Lesion", "sample_volume_cm3", "place_lesions", "lesion_hu"]
+__all__ = ["LESION_TYPES", "MIN_LESION_CM3", "MAX_LESION_CM3", "Lesion", "sample_volume_cm3", "place_lesions",
+           "lesion_hu"]
 
 LESION_TYPES = ("HCC", "ICC", "Meta", "Hem", "Other", "Cyst")
 
@@ -73,7 +74,8 @@ class Lesion:
 MIN_LESION_CM3, MAX_LESION_CM3 = 0.5, 120.0
 
 
-def sample_volume_cm3(rng: np.random.Generator, low: float = MIN_LESION_CM3, high: float = MAX_LESION_CM3) -> float:
+def sample_volume_cm3(rng: np.random.Generator, low: float = MIN_LESION_CM3,
+                      high: float = MAX_LESION_CM3) -> float:
     """Lesion volume, log-distributed between ``low`` and ``high`` cm3 and skewed towards small lesions."""
     u = rng.random() ** 1.7
     return float(low * (high / low) ** u)
