@@ -47,9 +47,9 @@ import sys
 import time
 from pathlib import Path
 
-from nnunet_liver.demo import DEMO_MIN_LESION_CM3 as MIN_LESION_CM3  # noqa: E402
-from nnunet_liver.demo import DEMO_SHAPE as SHAPE  # noqa: E402
-from nnunet_liver.demo import DEMO_SPACING as SPACING  # noqa: E402
+from nnunet_liver.demo import DEMO_MIN_LESION_CM3 as MIN_LESION_CM3
+from nnunet_liver.demo import DEMO_SHAPE as SHAPE
+from nnunet_liver.demo import DEMO_SPACING as SPACING
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "nnunet_liver" / "demo_models"

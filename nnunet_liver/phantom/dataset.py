@@ -25,8 +25,8 @@ import numpy as np
 
 from nnunet_liver import __version__
 from nnunet_liver import labels as L
-from nnunet_liver.phantom.generate import DEFAULT_SHAPE, _check_phases, generate_case
-from nnunet_liver.phantom.lesions import MAX_LESION_CM3, MIN_LESION_CM3
+from nnunet_liver.phantom.generate import DEFAULT_SHAPE, _check_min_lesion_cm3, _check_phases, generate_case
+from nnunet_liver.phantom.lesions import MIN_LESION_CM3
 from nnunet_liver.utils.io import InputError, atomic_dir, write_json_atomic
 
 __all__ = ["write_phantom_dataset", "case_seed", "write_case", "to_sitk_image"]
@@ -105,14 +105,16 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
         raise InputError(f"missing_delayed is a probability in [0, 1], got {missing_delayed}")
     if float(misalign_mm) < 0:
         raise InputError(f"misalign_mm must be >= 0, got {misalign_mm}")
-    if not 0.0 < float(min_lesion_cm3) < MAX_LESION_CM3:
-        raise InputError(f"min_lesion_cm3 must be in (0, {MAX_LESION_CM3:g}) cm3, got {min_lesion_cm3}")
+    try:
+        min_lesion_cm3 = _check_min_lesion_cm3(min_lesion_cm3)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     kwargs = dict(shape=tuple(int(s) for s in shape), spacing=None if spacing is None else tuple(spacing),
-                  phases=phases, misalign_mm=float(misalign_mm), min_lesion_cm3=float(min_lesion_cm3))
+                  phases=phases, misalign_mm=float(misalign_mm), min_lesion_cm3=min_lesion_cm3)
     with atomic_dir(str(out_dir), overwrite=overwrite) as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
@@ -135,7 +137,7 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
                  "seed": int(seed), "num_cases": len(results), "phases": list(phases),
                  "settings": {"shape": list(kwargs["shape"]), "spacing": kwargs["spacing"],
                               "missing_delayed": float(missing_delayed), "misalign_mm": float(misalign_mm),
-                              "min_lesion_cm3": float(min_lesion_cm3)},
+                              "min_lesion_cm3": min_lesion_cm3},
                  "cases": {name: entry for name, entry in results}}
         write_json_atomic(truth, os.path.join(tmp, TRUTH_FILE))
     return out_dir

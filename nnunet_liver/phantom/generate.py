@@ -84,6 +84,13 @@ def _check_phases(phases) -> Tuple[str, ...]:
     return tuple(p for p in L.PHASES if p in phases)
 
 
+def _check_min_lesion_cm3(min_lesion_cm3) -> float:
+    """The lesion volume floor as a float in (0, MAX_LESION_CM3) cm3."""
+    if not 0.0 < float(min_lesion_cm3) < MAX_LESION_CM3:
+        raise ValueError(f"min_lesion_cm3 must be in (0, {MAX_LESION_CM3:g}) cm3, got {min_lesion_cm3}")
+    return float(min_lesion_cm3)
+
+
 def _draw_lesions(rng, lesion_types, lesion_volumes_cm3=None, min_lesion_cm3=MIN_LESION_CM3):
     """Types and volumes of a lesion-bearing liver: a dominant type, plus incidental cysts/hemangiomas."""
     if lesion_types is not None:
@@ -138,8 +145,7 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
         unknown = [t for t in lesion_types if t not in LESION_TYPES]
         if unknown:
             raise ValueError(f"unknown lesion types {unknown}; known: {list(LESION_TYPES)}")
-    if not 0.0 < float(min_lesion_cm3) < MAX_LESION_CM3:
-        raise ValueError(f"min_lesion_cm3 must be in (0, {MAX_LESION_CM3:g}) cm3, got {min_lesion_cm3}")
+    min_lesion_cm3 = _check_min_lesion_cm3(min_lesion_cm3)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     ref = reference_phase(phases)
     origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(shape, spacing))
