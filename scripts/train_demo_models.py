@@ -10,7 +10,10 @@ Everything runs with nnU-Net's own commands on the CPU, in a work folder outside
     git archive 3555644 nnunet_liver/demo_models | tar -x -C /tmp/v1
     python scripts/train_demo_models.py -w /work/demo_build --stages data plan-whole train-whole \
         --warm-start /tmp/v1/nnunet_liver/demo_models --epochs 270 50
-    python scripts/train_demo_models.py -w /work/demo_build --stages export evaluate --no-patch
+    # the bundled UNet-patch (run 5): 100 epochs from run 4's UNet-whole, heads included, continued to 280
+    python scripts/train_demo_models.py -w /work/demo_build --stages patches train-patch --epochs 270 100
+    python scripts/train_demo_models.py -w /work/demo_build --stages train-patch --continue-training --epochs 270 280
+    python scripts/train_demo_models.py -w /work/demo_build --stages export evaluate
 
 Stages:
 
@@ -22,8 +25,9 @@ Stages:
 3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
 4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, ``nnunet-liver-plan -d 602``.
 5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``, from
-                   UNet-whole's final weights (``-pretrained_weights``), or those of ``--patch-init DIR``, or
-                   from scratch (``--patch-init scratch``).
+                   UNet-whole's final weights, or those of ``--patch-init DIR``, segmentation heads included
+                   (``nnUNet_liver_demo_init``: the whole scheme's classes 0..7 are the patch scheme's), or
+                   from scratch (``--patch-init scratch``). ``--warm-start DIR`` starts UNet-whole the same way.
 6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
                    logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
 7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training),
@@ -144,31 +148,42 @@ def stage_patches(work, env):
     plan(work, env, PATCH_ID)
 
 
-def train(work, env, dataset_id, trainer, extra=(), device="cpu", epochs=None):
-    if epochs is not None:
-        from nnunet_liver.trainers.liver_demo_trainers import DEMO_EPOCHS_ENV
+def train(work, env, dataset_id, trainer, extra=(), device="cpu", epochs=None, init=None):
+    """nnUNetv2_train fold 0 of a ``_demo`` trainer; ``init``: a checkpoint to start from, heads included
+    (``nnUNet_liver_demo_init``)."""
+    from nnunet_liver.trainers.liver_demo_trainers import DEMO_EPOCHS_ENV, DEMO_INIT_ENV
 
+    if epochs is not None:
         env = {**env, DEMO_EPOCHS_ENV: str(epochs)}
+    if init is not None:
+        env = {**env, DEMO_INIT_ENV: str(init)}
     dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", device, *extra], env,
              work / "logs" / f"train_{trainer}.log")
     (work / "logs" / f"train_{trainer}.seconds").write_text(f"{dt:.0f}\n")
 
 
 def warm_start(folder):
-    """nnUNetv2_train's ``-pretrained_weights`` for UNet-whole from a folder laid out like
-    ``nnunet_liver/demo_models`` (``whole/fold_0/checkpoint_final.pth``), or none."""
+    """The UNet-whole checkpoint of a folder laid out like ``nnunet_liver/demo_models``
+    (``whole/fold_0/checkpoint_final.pth``), or None."""
     if folder is None:
-        return ()
+        return None
     path = final_checkpoint(Path(folder).resolve() / "whole")
     if not path.is_file():
         raise SystemExit(f"{path}: no such warm-start checkpoint")
-    return ("-pretrained_weights", path)
+    return path
 
 
 def stage_export(work, env, with_patch=True):
     """Copy the trained models into the package; without the patch model, a bundled ``patch/`` is removed so that
-    the bundle never pairs models of different runs."""
-    export_model(model_folder(work, WHOLE_NAME, WHOLE_TRAINER), DEMO_DIR / "whole")
+    the bundle never pairs models of different runs. A work folder without a UNet-whole of its own (a UNet-patch
+    trained with ``--patch-init DIR`` only) keeps the bundled UNet-whole, which is then the one DIR must have held."""
+    whole = model_folder(work, WHOLE_NAME, WHOLE_TRAINER)
+    if final_checkpoint(whole).is_file():
+        export_model(whole, DEMO_DIR / "whole")
+    elif not final_checkpoint(DEMO_DIR / "whole").is_file():
+        raise SystemExit(f"{final_checkpoint(whole)}: no UNet-whole to export, and none is bundled")
+    else:
+        print(f"  {whole}: no UNet-whole trained here; the bundled one stays", flush=True)
     if with_patch:
         export_model(model_folder(work, PATCH_NAME, PATCH_TRAINER), DEMO_DIR / "patch")
     elif (DEMO_DIR / "patch").exists():
@@ -205,9 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run, in order")
     p.add_argument("--device", default="cpu", help="nnUNetv2_train -device (cpu, cuda)")
     p.add_argument("--warm-start", type=Path, default=None, metavar="DIR",
-                   help="start UNet-whole from DIR/whole/fold_0/checkpoint_final.pth (nnUNetv2_train "
-                        "-pretrained_weights; nnU-Net re-initialises the segmentation heads), e.g. the bundled "
-                        "nnunet_liver/demo_models on a machine without the work folder")
+                   help="start UNet-whole from every weight of DIR/whole/fold_0/checkpoint_final.pth, segmentation "
+                        "heads included (nnUNet_liver_demo_init; nnU-Net's -pretrained_weights would re-initialise "
+                        "the heads), e.g. the bundled nnunet_liver/demo_models on a machine without the work folder")
     p.add_argument("--epochs", nargs=2, type=int, default=None, metavar=("WHOLE", "PATCH"),
                    help="total epochs of UNet-whole and UNet-patch (nnUNet_liver_demo_epochs; default: the "
                         "trainers' demo_num_epochs)")
@@ -221,13 +236,13 @@ def main(argv=None) -> int:
                    help="export and evaluate UNet-whole alone (no UNet-patch bundled; evaluation runs Base and High "
                         "without reclassification)")
     p.add_argument("--patch-init", default="whole", metavar="{whole,scratch,DIR}",
-                   help="UNet-patch starts from UNet-whole's final weights in the work folder (whole), from "
+                   help="UNet-patch starts from UNet-whole's final weights in the work folder (whole) or from "
                         "DIR/whole/fold_0/checkpoint_final.pth (a folder laid out like nnunet_liver/demo_models), "
-                        "both with nnUNetv2_train -pretrained_weights (nnU-Net re-initialises the segmentation "
-                        "heads), or from scratch (default: %(default)s)")
+                        "heads included (their first eight classes are the patch scheme's; nnUNet_liver_demo_init), "
+                        "or from scratch (default: %(default)s)")
     args = p.parse_args(argv)
     if args.continue_training and args.warm_start:
-        p.error("--continue-training and --warm-start exclude each other (nnUNetv2_train --c / -pretrained_weights)")
+        p.error("--continue-training and --warm-start exclude each other (nnUNetv2_train --c / a fresh start)")
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = environment(work)
@@ -240,20 +255,19 @@ def main(argv=None) -> int:
         elif stage == "plan-whole":
             plan(work, env, WHOLE_ID)
         elif stage == "train-whole":
-            init = ("--c",) if args.continue_training else warm_start(args.warm_start)
-            train(work, env, WHOLE_ID, WHOLE_TRAINER, init, args.device, args.epochs and args.epochs[0])
+            train(work, env, WHOLE_ID, WHOLE_TRAINER, ("--c",) if args.continue_training else (), args.device,
+                  args.epochs and args.epochs[0], None if args.continue_training else warm_start(args.warm_start))
         elif stage == "patches":
             stage_patches(work, env)
         elif stage == "train-patch":
-            if args.continue_training:
-                init = ("--c",)
+            if args.continue_training or args.patch_init == "scratch":
+                init = None
             elif args.patch_init == "whole":
-                init = ("-pretrained_weights", final_checkpoint(model_folder(work, WHOLE_NAME, WHOLE_TRAINER)))
-            elif args.patch_init == "scratch":
-                init = ()
+                init = final_checkpoint(model_folder(work, WHOLE_NAME, WHOLE_TRAINER))
             else:
                 init = warm_start(args.patch_init)
-            train(work, env, PATCH_ID, PATCH_TRAINER, init, args.device, args.epochs and args.epochs[1])
+            train(work, env, PATCH_ID, PATCH_TRAINER, ("--c",) if args.continue_training else (), args.device,
+                  args.epochs and args.epochs[1], init)
         elif stage == "export":
             stage_export(work, env, with_patch=not args.no_patch)
         elif stage == "evaluate":

@@ -317,3 +317,52 @@ def test_demo_epochs_from_environment_for_nnunet_continue(tmp_path, monkeypatch)
         monkeypatch.setenv(DEMO_EPOCHS_ENV, bad)
         with pytest.raises(ValueError, match=DEMO_EPOCHS_ENV):
             demo_num_epochs(40)
+
+
+def test_demo_init_with_heads_copies_every_weight_and_maps_whole_heads_to_patch(tmp_path, monkeypatch):
+    """``load_weights_with_heads`` (``nnUNet_liver_demo_init``): the bundled UNet-whole's weights, heads included,
+    start an identical network (same logits) and a patch-scheme network (8 classes) whose logits are the whole
+    model's first eight channels (masked/background, six lesion types, liver); other networks are refused by name."""
+    from nnunet_liver.inference.model import load_model
+    from nnunet_liver.trainers.liver_demo_trainers import (DEMO_INIT_ENV, LiverIFMTrainer_demo,
+                                                           load_weights_with_heads)
+
+    model = load_model("demo")
+    ckpt = tmp_path / "checkpoint.pth"
+    torch.save({"network_weights": model.parameters[0]}, ckpt)
+    build = model.trainer_class.build_network_architecture
+    args = (model.plans_manager, model.configuration_manager, 4)
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 16, 48, 48)
+    with torch.no_grad():
+        ref = model.network(x)
+        for classes in (14, 8):
+            net = build(*args, classes, enable_deep_supervision=False)
+            assert not torch.allclose(net.eval()(x), ref[:, :classes])  # random heads differ
+            assert load_weights_with_heads(net, str(ckpt)) == len(model.parameters[0])
+            assert torch.allclose(net.eval()(x), ref[:, :classes], atol=1e-5)
+    with pytest.raises(ValueError, match=r"seg_layers.0.weight has shape \(14, 32, 1, 1, 1\), this network \(20, 32"):
+        load_weights_with_heads(build(*args, 20, enable_deep_supervision=False), str(ckpt))
+    with pytest.raises(ValueError, match="checkpoint.pth: no weights for"):
+        load_weights_with_heads(torch.nn.Sequential(torch.nn.Conv3d(4, 8, 3)), str(ckpt))
+
+    # the trainer does it when nnU-Net initialises it with the variable set (and only then)
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.setenv("nnUNet_compile", "f")
+    p = json.loads(json.dumps(model.plans_manager.plans))
+    data = tmp_path / p["dataset_name"] / p["configurations"]["3d_fullres"]["data_identifier"]
+    data.mkdir(parents=True)
+    (data / "case.b2nd").touch()  # nnU-Net's initialize infers the dataset format from the file names
+    for env in (None, str(ckpt)):
+        if env:
+            monkeypatch.setenv(DEMO_INIT_ENV, env)
+        else:
+            monkeypatch.delenv(DEMO_INIT_ENV, raising=False)
+        p["continue_training"] = False
+        trainer = LiverIFMTrainer_demo(p, "3d_fullres", 0, model.dataset_json, torch.device("cpu"))
+        trainer.initialize()
+        trainer.network.eval()
+        trainer.network.decoder.deep_supervision = False
+        with torch.no_grad():
+            assert torch.allclose(trainer.network(x), ref, atol=1e-5) == bool(env)

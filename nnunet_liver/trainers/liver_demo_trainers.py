@@ -26,13 +26,13 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
-from nnunet_liver.labels import LESION_IDS
+from nnunet_liver.labels import LESION_IDS, LIVER, PATCH_LABELS, PATCH_LIVER, PATCH_MASKED
 from nnunet_liver.trainers.liver_networks import tiny_configuration
 from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, wrap_phase_transforms
 
 __all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "DEMO_FEATURES", "demo_configuration",
-           "demo_num_epochs", "DEMO_EPOCHS_ENV"]
+           "demo_num_epochs", "DEMO_EPOCHS_ENV", "DEMO_INIT_ENV", "load_weights_with_heads"]
 
 DEMO_FEATURES: Tuple[int, ...] = (8, 16, 32, 64)
 DEMO_WHOLE_PATCH_SIZE: Tuple[int, int, int] = (16, 48, 48)
@@ -43,6 +43,9 @@ DEMO_LESION_FRACTION = 0.9
 DEMO_WHOLE_BATCH_SIZE = 4
 #: environment variable overriding the number of epochs (see :func:`demo_num_epochs`)
 DEMO_EPOCHS_ENV = "nnUNet_liver_demo_epochs"
+#: environment variable: an nnU-Net checkpoint whose weights, segmentation heads included, start a ``_demo`` training
+#: (see :func:`load_weights_with_heads`)
+DEMO_INIT_ENV = "nnUNet_liver_demo_init"
 #: cross-entropy weight of the lesion classes (1..6 in both label schemes); every other class 1
 DEMO_LESION_CE_WEIGHT = {"whole": 4.0, "patch": 2.0}
 
@@ -94,6 +97,55 @@ def _lesion_weighted_loss(trainer, lesion_weight: float):
     return loss
 
 
+# the patch scheme's ids 0..7 are the whole scheme's first eight classes: 0 (outside the liver, masked / background),
+# the six lesion types 1..6 with the same ids, 7 liver; so a whole-CT head's first eight channels are a patch head
+assert PATCH_MASKED == 0 and PATCH_LIVER == LIVER and sorted(PATCH_LABELS.values()) == list(range(LIVER + 1))
+
+_SEG_LAYERS = ".seg_layers."
+
+
+def load_weights_with_heads(network: nn.Module, checkpoint: str) -> int:
+    """Start ``network`` from every weight of an nnU-Net ``checkpoint``, the segmentation heads included.
+
+    nnUNetv2_train's ``-pretrained_weights`` re-initialises the heads (``.seg_layers.``), which costs a short
+    CPU training tens of epochs just to find its classes again. Here the heads are copied too: all of a head's
+    output channels when the schemes agree (UNet-whole from UNet-whole), or the first C when the network has C
+    fewer classes than the checkpoint (UNet-patch, labels 0..7, from UNet-whole, whose 0..7 are the same classes).
+    Every other weight must match by name and shape. Returns the number of tensors copied.
+    """
+    from torch._dynamo import OptimizedModule
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    mod = network._orig_mod if isinstance(network, OptimizedModule) else network
+    own = mod.state_dict()
+    new = {}
+    for key, value in own.items():
+        if key not in saved:
+            raise ValueError(f"{checkpoint}: no weights for {key}; the checkpoint's network is not this one")
+        src = saved[key]
+        if src.shape != value.shape and _SEG_LAYERS in key and src.shape[1:] == value.shape[1:] \
+                and src.shape[0] > value.shape[0]:
+            src = src[:value.shape[0]]
+        if src.shape != value.shape:
+            raise ValueError(f"{checkpoint}: {key} has shape {tuple(src.shape)}, this network "
+                             f"{tuple(value.shape)}; the checkpoint's network is not this one")
+        new[key] = src.to(value.device, value.dtype)
+    mod.load_state_dict(new)
+    return len(new)
+
+
+class _InitWithHeads:
+    """Mixin: after nnU-Net builds the network, start it from ``$nnUNet_liver_demo_init`` when that is set."""
+
+    def initialize(self):
+        was_initialized = self.was_initialized
+        super().initialize()
+        path = os.environ.get(DEMO_INIT_ENV)
+        if path and not was_initialized:
+            n = load_weights_with_heads(self.network, path)
+            self.print_to_log_file(f"{DEMO_INIT_ENV}: {n} weight tensors (segmentation heads included) from {path}")
+
+
 def _demo_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                               do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
                               foreground_labels=None, regions=None, ignore_label=None):
@@ -103,7 +155,7 @@ def _demo_training_transforms(patch_size, rotation_for_DA, deep_supervision_scal
     return wrap_phase_transforms(base, DEMO_PHASE_DROPOUT_P)
 
 
-class LiverIFMTrainer_demo(LiverIFMTrainer):
+class LiverIFMTrainer_demo(_InitWithHeads, LiverIFMTrainer):
     """UNet-whole of the demo: the IFM network, demo-sized (see the module docstring)."""
 
     demo_num_epochs: int = 90
@@ -130,7 +182,7 @@ class LiverIFMTrainer_demo(LiverIFMTrainer):
                                   transpose_forward=plans_manager.transpose_forward)
 
 
-class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
+class LesionShufflePatchTrainer_demo(_InitWithHeads, LesionShufflePatchTrainer):
     """UNet-patch of the demo: lesion-shuffle patches of 16 x 64 x 64 voxels, demo-sized network."""
 
     patch_size = DEMO_PATCH_PATCH_SIZE
