@@ -148,17 +148,17 @@ def stage_patches(work, env):
     plan(work, env, PATCH_ID)
 
 
-def train(work, env, dataset_id, trainer, extra=(), device="cpu", epochs=None, init=None):
+def train(work, env, dataset_id, trainer, device="cpu", epochs=None, init=None, resume=False):
     """nnUNetv2_train fold 0 of a ``_demo`` trainer; ``init``: a checkpoint to start from, heads included
-    (``nnUNet_liver_demo_init``)."""
+    (``nnUNet_liver_demo_init``); ``resume``: continue the run's own checkpoint (``--c``)."""
     from nnunet_liver.trainers.liver_demo_trainers import DEMO_EPOCHS_ENV, DEMO_INIT_ENV
 
     if epochs is not None:
         env = {**env, DEMO_EPOCHS_ENV: str(epochs)}
     if init is not None:
         env = {**env, DEMO_INIT_ENV: str(init)}
-    dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", device, *extra], env,
-             work / "logs" / f"train_{trainer}.log")
+    dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", device,
+              *(["--c"] if resume else [])], env, work / "logs" / f"train_{trainer}.log")
     (work / "logs" / f"train_{trainer}.seconds").write_text(f"{dt:.0f}\n")
 
 
@@ -255,8 +255,8 @@ def main(argv=None) -> int:
         elif stage == "plan-whole":
             plan(work, env, WHOLE_ID)
         elif stage == "train-whole":
-            train(work, env, WHOLE_ID, WHOLE_TRAINER, ("--c",) if args.continue_training else (), args.device,
-                  args.epochs and args.epochs[0], None if args.continue_training else warm_start(args.warm_start))
+            train(work, env, WHOLE_ID, WHOLE_TRAINER, args.device, args.epochs and args.epochs[0],
+                  warm_start(args.warm_start), args.continue_training)
         elif stage == "patches":
             stage_patches(work, env)
         elif stage == "train-patch":
@@ -266,8 +266,8 @@ def main(argv=None) -> int:
                 init = final_checkpoint(model_folder(work, WHOLE_NAME, WHOLE_TRAINER))
             else:
                 init = warm_start(args.patch_init)
-            train(work, env, PATCH_ID, PATCH_TRAINER, ("--c",) if args.continue_training else (), args.device,
-                  args.epochs and args.epochs[1], init)
+            train(work, env, PATCH_ID, PATCH_TRAINER, args.device, args.epochs and args.epochs[1], init,
+                  args.continue_training)
         elif stage == "export":
             stage_export(work, env, with_patch=not args.no_patch)
         elif stage == "evaluate":
