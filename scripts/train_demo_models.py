@@ -5,14 +5,21 @@ Everything runs with nnU-Net's own commands on the CPU, in a work folder outside
 
     python scripts/train_demo_models.py -w /work/demo_build            # every stage, in order
     python scripts/train_demo_models.py -w /work/demo_build --stages evaluate
-    # the bundled UNet-whole (run 4, MODEL_CARD.md): 270 epochs warm-started from run 3's (git 3555644), whose
-    # 260 epochs were this script's default stages continued twice with --continue-training --epochs 180/260 40
+    # the bundled models are run 6 (MODEL_CARD.md). Run 4's UNet-whole: 270 epochs warm-started from run 3's (git
+    # 3555644), whose 260 epochs were this script's default stages continued twice with --continue-training
     git archive 3555644 nnunet_liver/demo_models | tar -x -C /tmp/v1
     python scripts/train_demo_models.py -w /work/demo_build --stages data plan-whole train-whole \
         --warm-start /tmp/v1/nnunet_liver/demo_models --epochs 270 50
-    # the bundled UNet-patch (run 5): 100 epochs from run 4's UNet-whole, heads included, continued to 280
+    # run 5's UNet-patch: 100 epochs from run 4's UNet-whole, heads included, continued to 280
     python scripts/train_demo_models.py -w /work/demo_build --stages patches train-patch --epochs 270 100
     python scripts/train_demo_models.py -w /work/demo_build --stages train-patch --continue-training --epochs 270 280
+    # run 6 (git 8bd2ab4 holds runs 4 and 5): UNet-patch 220 epochs class-balanced from run 5's, UNet-whole 90 epochs
+    # with nnU-Net's unweighted loss from run 4's
+    git archive 8bd2ab4 nnunet_liver/demo_models | tar -x -C /tmp/v5
+    python scripts/train_demo_models.py -w /work/demo_build --stages train-patch --epochs 90 220 \
+        --patch-init /tmp/v5/nnunet_liver/demo_models/patch/fold_0/checkpoint_final.pth
+    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --epochs 90 220 --lesion-ce 1 1 \
+        --warm-start /tmp/v5/nnunet_liver/demo_models
     python scripts/train_demo_models.py -w /work/demo_build --stages export evaluate
 
 Stages:
@@ -25,9 +32,11 @@ Stages:
 3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
 4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, ``nnunet-liver-plan -d 602``.
 5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``, from
-                   UNet-whole's final weights, or those of ``--patch-init DIR``, segmentation heads included
-                   (``nnUNet_liver_demo_init``: the whole scheme's classes 0..7 are the patch scheme's), or
-                   from scratch (``--patch-init scratch``). ``--warm-start DIR`` starts UNet-whole the same way.
+                   UNet-whole's final weights, or those of ``--patch-init DIR`` or ``--patch-init FILE.pth`` (a
+                   UNet-whole or UNet-patch checkpoint), segmentation heads included (``nnUNet_liver_demo_init``:
+                   the whole scheme's classes 0..7 are the patch scheme's), or from scratch
+                   (``--patch-init scratch``). ``--warm-start DIR`` starts UNet-whole the same way;
+                   ``--lesion-ce W P`` sets the lesion classes' CE weights (``nnUNet_liver_demo_lesion_ce``).
 6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
                    logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
 7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training),
@@ -148,15 +157,18 @@ def stage_patches(work, env):
     plan(work, env, PATCH_ID)
 
 
-def train(work, env, dataset_id, trainer, device="cpu", epochs=None, init=None, resume=False):
+def train(work, env, dataset_id, trainer, device="cpu", epochs=None, init=None, resume=False, lesion_ce=None):
     """nnUNetv2_train fold 0 of a ``_demo`` trainer; ``init``: a checkpoint to start from, heads included
-    (``nnUNet_liver_demo_init``); ``resume``: continue the run's own checkpoint (``--c``)."""
-    from nnunet_liver.trainers.liver_demo_trainers import DEMO_EPOCHS_ENV, DEMO_INIT_ENV
+    (``nnUNet_liver_demo_init``); ``resume``: continue the run's own checkpoint (``--c``); ``lesion_ce``: the
+    lesion classes' CE weight instead of the recipe's (``nnUNet_liver_demo_lesion_ce``)."""
+    from nnunet_liver.trainers.liver_demo_trainers import DEMO_EPOCHS_ENV, DEMO_INIT_ENV, DEMO_LESION_CE_ENV
 
     if epochs is not None:
         env = {**env, DEMO_EPOCHS_ENV: str(epochs)}
     if init is not None:
         env = {**env, DEMO_INIT_ENV: str(init)}
+    if lesion_ce is not None:
+        env = {**env, DEMO_LESION_CE_ENV: str(lesion_ce)}
     dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", device,
               *(["--c"] if resume else [])], env, work / "logs" / f"train_{trainer}.log")
     (work / "logs" / f"train_{trainer}.seconds").write_text(f"{dt:.0f}\n")
@@ -164,10 +176,12 @@ def train(work, env, dataset_id, trainer, device="cpu", epochs=None, init=None, 
 
 def warm_start(folder):
     """The UNet-whole checkpoint of a folder laid out like ``nnunet_liver/demo_models``
-    (``whole/fold_0/checkpoint_final.pth``), or None."""
+    (``whole/fold_0/checkpoint_final.pth``), an nnU-Net checkpoint file (``.pth``) itself, or None."""
     if folder is None:
         return None
-    path = final_checkpoint(Path(folder).resolve() / "whole")
+    path = Path(folder).resolve()
+    if path.suffix != ".pth":
+        path = final_checkpoint(path / "whole")
     if not path.is_file():
         raise SystemExit(f"{path}: no such warm-start checkpoint")
     return path
@@ -226,6 +240,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", nargs=2, type=int, default=None, metavar=("WHOLE", "PATCH"),
                    help="total epochs of UNet-whole and UNet-patch (nnUNet_liver_demo_epochs; default: the "
                         "trainers' demo_num_epochs)")
+    p.add_argument("--lesion-ce", nargs=2, type=float, default=None, metavar=("WHOLE", "PATCH"),
+                   help="cross-entropy weight of the lesion classes in UNet-whole's and UNet-patch's loss "
+                        "(nnUNet_liver_demo_lesion_ce; default: the recipe's 4 and 2; 1 is nnU-Net's unweighted CE)")
     p.add_argument("--continue-training", action="store_true",
                    help="continue the trainings from their checkpoints (nnUNetv2_train --c: weights, optimizer "
                         "state and epoch counter) up to --epochs")
@@ -235,11 +252,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-patch", action="store_true",
                    help="export and evaluate UNet-whole alone (no UNet-patch bundled; evaluation runs Base and High "
                         "without reclassification)")
-    p.add_argument("--patch-init", default="whole", metavar="{whole,scratch,DIR}",
-                   help="UNet-patch starts from UNet-whole's final weights in the work folder (whole) or from "
-                        "DIR/whole/fold_0/checkpoint_final.pth (a folder laid out like nnunet_liver/demo_models), "
-                        "heads included (their first eight classes are the patch scheme's; nnUNet_liver_demo_init), "
-                        "or from scratch (default: %(default)s)")
+    p.add_argument("--patch-init", default="whole", metavar="{whole,scratch,DIR,FILE.pth}",
+                   help="UNet-patch starts from UNet-whole's final weights in the work folder (whole), from "
+                        "DIR/whole/fold_0/checkpoint_final.pth (a folder laid out like nnunet_liver/demo_models) or "
+                        "from an nnU-Net checkpoint FILE.pth of a UNet-whole or a UNet-patch (e.g. the bundled "
+                        "patch/fold_0/checkpoint_final.pth, to continue it with a fresh optimizer), heads included "
+                        "(a UNet-whole's first eight classes are the patch scheme's; nnUNet_liver_demo_init), or "
+                        "from scratch (default: %(default)s)")
     args = p.parse_args(argv)
     if args.continue_training and args.warm_start:
         p.error("--continue-training and --warm-start exclude each other (nnUNetv2_train --c / a fresh start)")
@@ -256,7 +275,7 @@ def main(argv=None) -> int:
             plan(work, env, WHOLE_ID)
         elif stage == "train-whole":
             train(work, env, WHOLE_ID, WHOLE_TRAINER, args.device, args.epochs and args.epochs[0],
-                  warm_start(args.warm_start), args.continue_training)
+                  warm_start(args.warm_start), args.continue_training, args.lesion_ce and args.lesion_ce[0])
         elif stage == "patches":
             stage_patches(work, env)
         elif stage == "train-patch":
@@ -267,7 +286,7 @@ def main(argv=None) -> int:
             else:
                 init = warm_start(args.patch_init)
             train(work, env, PATCH_ID, PATCH_TRAINER, args.device, args.epochs and args.epochs[1], init,
-                  args.continue_training)
+                  args.continue_training, args.lesion_ce and args.lesion_ce[1])
         elif stage == "export":
             stage_export(work, env, with_patch=not args.no_patch)
         elif stage == "evaluate":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nnunet_liver.labels import PATCH_LIVER, PATCH_MASKED
-from nnunet_liver.postprocessing.shuffle import (SCHEMES, crop, erase_lesions, lesion_components,
+from nnunet_liver.postprocessing.shuffle import (SCHEMES, component_type, crop, erase_lesions, lesion_components,
                                                  make_reclassification_patches, sample_training_patch,
                                                  transplant_lesion)
 
@@ -120,6 +120,36 @@ def test_schemes_appear_at_configured_rates():
     for s in SCHEMES:
         p = rates[s]
         assert abs(counts[s] / n - p) < 4 * np.sqrt(p * (1 - p) / n), (s, counts)
+
+
+def test_component_type_is_the_majority_lesion_label():
+    _, label = painted_case()
+    assert sorted(component_type(label, b, m) for b, m in lesion_components(label)) == [1, 6]
+    mixed = label.copy()
+    mixed[2, 4:8, 4:6] = 4  # 8 of the HCC's 48 voxels relabelled: still an HCC
+    mixed[3:5, 20:23, 22:24] = 4  # 12 of the cyst's 18 voxels: now a hemangioma
+    assert sorted(component_type(mixed, b, m) for b, m in lesion_components(mixed)) == [1, 4]
+    tie = np.zeros((1, 1, 2), np.int16)
+    tie[0, 0] = (5, 2)
+    assert component_type(tie, *lesion_components(tie)[0]) == 2
+
+
+@pytest.mark.parametrize("scheme", ["original_positive", "shuffled_positive"])
+def test_lesion_class_picks_a_lesion_of_that_type(scheme):
+    image, label = painted_case()
+    rng = np.random.default_rng(8)
+    for lesion_class, other in ((1, 6), (6, 1)):
+        for _ in range(15):
+            img, lab, used = sample_training_patch(image, label, PATCH, rng, rates={scheme: 1.0},
+                                                   lesion_class=lesion_class)
+            assert used == scheme
+            assert (lab == lesion_class).any() and not (lab == other).any()
+    # a type the case does not hold: any of its lesions, as without lesion_class
+    seen = set()
+    for _ in range(40):
+        _, lab, _ = sample_training_patch(image, label, PATCH, rng, rates={"original_positive": 1.0}, lesion_class=3)
+        seen |= set(np.unique(lab)) & {1, 6}
+    assert seen == {1, 6}
 
 
 def test_lesion_free_case_falls_back_to_negatives_and_bad_rates_raise():

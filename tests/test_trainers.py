@@ -175,16 +175,74 @@ def test_lesion_shuffle_loader_masks_and_counts_schemes():
                                      "shuffled_negative"}
 
 
+def test_class_balanced_shuffle_loader_draws_lesion_types_uniformly():
+    lm = LabelManager(patch_dataset_json_labels(), None)
+    rng = np.random.default_rng(2)
+
+    def case(kind):
+        seg = np.zeros((1, 10, 40, 40), np.int16)
+        seg[0, 1:9, 3:37, 3:37] = PATCH_LIVER
+        if kind:
+            seg[0, 3:6, 6:10, 6:10] = kind
+        return rng.normal(size=(2,) + seg.shape[1:]).astype(np.float32), seg
+
+    # one ICC case, three cyst cases, one lesion-free case: a uniform draw of cases gives ICC 1/5 of the patches
+    cases = {"icc": case(2), "cyst1": case(6), "cyst2": case(6), "cyst3": case(6), "free": case(0)}
+    np.random.seed(0)
+    dl = LesionShuffleDataLoader(FakeDataset(cases), 4, (4, 16, 16), (4, 16, 16), lm, class_balanced=True,
+                                 scheme_rates={"original_positive": 1.0})
+    assert dl.cases_by_class == {2: ["icc"], 6: ["cyst1", "cyst2", "cyst3"]}
+    n = 100
+    draws = [dl.choose_cases() for _ in range(n)]
+    assert all(len(d) == 4 for d in draws)
+    flat = [kc for d in draws for kc in d]
+    assert all((k == "icc") == (c == 2) and k != "free" for k, c in flat)
+    share = sum(c == 2 for _, c in flat) / len(flat)
+    assert abs(share - 0.5) < 4 * np.sqrt(0.25 / len(flat)), share
+    for _ in range(5):
+        batch = dl.generate_train_batch()
+        for key, y in zip(batch["keys"], batch["target"]):
+            assert int(y.max()) == PATCH_LIVER and (y == (2 if key == "icc" else 6)).any()
+    assert sum(dl.class_counts.values()) == 20 and set(dl.class_counts) <= {2, 6}
+    # without lesions (or with class_balanced off) it is nnU-Net's uniform draw of cases, lesion type None
+    plain = LesionShuffleDataLoader(FakeDataset({"free": case(0)}), 3, (4, 16, 16), (4, 16, 16), lm,
+                                    class_balanced=True)
+    assert not plain.class_balanced and plain.choose_cases() == [("free", None)] * 3
+
+
+def test_patch_trainers_hand_class_balance_to_their_loader(tmp_path, monkeypatch):
+    from nnunet_liver.trainers.liver_demo_trainers import LesionShufflePatchTrainer_demo
+    from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer_classBalanced
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    seg = np.zeros((1, 10, 40, 40), np.int16)
+    seg[0, 1:9, 3:37, 3:37] = PATCH_LIVER
+    seg[0, 3:6, 6:10, 6:10] = 3
+    data = np.zeros((2,) + seg.shape[1:], np.float32)
+    for trainer_class, balanced in ((LesionShufflePatchTrainer, False), (LesionShufflePatchTrainer_classBalanced, True),
+                                    (LesionShufflePatchTrainer_demo, True)):
+        p = plans()
+        p["continue_training"] = False
+        trainer = trainer_class(p, "3d_fullres", 0, whole_json(labels=patch_dataset_json_labels()),
+                                torch.device("cpu"))
+        trainer.batch_size = 2  # nnU-Net sets it in initialize()
+        dl = trainer.make_dataloader(FakeDataset({"a": (data, seg)}), (4, 16, 16), (4, 16, 16), None, True)
+        assert dl.class_balanced is balanced, trainer_class.__name__
+        assert dl.cases_by_class == ({3: ["a"]} if balanced else {})
+
+
 def test_trainers_found_by_nnunet_ext_trainer():
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
             "names = ['LiverWholeTrainer', 'LiverIFMTrainer', 'LesionShufflePatchTrainer', 'LiverWholeTrainer_tiny',"
-            " 'LiverIFMTrainer_tiny', 'LesionShufflePatchTrainer_tiny']\n"
+            " 'LiverIFMTrainer_tiny', 'LesionShufflePatchTrainer_tiny', 'LesionShufflePatchTrainer_classBalanced']\n"
             "print('FOUND', [f(n).__name__ for n in names])\n")
     import os
     env = {**os.environ, "nnUNet_extTrainer": nnunet_liver.TRAINERS_DIR, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     line = [l for l in out.splitlines() if l.startswith("FOUND")][0]
-    assert line.count("Trainer") == 6 and "LesionShufflePatchTrainer_tiny" in line
+    assert line.count("Trainer") == 7 and "LesionShufflePatchTrainer_tiny" in line
+    assert "LesionShufflePatchTrainer_classBalanced" in line
 
 
 # ---------------------------------------------------------------------------------------------- slow: real nnU-Net
@@ -268,8 +326,10 @@ def test_demo_trainers_weight_lesion_classes_in_nnunets_loss(tmp_path, monkeypat
     """The demo recipe's loss is nnU-Net's Dice + CE with the lesion classes weighted in the CE term; the CE part
     equals torch's weighted cross-entropy (independent implementation)."""
     from nnunet_liver.labels import LESION_IDS
-    from nnunet_liver.trainers.liver_demo_trainers import DEMO_LESION_CE_WEIGHT, LiverIFMTrainer_demo
+    from nnunet_liver.trainers.liver_demo_trainers import (DEMO_LESION_CE_ENV, DEMO_LESION_CE_WEIGHT,
+                                                           LiverIFMTrainer_demo)
 
+    monkeypatch.delenv(DEMO_LESION_CE_ENV, raising=False)
     # nnU-Net reads its folders from the environment when used; the trainer only derives paths from them here
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
@@ -290,6 +350,15 @@ def test_demo_trainers_weight_lesion_classes_in_nnunets_loss(tmp_path, monkeypat
     assert torch.allclose(ce(logits, target), ref)
     unweighted = torch.nn.functional.cross_entropy(logits, target[:, 0])
     assert not torch.allclose(ref, unweighted)
+    # nnUNet_liver_demo_lesion_ce overrides the weight (1: nnU-Net's unweighted CE); garbage is refused by name
+    monkeypatch.setenv(DEMO_LESION_CE_ENV, "1")
+    assert torch.allclose(trainer._build_loss().loss.ce(logits, target), unweighted)
+    monkeypatch.setenv(DEMO_LESION_CE_ENV, "2.5")
+    assert trainer._build_loss().loss.ce.weight[LESION_IDS[0]] == 2.5
+    for bad in ("0", "-1", "heavy"):
+        monkeypatch.setenv(DEMO_LESION_CE_ENV, bad)
+        with pytest.raises(ValueError, match=DEMO_LESION_CE_ENV):
+            trainer._build_loss()
 
 
 def test_demo_epochs_from_environment_for_nnunet_continue(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from nnunet_liver.labels import LESION_IDS, PATCH_LIVER, PATCH_MASKED
 
-__all__ = ["SCHEMES", "DEFAULT_SCHEME_RATES", "crop", "lesion_components", "sample_training_patch",
+__all__ = ["SCHEMES", "DEFAULT_SCHEME_RATES", "crop", "lesion_components", "component_type", "sample_training_patch",
            "transplant_lesion", "erase_lesions", "make_reclassification_patches"]
 
 SCHEMES: Tuple[str, ...] = ("original_positive", "original_negative", "shuffled_positive", "shuffled_negative")
@@ -54,6 +54,14 @@ def lesion_components(label: np.ndarray) -> List[Tuple[Tuple[slice, ...], np.nda
     lesion = np.isin(label, LESION_IDS)
     cc, n = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
     return [(sl, cc[sl] == i + 1) for i, sl in enumerate(ndimage.find_objects(cc)) if sl is not None]
+
+
+def component_type(label: np.ndarray, box: Tuple[slice, ...], mask: np.ndarray) -> int:
+    """The lesion type of one :func:`lesion_components` entry: the most frequent lesion label under its mask
+    (ties to the smaller id)."""
+    counts = np.bincount(label[box][mask].astype(np.int64), minlength=max(LESION_IDS) + 1)
+    counts[[i for i in range(counts.size) if i not in LESION_IDS]] = 0
+    return int(np.argmax(counts))
 
 
 def _start_around(box: Tuple[slice, ...], patch_size, rng) -> List[int]:
@@ -168,7 +176,7 @@ def _mask_outside(image: np.ndarray, label: np.ndarray, masked_value: float) -> 
 
 def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_size: Sequence[int], rng,
                           rates: Optional[Dict[str, float]] = None, masked_value: float = 0.0,
-                          components=None) -> Tuple[np.ndarray, np.ndarray, str]:
+                          components=None, lesion_class: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, str]:
     """One UNet-patch training patch by lesion shuffle.
 
     Parameters
@@ -183,6 +191,9 @@ def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_
         Relative rates of :data:`SCHEMES` (default equal).
     components : list, optional
         :func:`lesion_components` of ``case_label`` (computed when not given).
+    lesion_class : int, optional
+        The positive schemes (and ``shuffled_negative``) pick among the lesions of this type (the majority label
+        of the component) when the case has one, else among all its lesions (class-balanced sampling).
 
     Returns
     -------
@@ -199,6 +210,8 @@ def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_
         raise ValueError(f"lesion-shuffle rates must be >= 0 with a positive sum, got {rates}")
     scheme = SCHEMES[rng.choice(len(SCHEMES), p=weights / weights.sum())]
     comps = lesion_components(case_label) if components is None else components
+    if lesion_class is not None:
+        comps = [c for c in comps if component_type(case_label, *c) == lesion_class] or comps
     if not comps and scheme != "original_negative":
         scheme = "original_negative"
     patch_size = tuple(int(p) for p in patch_size)

@@ -6,7 +6,8 @@
 - ``LiverWholeTrainer`` (liver_trainers): 13-class whole-CT model, lesion-centred foreground oversampling.
 - ``LiverIFMTrainer`` (liver_trainers): the same with the Iterative Fusion Module as first layer, per-sample
   missing-phase detection and random phase dropout.
-- ``LesionShufflePatchTrainer`` (liver_patch_trainer): UNet-patch on lesion-shuffle patches.
+- ``LesionShufflePatchTrainer`` (liver_patch_trainer): UNet-patch on lesion-shuffle patches;
+  ``LesionShufflePatchTrainer_classBalanced`` draws a lesion type first, then a case and a lesion of that type.
 - ``*_tiny`` (liver_tiny_trainers): tiny networks and a few iterations, for CPU tests and the demo.
 
 nnU-Net imports every module of this folder as a top-level module, so the modules use absolute imports and

@@ -6,11 +6,14 @@
   the class locations nnU-Net's preprocessing stores in each case's properties. Everything else is nnU-Net's.
 - :class:`LesionShuffleDataLoader`: UNet-patch's loader. Each patch is made on the fly from a liver-cropped case by
   :func:`nnunet_liver.postprocessing.shuffle.sample_training_patch` (four lesion-shuffle schemes, outside-liver
-  voxels masked), then nnU-Net's transforms run on it as usual.
+  voxels masked), then nnU-Net's transforms run on it as usual. With ``class_balanced`` each patch first draws a
+  lesion type uniformly among the types of the training cases, then a case holding that type, then one of its
+  lesions of that type (nnU-Net's uniform draw of cases otherwise: rare types such as metastases, a few percent of
+  the lesions, would be seen a few percent of the time).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -53,29 +56,61 @@ class LesionShuffleDataLoader(nnUNetDataLoader):
     """Patches by lesion shuffle from liver-cropped cases (labels 0 masked, 1..6 lesions, 7 liver).
 
     ``scheme_rates`` ({scheme: weight}) and ``masked_value`` (normalised intensity outside the liver) are passed to
-    :func:`~nnunet_liver.postprocessing.shuffle.sample_training_patch`. The schemes drawn are counted in
-    ``self.scheme_counts``.
+    :func:`~nnunet_liver.postprocessing.shuffle.sample_training_patch`. ``class_balanced``: draw a lesion type
+    first (uniform over the types present in the loader's cases, from the class locations nnU-Net's preprocessing
+    stores in each case's properties), then a case that holds it, then one of its lesions of that type; cases
+    without lesions are then never drawn (negative patches come from the lesion-free liver of the drawn cases). The
+    schemes drawn are counted in ``self.scheme_counts``, the lesion types drawn in ``self.class_counts``.
     """
 
-    def __init__(self, *args, scheme_rates: Optional[Dict[str, float]] = None, masked_value: float = 0.0, **kwargs):
+    def __init__(self, *args, scheme_rates: Optional[Dict[str, float]] = None, masked_value: float = 0.0,
+                 class_balanced: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.scheme_rates = scheme_rates
         self.masked_value = masked_value
         self.scheme_counts: Dict[str, int] = {}
+        self.class_counts: Dict[int, int] = {}
+        self.cases_by_class: Dict[int, List[str]] = self._index_lesion_types() if class_balanced else {}
+        self.class_balanced = bool(self.cases_by_class)
+
+    def _index_lesion_types(self) -> Dict[int, List[str]]:
+        """{lesion type: keys of the cases that hold it}, from each case's ``class_locations`` property."""
+        index: Dict[int, List[str]] = {}
+        for key in self.indices:
+            locations = self._data.load_case(key)[3].get("class_locations") or {}
+            for c in LESION_IDS:
+                if c in locations and len(locations[c]) > 0:
+                    index.setdefault(c, []).append(key)
+        return index
+
+    def choose_cases(self) -> List[Tuple[str, Optional[int]]]:
+        """(case key, lesion type or None) for each patch of a batch."""
+        if not self.class_balanced:
+            return [(key, None) for key in self.get_indices()]
+        classes = sorted(self.cases_by_class)
+        chosen = []
+        for _ in range(self.batch_size):
+            c = classes[np.random.randint(len(classes))]
+            keys = self.cases_by_class[c]
+            chosen.append((keys[np.random.randint(len(keys))], c))
+        return chosen
 
     def generate_train_batch(self):
-        selected_keys = self.get_indices()
+        chosen = self.choose_cases()
+        selected_keys = [key for key, _ in chosen]
         rng = np.random.default_rng(np.random.randint(0, 2 ** 31 - 1))
         data_all, seg_all = None, None
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
-            for j, key in enumerate(selected_keys):
+            for j, (key, lesion_class) in enumerate(chosen):
                 data, seg, _, _ = self._data.load_case(key)
                 label = np.asarray(seg[0]).astype(np.int16)
                 label[label < 0] = PATCH_MASKED  # nnU-Net's "outside the nonzero region"
                 image, label, scheme = sample_training_patch(
                     np.asarray(data, dtype=np.float32), label, self.patch_size, rng, self.scheme_rates,
-                    self.masked_value)
+                    self.masked_value, lesion_class=lesion_class)
                 self.scheme_counts[scheme] = self.scheme_counts.get(scheme, 0) + 1
+                if lesion_class is not None:
+                    self.class_counts[lesion_class] = self.class_counts.get(lesion_class, 0) + 1
                 sample = {"image": torch.from_numpy(image), "segmentation": torch.from_numpy(label[None])}
                 if self.transforms is not None:
                     sample = self.transforms(**sample)

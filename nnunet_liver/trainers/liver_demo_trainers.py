@@ -10,7 +10,9 @@ Bigger than ``_tiny`` and trained for longer, still small enough to train on two
 - a short-training sampling recipe: each patch forced onto foreground with probability 0.8 (nnU-Net: the last
   third of the batch), 90 % of those centred on a lesion; IFM phase dropout with probability
   ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a few thousand iterations the network must first learn the lesion
-  types from all phases); UNet-patch with 70 % positive lesion-shuffle patches; nnU-Net's Dice + CE loss with the
+  types from all phases); UNet-patch with 70 % positive lesion-shuffle patches, drawn class-balanced (a lesion
+  type first, then a case and a lesion of that type: the phantoms' ICC and metastases are a fifth of the
+  lesions and were the types a uniform draw of cases never taught); nnU-Net's Dice + CE loss with the
   lesion classes weighted 4 (UNet-whole) and 2 (UNet-patch) in the CE term (``DEMO_LESION_CE_WEIGHT``).
 
 ``build_network_architecture`` derives the network from the saved plans (as the ``_tiny`` variants do), so the
@@ -32,7 +34,8 @@ from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, wrap_phase_transforms
 
 __all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "DEMO_FEATURES", "demo_configuration",
-           "demo_num_epochs", "DEMO_EPOCHS_ENV", "DEMO_INIT_ENV", "load_weights_with_heads"]
+           "demo_num_epochs", "demo_lesion_ce_weight", "DEMO_EPOCHS_ENV", "DEMO_INIT_ENV", "DEMO_LESION_CE_ENV",
+           "load_weights_with_heads"]
 
 DEMO_FEATURES: Tuple[int, ...] = (8, 16, 32, 64)
 DEMO_WHOLE_PATCH_SIZE: Tuple[int, int, int] = (16, 48, 48)
@@ -48,6 +51,8 @@ DEMO_EPOCHS_ENV = "nnUNet_liver_demo_epochs"
 DEMO_INIT_ENV = "nnUNet_liver_demo_init"
 #: cross-entropy weight of the lesion classes (1..6 in both label schemes); every other class 1
 DEMO_LESION_CE_WEIGHT = {"whole": 4.0, "patch": 2.0}
+#: environment variable overriding that weight (see :func:`demo_lesion_ce_weight`)
+DEMO_LESION_CE_ENV = "nnUNet_liver_demo_lesion_ce"
 
 
 def demo_configuration(configuration_manager, patch_size, transpose_forward=None):
@@ -56,19 +61,30 @@ def demo_configuration(configuration_manager, patch_size, transpose_forward=None
                               transpose_forward=transpose_forward)
 
 
-def demo_num_epochs(default: int) -> int:
-    """Epochs of a ``_demo`` training: ``default``, or the environment's ``nnUNet_liver_demo_epochs`` (total, so that
-    ``nnUNetv2_train --c`` continues a finished run up to that epoch with nnU-Net's own checkpoint and optimizer)."""
-    value = os.environ.get(DEMO_EPOCHS_ENV)
+def _positive_from_env(name: str, default, cast, what: str):
+    value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        epochs = int(value)
+        number = cast(value)
     except ValueError:
-        epochs = 0
-    if epochs < 1:
-        raise ValueError(f"{DEMO_EPOCHS_ENV}={value!r}: expected a positive number of epochs")
-    return epochs
+        number = 0
+    if not number > 0:
+        raise ValueError(f"{name}={value!r}: expected a positive {what}")
+    return number
+
+
+def demo_num_epochs(default: int) -> int:
+    """Epochs of a ``_demo`` training: ``default``, or the environment's ``nnUNet_liver_demo_epochs`` (total, so that
+    ``nnUNetv2_train --c`` continues a finished run up to that epoch with nnU-Net's own checkpoint and optimizer)."""
+    return _positive_from_env(DEMO_EPOCHS_ENV, default, int, "number of epochs")
+
+
+def demo_lesion_ce_weight(default: float) -> float:
+    """Cross-entropy weight of the lesion classes: ``default`` (:data:`DEMO_LESION_CE_WEIGHT`), or the environment's
+    ``nnUNet_liver_demo_lesion_ce`` (1 = nnU-Net's unweighted loss, which a run started from weighted weights uses
+    to give back the calibration that the sensitivity factors f = 1 and 4 assume)."""
+    return _positive_from_env(DEMO_LESION_CE_ENV, float(default), float, "weight")
 
 
 def _make_demo(trainer, num_epochs: int, batch_size: int = 2) -> None:
@@ -88,7 +104,11 @@ def _make_demo(trainer, num_epochs: int, batch_size: int = 2) -> None:
 
 def _lesion_weighted_loss(trainer, lesion_weight: float):
     """nnU-Net's own loss (Dice + CE, deep supervision) with the lesion classes weighted ``lesion_weight`` in the CE
-    term: in a few thousand iterations the rare, small lesion voxels otherwise never win against liver."""
+    term: in a few thousand iterations the rare, small lesion voxels otherwise never win against liver. The weight
+    also raises every lesion probability (a weighted CE is minimised by probabilities in proportion to
+    ``lesion_weight`` times the true ones), which is what the sensitivity factor f does at inference."""
+    lesion_weight = demo_lesion_ce_weight(lesion_weight)
+    trainer.print_to_log_file(f"lesion classes weighted {lesion_weight:g} in the CE term")
     loss = nnUNetTrainer._build_loss(trainer)
     dc_ce = loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
     weight = torch.ones(trainer.label_manager.num_segmentation_heads, dtype=torch.float32)
@@ -190,6 +210,7 @@ class LesionShufflePatchTrainer_demo(_InitWithHeads, LesionShufflePatchTrainer):
     get_training_transforms = staticmethod(_demo_training_transforms)
     scheme_rates = {"original_positive": 0.35, "original_negative": 0.15,
                     "shuffled_positive": 0.35, "shuffled_negative": 0.15}
+    class_balanced = True
 
     def _build_loss(self):
         return _lesion_weighted_loss(self, DEMO_LESION_CE_WEIGHT["patch"])

@@ -19,7 +19,7 @@ from nnunet_liver.labels import patch_dataset_json_labels
 from nnunet_liver.trainers.liver_dataloading import LesionShuffleDataLoader
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, check_labels
 
-__all__ = ["LesionShufflePatchTrainer", "PATCH_SIZE", "with_patch_size"]
+__all__ = ["LesionShufflePatchTrainer", "LesionShufflePatchTrainer_classBalanced", "PATCH_SIZE", "with_patch_size"]
 
 #: UNet-patch's patch (z, y, x voxels), seed 003 section IV-B
 PATCH_SIZE: Tuple[int, int, int] = (16, 128, 128)
@@ -51,6 +51,9 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
                                       "shuffled_positive": 0.25, "shuffled_negative": 0.25}
     #: normalised image value outside the liver (make_reclassification_patches' default)
     masked_value: float = 0.0
+    #: draw a lesion type first, then a case and a lesion of that type (LesionShuffleDataLoader); off: nnU-Net's
+    #: uniform draw of cases, as in seed 003
+    class_balanced: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -80,4 +83,12 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
             dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
             oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
             pad_sides=None, transforms=transforms, probabilistic_oversampling=self.probabilistic_oversampling,
-            scheme_rates=self.scheme_rates, masked_value=self.masked_value)
+            scheme_rates=self.scheme_rates, masked_value=self.masked_value, class_balanced=self.class_balanced)
+
+
+class LesionShufflePatchTrainer_classBalanced(LesionShufflePatchTrainer):
+    """UNet-patch with class-balanced lesion sampling: each patch draws a lesion type first (uniform over the types
+    of the training cases), then a case and one of its lesions of that type. For datasets where some types are
+    rare (cysts and hemangiomas outnumber metastases and ICC in most cohorts); the demo's UNet-patch uses it."""
+
+    class_balanced = True
