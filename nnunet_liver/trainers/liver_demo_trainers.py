@@ -12,8 +12,10 @@ Bigger than ``_tiny`` and trained for longer, still small enough to train on two
   ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a few thousand iterations the network must first learn the lesion
   types from all phases); UNet-patch with 70 % positive lesion-shuffle patches, drawn class-balanced (a lesion
   type first, then a case and a lesion of that type: the phantoms' ICC and metastases are a fifth of the
-  lesions and were the types a uniform draw of cases never taught); nnU-Net's Dice + CE loss with the
-  lesion classes weighted 4 (UNet-whole) and 2 (UNet-patch) in the CE term (``DEMO_LESION_CE_WEIGHT``).
+  lesions, and a uniform draw of cases barely taught them); nnU-Net's Dice + CE loss with the lesion classes
+  weighted 4 (UNet-whole) and 2 (UNet-patch) in the CE term (``DEMO_LESION_CE_WEIGHT``), which
+  ``nnUNet_liver_demo_lesion_ce`` overrides (the shipped UNet-whole's last run used 1, nnU-Net's own loss, so
+  that the sensitivity factors f = 1 and 4 mean what they mean in the paper: see ``demo_models/MODEL_CARD.md``).
 
 ``build_network_architecture`` derives the network from the saved plans (as the ``_tiny`` variants do), so the
 predictor rebuilds exactly the trained network from the model folder alone.
