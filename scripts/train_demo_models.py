@@ -260,6 +260,8 @@ def main(argv=None) -> int:
                         "(a UNet-whole's first eight classes are the patch scheme's; nnUNet_liver_demo_init), or "
                         "from scratch (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.lesion_ce and not all(w > 0 for w in args.lesion_ce):
+        p.error(f"--lesion-ce: expected two positive weights, got {args.lesion_ce}")
     if args.continue_training and args.warm_start:
         p.error("--continue-training and --warm-start exclude each other (nnUNetv2_train --c / a fresh start)")
     work = Path(args.work).resolve()
