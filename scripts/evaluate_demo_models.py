@@ -7,7 +7,8 @@ Used by ``scripts/train_demo_models.py --stages evaluate``; runnable alone on ex
         --high-recls DET_HIGH_RECLS -o test_results.md
 
 Tables (markdown): I (reference lesions per type and size), II (lesion level per type, All and Malign: FN, FP, FL,
-TP, precision, recall for Base, Base+ReCls, High+ReCls), IV (patient-level malignancy sensitivity/specificity per
+TP, precision, recall for Base, Base+ReCls, High+ReCls; and how many of the FN are merged into a neighbour's
+detection), IV (patient-level malignancy sensitivity/specificity per
 model and for the consensus of Base+ReCls and High+ReCls, counted on the cases where they agree), V (High+ReCls on
 the consensus cases, with recall-rough). Without a UNet-patch (``--high``) the runs are Base and High (f = 1 and 4,
 ``--patch-model none``) and the consensus is theirs. Patient classes are read from each run's ``CASE.json``: Base and
@@ -107,6 +108,11 @@ def markdown(fig: dict, timings: dict = None) -> str:
     out += [f"| {t} | " + " | ".join(str(rc[t].get(b, 0)) for b in bins) + " |" for t in TYPES if t in rc]
     out += ["", "**Table II layout: lesion level (FN, FP, FL, TP, precision, recall)**", "",
             lesion_table_md(fig["lesion"]), ""]
+    merged = {k: t["All"].get("FN_merged") for k, t in fig["lesion"].items()}
+    if all(v is not None for v in merged.values()):
+        out += ["False negatives that overlap a detection matched to another reference lesion (FN_merged: two "
+                "neighbours detected as one; part of FN): " + ", ".join(f"{k} {v} of {fig['lesion'][k]['All']['FN']}"
+                                                                        for k, v in merged.items()) + ".", ""]
     out += ["**Table IV layout: patient-level malignancy**", "",
             "| Model | sensitivity | specificity | cases counted | uncertain (left out) | patient-class accuracy |",
             "|---|---:|---:|---:|---:|---:|"]

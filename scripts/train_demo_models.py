@@ -5,7 +5,7 @@ Everything runs with nnU-Net's own commands on the CPU, in a work folder outside
 
     python scripts/train_demo_models.py -w /work/demo_build            # every stage, in order
     python scripts/train_demo_models.py -w /work/demo_build --stages evaluate
-    # the bundled models are run 6 (MODEL_CARD.md). Run 4's UNet-whole: 270 epochs warm-started from run 3's (git
+    # the bundled models are run 8's UNet-whole and run 6's UNet-patch (MODEL_CARD.md). Run 4's UNet-whole: 270 epochs warm-started from run 3's (git
     # 3555644), whose 260 epochs were this script's default stages continued twice with --continue-training
     git archive 3555644 nnunet_liver/demo_models | tar -x -C /tmp/v1
     python scripts/train_demo_models.py -w /work/demo_build --stages data plan-whole train-whole \
@@ -20,6 +20,11 @@ Everything runs with nnU-Net's own commands on the CPU, in a work folder outside
         --patch-init /tmp/v5/nnunet_liver/demo_models/patch/fold_0/checkpoint_final.pth
     python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --epochs 90 220 --lesion-ce 1 1 \
         --warm-start /tmp/v5/nnunet_liver/demo_models
+    # runs 7 and 8: UNet-whole continued (class-balanced lesion patches from run 7 on) to 200, then 300 epochs
+    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 200 220 \
+        --lesion-ce 1 1
+    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 300 220 \
+        --lesion-ce 1 1
     python scripts/train_demo_models.py -w /work/demo_build --stages export evaluate
 
 Stages:

@@ -80,6 +80,7 @@ def test_label_maps_end_to_end(folders, tmp_path, capsys):
     assert sorted((r["case"], r["outcome"], r["ref_type"], r["pred_type"]) for r in les) == [
         ("case_a", "FL", "Cyst", "Meta"), ("case_a", "TP", "HCC", "HCC"), ("case_b", "FN", "Meta", ""),
         ("case_b", "FP", "", "Cyst"), ("case_b", "ignored", "", "HCC")]
+    assert {r["fn_merged"] for r in les} == {"False"}  # case_b's FN overlaps nothing: missed, not merged
     counts = {r["type"]: r for r in csv.DictReader(open(out / "reference_counts.csv"))}
     assert counts["All"]["Total"] == "3" and counts["Malign"]["Total"] == "2" and counts["Cyst"]["<0.5"] == "1"
 

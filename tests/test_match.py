@@ -26,9 +26,10 @@ def test_tp_fl_fp_fn_golden():
     pred[5:8, 10:14, 10:14] = META  # FP
     r = match(_det(ref), _det(pred), 0, 0)
     assert (r.tp, r.fl, r.fp, r.fn) == (1, 1, 1, 1)
-    assert r.per_type["HCC"] == {"tp": 1, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0}
-    assert r.per_type["Meta"] == {"tp": 0, "fl": 1, "fp": 1, "fn": 0, "fl_pred": 0}
-    assert r.per_type["Cyst"] == {"tp": 0, "fl": 0, "fp": 0, "fn": 1, "fl_pred": 1}
+    assert r.per_type["HCC"] == {"tp": 1, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0, "fn_merged": 0}
+    assert r.per_type["Meta"] == {"tp": 0, "fl": 1, "fp": 1, "fn": 0, "fl_pred": 0, "fn_merged": 0}
+    assert r.per_type["Cyst"] == {"tp": 0, "fl": 0, "fp": 0, "fn": 1, "fl_pred": 1, "fn_merged": 0}
+    assert r.merged_reference == []  # the FN overlaps nothing: missed, not merged
     assert r.pair_types == [("HCC", "HCC"), ("Meta", "Cyst")]
     assert r.recall == pytest.approx(1 / 3) and r.precision == pytest.approx(1 / 3)
 
@@ -41,6 +42,34 @@ def test_one_to_one_when_two_predictions_overlap_one_lesion():
     r = match(_det(ref), _det(pred), 0, 0)
     assert (r.tp, r.fl, r.fp, r.fn) == (1, 0, 1, 0)
     assert r.pairs == [(1, 2)] and r.unmatched_prediction == [1]
+
+
+def test_fn_merged_when_one_detection_covers_two_lesions():
+    # two neighbouring lesions, one detection over both (what a high sensitivity factor makes of them), and a
+    # third lesion nothing overlaps: 1 TP, 2 FN of which 1 merged
+    ref, pred = _vol(), _vol()
+    ref[2:4, 2:6, 2:6] = META    # 32 voxels
+    ref[2:4, 2:6, 7:9] = HCC     # 16 voxels, one voxel apart
+    pred[2:4, 2:6, 2:9] = META   # covers both: the Hungarian pairs it with the larger overlap (META)
+    ref[6:8, 10:14, 10:14] = CYST  # missed
+    r = match(_det(ref), _det(pred), 0, 0)
+    assert (r.tp, r.fl, r.fp, r.fn) == (1, 0, 0, 2)
+    hcc_id = [l.id for l in _det(ref) if l.type == "HCC"][0]
+    assert r.merged_reference == [hcc_id]
+    assert r.per_type["HCC"]["fn_merged"] == 1 and r.per_type["Cyst"]["fn_merged"] == 0
+    assert r.to_dict()["merged_reference"] == [hcc_id]
+    from nnunet_liver.evaluation.metrics import lesion_table
+    t = lesion_table([r])
+    assert (t["All"]["FN"], t["All"]["FN_merged"]) == (2, 1)
+    assert (t["Malign"]["FN"], t["Malign"]["FN_merged"]) == (1, 1) and t["Cyst"]["FN_merged"] == 0
+    from nnunet_liver.evaluation.metrics import strata_table
+    strata = strata_table([(r, {l.id: 1.0 if l.type == "HCC" else 3.0 for l in _det(ref)},
+                            {l.id: 5.0 for l in _det(pred)})])
+    assert (strata["0.5-2"]["FN"], strata["0.5-2"]["FN_merged"]) == (1, 1)
+    assert (strata["2-4"]["FN"], strata["2-4"]["FN_merged"], strata["2-4"]["TP"]) == (1, 0, 1)
+    # the size floor: a merged reference below it takes no part, so it is neither FN nor merged
+    r = match(_det(ref), _det(pred), min_ref_volume_cm3=0.02, min_pred_volume_cm3=0)
+    assert r.fn == 1 and r.merged_reference == []
 
 
 def test_hungarian_maximises_total_overlap():

@@ -153,6 +153,76 @@ def test_lesion_oversampling_centres_lesions():
                                      lesion_fraction=2.0)
 
 
+def _type_cases(kinds, shape=(1, 12, 40, 40)):
+    """{key: (data, seg)} whole-scheme cases: liver with one lesion of type ``kind`` (0: none) each."""
+    rng = np.random.default_rng(3)
+    cases = {}
+    for key, kind in kinds.items():
+        seg = np.zeros(shape, np.int16)
+        seg[0, 1:11, 3:37, 3:37] = 7
+        seg[0, 2:4, 30:38, 30:38] = 11  # an organ, so "foreground" is not only lesions
+        if kind:
+            seg[0, 7:9, 6:9, 6:9] = kind
+        cases[key] = (rng.normal(size=(2,) + shape[1:]).astype(np.float32), seg)
+    return cases
+
+
+def test_class_balanced_oversampling_loader_centres_lesion_types_uniformly():
+    lm = LabelManager(dataset_json_labels(), None)
+    # one ICC case, three cyst cases, one lesion-free case: nnU-Net's uniform draw of cases centres ICC in 1/5
+    cases = _type_cases({"icc": 2, "cyst1": 6, "cyst2": 6, "cyst3": 6, "free": 0})
+    np.random.seed(0)
+    dl = LesionOversamplingDataLoader(FakeDataset(cases), 4, (4, 16, 16), (4, 16, 16), lm,
+                                      oversample_foreground_percent=1.0, lesion_fraction=1.0, class_balanced=True)
+    assert dl.class_balanced and dl.cases_by_class == {2: ["icc"], 6: ["cyst1", "cyst2", "cyst3"]}
+    n, icc = 60, 0
+    for _ in range(n):
+        batch = dl.generate_train_batch()
+        assert not dl._planned  # every planned type was used by its own patch
+        for key, y in zip(batch["keys"], batch["target"]):
+            assert key != "free"
+            lesion = 2 if key == "icc" else 6
+            assert (y == lesion).any(), key  # forced onto the drawn type
+            icc += key == "icc"
+    share = icc / (4 * n)
+    assert abs(share - 0.5) < 4 * np.sqrt(0.25 / (4 * n)), share
+    assert sum(dl.class_counts.values()) == 4 * n and set(dl.class_counts) == {2, 6}
+    # lesion_fraction 0: nnU-Net's uniform draw of cases (the lesion-free one too), no type planned
+    dl.lesion_fraction = 0.0
+    keys = [k for _ in range(40) for k in dl.get_indices()]
+    assert "free" in keys and dl._planned == [None] * 4
+    # get_bbox outside a planned batch falls back to the per-case draw; it still returns a valid box
+    dl._planned = []
+    _, _, _, props = dl._data.load_case("icc")
+    dl.lesion_fraction = 1.0
+    lbs, ubs = dl.get_bbox(np.array((12, 40, 40)), True, props["class_locations"])
+    box = tuple(slice(max(lo, 0), hi) for lo, hi in zip(lbs, ubs))
+    assert (cases["icc"][1][0][box] == 2).any()
+    # no lesion in the loader's cases: the plain loader
+    plain = LesionOversamplingDataLoader(FakeDataset(_type_cases({"free": 0})), 2, (4, 16, 16), (4, 16, 16), lm,
+                                         class_balanced=True)
+    assert not plain.class_balanced and list(plain.get_indices()) == ["free", "free"] and plain._planned == []
+
+
+def test_whole_trainers_hand_class_balance_to_their_loader(tmp_path, monkeypatch):
+    from nnunet_liver.trainers.liver_demo_trainers import LiverIFMTrainer_demo
+    from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer_classBalanced
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    cases = _type_cases({"a": 3})
+    for trainer_class, balanced in ((LiverIFMTrainer, False), (LiverIFMTrainer_classBalanced, True),
+                                    (LiverIFMTrainer_demo, True)):
+        p = plans()
+        p["continue_training"] = False
+        trainer = trainer_class(p, "3d_fullres", 0, whole_json(), torch.device("cpu"))
+        trainer.batch_size = 2  # nnU-Net sets it in initialize()
+        dl = trainer.make_dataloader(FakeDataset(cases), (4, 16, 16), (4, 16, 16), None, True)
+        assert isinstance(dl, LesionOversamplingDataLoader)
+        assert dl.class_balanced is balanced, trainer_class.__name__
+        assert dl.cases_by_class == ({3: ["a"]} if balanced else {})
+
+
 def test_lesion_shuffle_loader_masks_and_counts_schemes():
     lm = LabelManager(patch_dataset_json_labels(), None)
     rng = np.random.default_rng(1)
@@ -199,6 +269,8 @@ def test_class_balanced_shuffle_loader_draws_lesion_types_uniformly():
     assert all((k == "icc") == (c == 2) and k != "free" for k, c in flat)
     share = sum(c == 2 for _, c in flat) / len(flat)
     assert abs(share - 0.5) < 4 * np.sqrt(0.25 / len(flat)), share
+    assert sum(dl.class_counts.values()) == 4 * n and set(dl.class_counts) == {2, 6}
+    dl.class_counts.clear()
     for _ in range(5):
         batch = dl.generate_train_batch()
         for key, y in zip(batch["keys"], batch["target"]):
@@ -235,14 +307,15 @@ def test_patch_trainers_hand_class_balance_to_their_loader(tmp_path, monkeypatch
 def test_trainers_found_by_nnunet_ext_trainer():
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
             "names = ['LiverWholeTrainer', 'LiverIFMTrainer', 'LesionShufflePatchTrainer', 'LiverWholeTrainer_tiny',"
-            " 'LiverIFMTrainer_tiny', 'LesionShufflePatchTrainer_tiny', 'LesionShufflePatchTrainer_classBalanced']\n"
+            " 'LiverIFMTrainer_tiny', 'LesionShufflePatchTrainer_tiny', 'LesionShufflePatchTrainer_classBalanced',"
+            " 'LiverIFMTrainer_classBalanced']\n"
             "print('FOUND', [f(n).__name__ for n in names])\n")
     import os
     env = {**os.environ, "nnUNet_extTrainer": nnunet_liver.TRAINERS_DIR, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     line = [l for l in out.splitlines() if l.startswith("FOUND")][0]
-    assert line.count("Trainer") == 7 and "LesionShufflePatchTrainer_tiny" in line
-    assert "LesionShufflePatchTrainer_classBalanced" in line
+    assert line.count("Trainer") == 8 and "LesionShufflePatchTrainer_tiny" in line
+    assert "LesionShufflePatchTrainer_classBalanced" in line and "LiverIFMTrainer_classBalanced" in line
 
 
 # ---------------------------------------------------------------------------------------------- slow: real nnU-Net

@@ -61,7 +61,7 @@ def format_table(title: str, rows: Dict[str, dict], cols: List[str], pct: tuple 
     return "\n".join(lines)
 
 
-LESION_COLS = ["FN", "FP", "FL", "TP", "precision", "recall", "recall_rough"]
+LESION_COLS = ["FN", "FN_merged", "FP", "FL", "TP", "precision", "recall", "recall_rough"]
 PCT = ("precision", "recall", "recall_rough", "malignancy_sensitivity", "malignancy_specificity", "class_accuracy",
        "auc")
 

@@ -41,15 +41,18 @@ class CaseResult:
     dice_counts: Dict[str, Tuple[int, int, int]]
 
     def lesion_rows(self) -> List[dict]:
-        """One row per reference lesion and per unpaired prediction: outcome TP, FL, FN, FP or ignored."""
+        """One row per reference lesion and per unpaired prediction: outcome TP, FL, FN, FP or ignored; ``fn_merged``
+        marks an FN that overlaps a prediction matched to another reference lesion (see ``match``)."""
         m = self.match
         ref = {l.id: l for l in self.ref_lesions}
         pred = {l.id: l for l in self.pred_lesions}
         paired = dict(m.pairs)
+        merged = set(m.merged_reference)
         rows = []
 
         def row(r, p, outcome):
-            return {"case": self.case, "outcome": outcome, "ref_id": r.id if r else None,
+            return {"case": self.case, "outcome": outcome, "fn_merged": outcome == "FN" and r.id in merged,
+                    "ref_id": r.id if r else None,
                     "ref_type": r.type if r else None, "ref_volume_cm3": r.volume_cm3 if r else None,
                     "ref_diameter_mm": r.diameter_mm if r else None, "pred_id": p.id if p else None,
                     "pred_type": p.type if p else None, "pred_volume_cm3": p.volume_cm3 if p else None,
@@ -70,7 +73,7 @@ class CaseResult:
         m = self.match
         d = {"case": self.case, "mode": self.mode, "ref_lesions": len(self.ref_lesions),
              "pred_lesions": len(self.pred_lesions), "TP": m.tp, "FL": m.fl, "FP": m.fp, "FN": m.fn,
-             "ref_class": self.ref_class, "pred_class": self.pred_class}
+             "FN_merged": len(m.merged_reference), "ref_class": self.ref_class, "pred_class": self.pred_class}
         for k, (tp, fp, fn) in self.dice_counts.items():
             d[f"dice_{k}"] = M.dice_from_counts(tp, fp, fn)
         return d

@@ -31,22 +31,24 @@ def _ratio(num: float, den: float) -> Optional[float]:
     return None if den == 0 else float(num) / float(den)
 
 
-def lesion_row(tp: int, fl: int, fp: int, fn: int, fl_pred: Optional[int] = None) -> Dict[str, object]:
-    """One table row: the counts plus precision, recall and recall-rough (None where undefined)."""
+def lesion_row(tp: int, fl: int, fp: int, fn: int, fl_pred: Optional[int] = None, fn_merged: int = 0
+               ) -> Dict[str, object]:
+    """One table row: the counts plus precision, recall and recall-rough (None where undefined); ``FN_merged``
+    is the part of FN that overlaps a prediction matched to another reference lesion (see ``match``)."""
     fl_pred = fl if fl_pred is None else fl_pred
     return {"FN": int(fn), "FP": int(fp), "FL": int(fl), "TP": int(tp), "FL_pred": int(fl_pred),
-            "precision": _ratio(tp, tp + fp + fl_pred), "recall": _ratio(tp, tp + fn + fl),
+            "FN_merged": int(fn_merged), "precision": _ratio(tp, tp + fp + fl_pred), "recall": _ratio(tp, tp + fn + fl),
             "recall_rough": _ratio(tp + fl, tp + fl + fn)}
 
 
 def lesion_table(matches: Iterable) -> Dict[str, Dict[str, object]]:
     """Rows per type, "All" and "Malign" from MatchResults (one per case)."""
-    per = {t: {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0} for t in TYPE_NAMES}
-    mal = {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0}
+    per = {t: {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0, "fn_merged": 0} for t in TYPE_NAMES}
+    mal = {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0, "fn_merged": 0}
     for m in matches:
         for t in TYPE_NAMES:
             for k in per[t]:
-                per[t][k] += m.per_type[t][k]
+                per[t][k] += m.per_type[t].get(k, 0)
         for rt, pt in m.pair_types:
             r_mal, p_mal = rt in MALIGNANT_NAMES, pt in MALIGNANT_NAMES
             if r_mal and p_mal:
@@ -57,9 +59,10 @@ def lesion_table(matches: Iterable) -> Dict[str, Dict[str, object]]:
                 mal["fl_pred"] += 1
     for t in MALIGNANT_NAMES:
         mal["fn"] += per[t]["fn"]
+        mal["fn_merged"] += per[t]["fn_merged"]
         mal["fp"] += per[t]["fp"]
     rows = {t: lesion_row(**per[t]) for t in TYPE_NAMES}
-    tot = {k: sum(per[t][k] for t in TYPE_NAMES) for k in ("tp", "fl", "fp", "fn")}
+    tot = {k: sum(per[t][k] for t in TYPE_NAMES) for k in ("tp", "fl", "fp", "fn", "fn_merged")}
     rows["All"] = lesion_row(**tot)
     rows["Malign"] = lesion_row(**mal)
     return rows
@@ -87,15 +90,20 @@ def strata_table(cases: Iterable[Tuple[object, Dict[int, float], Dict[int, float
     ``cases`` yields ``(MatchResult, {ref id: volume_cm3}, {pred id: volume_cm3})``. TP, FL and FN go to the
     reference lesion's stratum, FP to the prediction's.
     """
-    acc = {b: {"tp": 0, "fl": 0, "fp": 0, "fn": 0} for b in _bin_names(with_small=with_small)}
+    def zero():
+        return {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fn_merged": 0}
+
+    acc = {b: zero() for b in _bin_names(with_small=with_small)}
     for m, ref_vol, pred_vol in cases:
+        merged = set(getattr(m, "merged_reference", ()))
         for (rid, _), (rt, pt) in zip(m.pairs, m.pair_types):
-            acc.setdefault(size_bin(ref_vol[rid]), {"tp": 0, "fl": 0, "fp": 0, "fn": 0})
-            acc[size_bin(ref_vol[rid])]["tp" if rt == pt else "fl"] += 1
+            acc.setdefault(size_bin(ref_vol[rid]), zero())["tp" if rt == pt else "fl"] += 1
         for rid in m.unmatched_reference:
-            acc.setdefault(size_bin(ref_vol[rid]), {"tp": 0, "fl": 0, "fp": 0, "fn": 0})["fn"] += 1
+            row = acc.setdefault(size_bin(ref_vol[rid]), zero())
+            row["fn"] += 1
+            row["fn_merged"] += rid in merged
         for pid in m.unmatched_prediction:
-            acc.setdefault(size_bin(pred_vol[pid]), {"tp": 0, "fl": 0, "fp": 0, "fn": 0})["fp"] += 1
+            acc.setdefault(size_bin(pred_vol[pid]), zero())["fp"] += 1
     return {b: lesion_row(**c) for b, c in acc.items()}
 
 

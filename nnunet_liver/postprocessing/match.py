@@ -4,7 +4,10 @@ Candidate pairs overlap by the chosen criterion: ``"any"`` (at least one shared 
 ``"iou:X"`` (IoU > X; picai_eval and nnDetection use 0.1, LiTS 0.5) or ``"dice:X"`` (Dice > X). The one-to-one
 assignment (Hungarian, ``scipy.optimize.linear_sum_assignment``) maximises the total of the criterion's own measure:
 shared voxels for ``"any"``, IoU or Dice otherwise. Matched pairs are TP when the types agree, FL (false label)
-otherwise; unmatched reference lesions are FN, unmatched predictions FP.
+otherwise; unmatched reference lesions are FN, unmatched predictions FP. An FN that overlaps a prediction is
+"merged" (``merged_reference``, ``per_type[T]["fn_merged"]``): the prediction went to another reference lesion,
+typically a neighbour whose detection swallowed it (one detection for two lesions). The count is a diagnosis of
+the FN, not another kind of error: every merged FN is also counted in ``fn``.
 
 Size floor (seed 003, Table I): reference lesions below ``min_ref_volume_cm3`` take no part in the assignment;
 a prediction left unmatched that overlaps such a small reference lesion is ignored (it found a real, if tiny,
@@ -43,8 +46,9 @@ def parse_overlap(overlap: str) -> Tuple[str, float]:
 class MatchResult:
     """Counts over all types plus per type; ids are the lesions' ``id``.
 
-    ``per_type[name]`` holds ``tp``, ``fl`` and ``fn`` counted by the reference lesion's type, ``fp`` and
-    ``fl_pred`` (predictions of this type matched to a reference of another type) by the predicted type.
+    ``per_type[name]`` holds ``tp``, ``fl``, ``fn`` and ``fn_merged`` (FN overlapping a prediction that was matched
+    to another reference lesion) counted by the reference lesion's type, ``fp`` and ``fl_pred`` (predictions of this
+    type matched to a reference of another type) by the predicted type.
     """
     tp: int = 0
     fl: int = 0
@@ -55,6 +59,7 @@ class MatchResult:
     pair_types: List[Tuple[str, str]] = field(default_factory=list)
     pair_overlap: List[float] = field(default_factory=list)
     unmatched_reference: List[int] = field(default_factory=list)
+    merged_reference: List[int] = field(default_factory=list)  # the unmatched references that overlap a prediction
     unmatched_prediction: List[int] = field(default_factory=list)
     ignored_reference: List[int] = field(default_factory=list)
     ignored_prediction: List[int] = field(default_factory=list)
@@ -76,6 +81,7 @@ class MatchResult:
                 "pairs": [list(p) for p in self.pairs], "pair_types": [list(p) for p in self.pair_types],
                 "pair_overlap": list(self.pair_overlap),
                 "unmatched_reference": list(self.unmatched_reference),
+                "merged_reference": list(self.merged_reference),
                 "unmatched_prediction": list(self.unmatched_prediction),
                 "ignored_reference": list(self.ignored_reference),
                 "ignored_prediction": list(self.ignored_prediction)}
@@ -149,7 +155,7 @@ def match(reference: Sequence, prediction: Sequence, min_ref_volume_cm3: float =
     kept = [r for r in reference if r.volume_cm3 >= min_ref_volume_cm3]
     small = [r for r in reference if r.volume_cm3 < min_ref_volume_cm3]
     res = MatchResult(overlap=str(overlap))
-    res.per_type = {t: {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0} for t in TYPE_NAMES}
+    res.per_type = {t: {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0, "fn_merged": 0} for t in TYPE_NAMES}
     res.ignored_reference = [r.id for r in small]
 
     pred = list(prediction)
@@ -184,6 +190,9 @@ def match(reference: Sequence, prediction: Sequence, min_ref_volume_cm3: float =
             res.fn += 1
             res.per_type[r.type]["fn"] += 1
             res.unmatched_reference.append(r.id)
+            if cand[i].any():  # its prediction went to another reference lesion (the assignment is maximal)
+                res.per_type[r.type]["fn_merged"] += 1
+                res.merged_reference.append(r.id)
     left = [j for j in range(len(pred)) if j not in matched_pred]
     if small and left:  # an unmatched prediction on a too-small reference lesion is not a false positive
         s_inter = overlap_matrix(small, [pred[j] for j in left])

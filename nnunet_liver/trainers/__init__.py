@@ -5,7 +5,8 @@
 
 - ``LiverWholeTrainer`` (liver_trainers): 13-class whole-CT model, lesion-centred foreground oversampling.
 - ``LiverIFMTrainer`` (liver_trainers): the same with the Iterative Fusion Module as first layer, per-sample
-  missing-phase detection and random phase dropout.
+  missing-phase detection and random phase dropout; ``LiverIFMTrainer_classBalanced`` centres its lesion patches
+  on a lesion type drawn first (uniform over the types), then a case holding it.
 - ``LesionShufflePatchTrainer`` (liver_patch_trainer): UNet-patch on lesion-shuffle patches;
   ``LesionShufflePatchTrainer_classBalanced`` draws a lesion type first, then a case and a lesion of that type.
 - ``*_tiny`` (liver_tiny_trainers): tiny networks and a few iterations, for CPU tests and the demo.

@@ -4,6 +4,8 @@
   contain foreground, a fraction ``lesion_fraction`` is centred on a voxel of a lesion class (1..6) present in the
   case, chosen uniformly among the present lesion classes (so rare types are seen as often as common ones), using
   the class locations nnU-Net's preprocessing stores in each case's properties. Everything else is nnU-Net's.
+  With ``class_balanced`` the lesion type is drawn first, uniformly among the types of the loader's cases, and then
+  a case holding it (instead of a case first and then one of its types), for the same reason as below.
 - :class:`LesionShuffleDataLoader`: UNet-patch's loader. Each patch is made on the fly from a liver-cropped case by
   :func:`nnunet_liver.postprocessing.shuffle.sample_training_patch` (four lesion-shuffle schemes, outside-liver
   voxels masked), then nnU-Net's transforms run on it as usual. With ``class_balanced`` each patch first draws a
@@ -26,17 +28,52 @@ from nnunet_liver.postprocessing.shuffle import sample_training_patch
 
 __all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader"]
 
+_UNPLANNED = object()  # get_bbox called outside a class-balanced batch: the per-case draw of a lesion type
 
-class LesionOversamplingDataLoader(nnUNetDataLoader):
-    """nnU-Net's loader whose foreground-forced patches are centred on lesions with probability ``lesion_fraction``."""
+
+class _LesionTypeIndex:
+    """Mixin for ``nnUNetDataLoader`` subclasses: class-balanced draws of lesion types and of cases holding them."""
+
+    def _index_lesion_types(self) -> Dict[int, List[str]]:
+        """{lesion type: keys of the cases that hold it}, from each case's ``class_locations`` property."""
+        index: Dict[int, List[str]] = {}
+        for key in self.indices:
+            locations = self._data.load_case(key)[3].get("class_locations") or {}
+            for c in LESION_IDS:
+                if c in locations and len(locations[c]) > 0:
+                    index.setdefault(c, []).append(key)
+        return index
+
+    def draw_lesion_type(self) -> Tuple[str, int]:
+        """(case key, lesion type): a type uniform over ``self.cases_by_class``, then a case (uniform) holding it."""
+        classes = sorted(self.cases_by_class)
+        c = classes[np.random.randint(len(classes))]
+        keys = self.cases_by_class[c]
+        self.class_counts[c] = self.class_counts.get(c, 0) + 1
+        return keys[np.random.randint(len(keys))], c
+
+
+class LesionOversamplingDataLoader(_LesionTypeIndex, nnUNetDataLoader):
+    """nnU-Net's loader whose foreground-forced patches are centred on lesions with probability ``lesion_fraction``.
+
+    ``class_balanced``: for each patch of a batch, with probability ``lesion_fraction`` a lesion type is drawn
+    (uniform over the types present in the loader's cases) and then a case holding it; if nnU-Net forces that patch
+    onto foreground, it is centred on a voxel of that type. The other patches are nnU-Net's uniform draw of cases
+    (and, when forced, its uniform draw of foreground classes). The types drawn are counted in ``class_counts``.
+    Without lesions in the loader's cases it is the plain loader.
+    """
 
     def __init__(self, *args, lesion_fraction: float = 0.5, lesion_classes: Tuple[int, ...] = LESION_IDS,
-                 **kwargs):
+                 class_balanced: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if not 0.0 <= lesion_fraction <= 1.0:
             raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
         self.lesion_fraction = lesion_fraction
         self.lesion_classes = tuple(lesion_classes)
+        self.class_counts: Dict[int, int] = {}
+        self.cases_by_class: Dict[int, List[str]] = self._index_lesion_types() if class_balanced else {}
+        self.class_balanced = bool(self.cases_by_class)
+        self._planned: List[Optional[int]] = []  # lesion type per patch of the batch being made, in order
 
     def choose_lesion_class(self, class_locations: Optional[dict]) -> Optional[int]:
         """A lesion class present in the case (uniform), or None (no lesion, or the draw says organ foreground)."""
@@ -45,14 +82,29 @@ class LesionOversamplingDataLoader(nnUNetDataLoader):
         present = [c for c in self.lesion_classes if c in class_locations and len(class_locations[c]) > 0]
         return present[np.random.randint(len(present))] if present else None
 
+    def get_indices(self):
+        if not self.class_balanced:
+            return super().get_indices()
+        keys, self._planned = [], []
+        for _ in range(self.batch_size):
+            if np.random.uniform() < self.lesion_fraction:
+                key, c = self.draw_lesion_type()
+            else:
+                key, c = self.indices[np.random.randint(len(self.indices))], None
+            keys.append(key)
+            self._planned.append(c)
+        return keys
+
     def get_bbox(self, data_shape: np.ndarray, force_fg: bool, class_locations: Union[dict, None],
                  overwrite_class: Union[int, Tuple[int, ...]] = None, verbose: bool = False):
+        # nnU-Net's generate_train_batch calls get_bbox once per patch, in the order of get_indices' keys
+        planned = self._planned.pop(0) if self._planned else _UNPLANNED
         if force_fg and overwrite_class is None:
-            overwrite_class = self.choose_lesion_class(class_locations)
+            overwrite_class = (self.choose_lesion_class(class_locations) if planned is _UNPLANNED else planned)
         return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
 
 
-class LesionShuffleDataLoader(nnUNetDataLoader):
+class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     """Patches by lesion shuffle from liver-cropped cases (labels 0 masked, 1..6 lesions, 7 liver).
 
     ``scheme_rates`` ({scheme: weight}) and ``masked_value`` (normalised intensity outside the liver) are passed to
@@ -73,27 +125,11 @@ class LesionShuffleDataLoader(nnUNetDataLoader):
         self.cases_by_class: Dict[int, List[str]] = self._index_lesion_types() if class_balanced else {}
         self.class_balanced = bool(self.cases_by_class)
 
-    def _index_lesion_types(self) -> Dict[int, List[str]]:
-        """{lesion type: keys of the cases that hold it}, from each case's ``class_locations`` property."""
-        index: Dict[int, List[str]] = {}
-        for key in self.indices:
-            locations = self._data.load_case(key)[3].get("class_locations") or {}
-            for c in LESION_IDS:
-                if c in locations and len(locations[c]) > 0:
-                    index.setdefault(c, []).append(key)
-        return index
-
     def choose_cases(self) -> List[Tuple[str, Optional[int]]]:
         """(case key, lesion type or None) for each patch of a batch."""
         if not self.class_balanced:
             return [(key, None) for key in self.get_indices()]
-        classes = sorted(self.cases_by_class)
-        chosen = []
-        for _ in range(self.batch_size):
-            c = classes[np.random.randint(len(classes))]
-            keys = self.cases_by_class[c]
-            chosen.append((keys[np.random.randint(len(keys))], c))
-        return chosen
+        return [self.draw_lesion_type() for _ in range(self.batch_size)]
 
     def generate_train_batch(self):
         chosen = self.choose_cases()
@@ -109,8 +145,6 @@ class LesionShuffleDataLoader(nnUNetDataLoader):
                     np.asarray(data, dtype=np.float32), label, self.patch_size, rng, self.scheme_rates,
                     self.masked_value, lesion_class=lesion_class)
                 self.scheme_counts[scheme] = self.scheme_counts.get(scheme, 0) + 1
-                if lesion_class is not None:
-                    self.class_counts[lesion_class] = self.class_counts.get(lesion_class, 0) + 1
                 sample = {"image": torch.from_numpy(image), "segmentation": torch.from_numpy(label[None])}
                 if self.transforms is not None:
                     sample = self.transforms(**sample)

@@ -8,11 +8,12 @@ Bigger than ``_tiny`` and trained for longer, still small enough to train on two
 - UNet-patch: lesion-shuffle patches of 16 x 64 x 64 voxels (256 mm across at 4 mm, the whole demo liver),
 - ``num_epochs`` epochs of 50 training and 5 validation iterations, a checkpoint every 10 epochs,
 - a short-training sampling recipe: each patch forced onto foreground with probability 0.8 (nnU-Net: the last
-  third of the batch), 90 % of those centred on a lesion; IFM phase dropout with probability
-  ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a few thousand iterations the network must first learn the lesion
-  types from all phases); UNet-patch with 70 % positive lesion-shuffle patches, drawn class-balanced (a lesion
-  type first, then a case and a lesion of that type: the phantoms' ICC and metastases are a fifth of the
-  lesions, and a uniform draw of cases barely taught them); nnU-Net's Dice + CE loss with the lesion classes
+  third of the batch), 90 % of those centred on a lesion, drawn class-balanced (a lesion type first, then a case
+  holding it; since run 7); IFM phase dropout with probability ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a few
+  thousand iterations the network must first learn the lesion types from all phases); UNet-patch with 70 %
+  positive lesion-shuffle patches, drawn class-balanced too (a lesion type first, then a case and a lesion of that
+  type: the phantoms' ICC and metastases are a fifth of the lesions, and a uniform draw of cases barely taught
+  them); nnU-Net's Dice + CE loss with the lesion classes
   weighted 4 (UNet-whole) and 2 (UNet-patch) in the CE term (``DEMO_LESION_CE_WEIGHT``), which
   ``nnUNet_liver_demo_lesion_ce`` overrides (the shipped UNet-whole's last run used 1, nnU-Net's own loss, so
   that the sensitivity factors f = 1 and 4 mean what they mean in the paper: see ``demo_models/MODEL_CARD.md``).
@@ -182,6 +183,7 @@ class LiverIFMTrainer_demo(_InitWithHeads, LiverIFMTrainer):
 
     demo_num_epochs: int = 90
     get_training_transforms = staticmethod(_demo_training_transforms)
+    class_balanced = True  # since run 7 (runs 3, 4 and 6 drew a case first, then one of its lesion types)
 
     def _build_loss(self):
         return _lesion_weighted_loss(self, DEMO_LESION_CE_WEIGHT["whole"])

@@ -25,7 +25,7 @@ from nnunet_liver.trainers.liver_networks import insert_ifm
 from nnunet_liver.trainers.liver_transforms import (DetectPhasePresenceTransform, ImposeAbsentPhasesTransform,
                                                     PhaseDropoutTransform)
 
-__all__ = ["LiverWholeTrainer", "LiverIFMTrainer", "check_labels", "phase_order", "PHASE_DROPOUT_P", "wrap_phase_transforms"]
+__all__ = ["LiverWholeTrainer", "LiverIFMTrainer", "LiverIFMTrainer_classBalanced", "check_labels", "phase_order", "PHASE_DROPOUT_P", "wrap_phase_transforms"]
 
 #: probability that a training sample has a random subset of its phases dropped (LiverIFMTrainer)
 PHASE_DROPOUT_P = 0.5
@@ -68,6 +68,8 @@ class LiverWholeTrainer(nnUNetTrainer):
     """
 
     lesion_fraction: float = 0.5
+    #: draw the lesion type of lesion-centred patches first, then a case holding it (see LesionOversamplingDataLoader)
+    class_balanced: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -94,7 +96,7 @@ class LiverWholeTrainer(nnUNetTrainer):
             dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
             oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
             pad_sides=None, transforms=transforms, probabilistic_oversampling=self.probabilistic_oversampling,
-            lesion_fraction=self.lesion_fraction)
+            lesion_fraction=self.lesion_fraction, class_balanced=self.class_balanced)
 
     def get_dataloaders(self):
         # nnU-Net's get_dataloaders with the loader class behind make_dataloader
@@ -165,6 +167,14 @@ class LiverIFMTrainer(LiverWholeTrainer):
             patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
             use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
         return wrap_phase_transforms(base, PHASE_DROPOUT_P)
+
+
+class LiverIFMTrainer_classBalanced(LiverIFMTrainer):
+    """``LiverIFMTrainer`` whose lesion-centred patches draw a lesion type first (uniform over the types of the
+    training cases), then a case holding it: rare types (metastases, ICC) are centred as often as cysts. The demo's
+    UNet-whole uses it since run 7."""
+
+    class_balanced = True
 
 
 def wrap_phase_transforms(base: ComposeTransforms, dropout_p: float) -> ComposeTransforms:
