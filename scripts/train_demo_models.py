@@ -5,8 +5,9 @@ Everything runs with nnU-Net's own commands on the CPU, in a work folder outside
 
     python scripts/train_demo_models.py -w /work/demo_build            # every stage, in order
     python scripts/train_demo_models.py -w /work/demo_build --stages evaluate
-    # the bundled models are run 8's UNet-whole and run 6's UNet-patch (MODEL_CARD.md). Run 4's UNet-whole: 270 epochs warm-started from run 3's (git
-    # 3555644), whose 260 epochs were this script's default stages continued twice with --continue-training
+    # the bundled models are run 8's UNet-whole and run 6's UNet-patch (MODEL_CARD.md). Run 4's UNet-whole: 270
+    # epochs warm-started from run 3's (git 3555644), whose 260 epochs were this script's default stages continued
+    # twice with --continue-training
     git archive 3555644 nnunet_liver/demo_models | tar -x -C /tmp/v1
     python scripts/train_demo_models.py -w /work/demo_build --stages data plan-whole train-whole \
         --warm-start /tmp/v1/nnunet_liver/demo_models --epochs 270 50

@@ -37,8 +37,8 @@ def lesion_row(tp: int, fl: int, fp: int, fn: int, fl_pred: Optional[int] = None
     is the part of FN that overlaps a prediction matched to another reference lesion (see ``match``)."""
     fl_pred = fl if fl_pred is None else fl_pred
     return {"FN": int(fn), "FP": int(fp), "FL": int(fl), "TP": int(tp), "FL_pred": int(fl_pred),
-            "FN_merged": int(fn_merged), "precision": _ratio(tp, tp + fp + fl_pred), "recall": _ratio(tp, tp + fn + fl),
-            "recall_rough": _ratio(tp + fl, tp + fl + fn)}
+            "FN_merged": int(fn_merged), "precision": _ratio(tp, tp + fp + fl_pred),
+            "recall": _ratio(tp, tp + fn + fl), "recall_rough": _ratio(tp + fl, tp + fl + fn)}
 
 
 def lesion_table(matches: Iterable) -> Dict[str, Dict[str, object]]:
@@ -48,7 +48,7 @@ def lesion_table(matches: Iterable) -> Dict[str, Dict[str, object]]:
     for m in matches:
         for t in TYPE_NAMES:
             for k in per[t]:
-                per[t][k] += m.per_type[t].get(k, 0)
+                per[t][k] += m.per_type[t][k]
         for rt, pt in m.pair_types:
             r_mal, p_mal = rt in MALIGNANT_NAMES, pt in MALIGNANT_NAMES
             if r_mal and p_mal:
@@ -95,7 +95,7 @@ def strata_table(cases: Iterable[Tuple[object, Dict[int, float], Dict[int, float
 
     acc = {b: zero() for b in _bin_names(with_small=with_small)}
     for m, ref_vol, pred_vol in cases:
-        merged = set(getattr(m, "merged_reference", ()))
+        merged = set(m.merged_reference)
         for (rid, _), (rt, pt) in zip(m.pairs, m.pair_types):
             acc.setdefault(size_bin(ref_vol[rid]), zero())["tp" if rt == pt else "fl"] += 1
         for rid in m.unmatched_reference:

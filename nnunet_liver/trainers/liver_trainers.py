@@ -25,7 +25,8 @@ from nnunet_liver.trainers.liver_networks import insert_ifm
 from nnunet_liver.trainers.liver_transforms import (DetectPhasePresenceTransform, ImposeAbsentPhasesTransform,
                                                     PhaseDropoutTransform)
 
-__all__ = ["LiverWholeTrainer", "LiverIFMTrainer", "LiverIFMTrainer_classBalanced", "check_labels", "phase_order", "PHASE_DROPOUT_P", "wrap_phase_transforms"]
+__all__ = ["LiverWholeTrainer", "LiverIFMTrainer", "LiverIFMTrainer_classBalanced", "check_labels", "phase_order",
+           "PHASE_DROPOUT_P", "wrap_phase_transforms"]
 
 #: probability that a training sample has a random subset of its phases dropped (LiverIFMTrainer)
 PHASE_DROPOUT_P = 0.5
