@@ -34,6 +34,12 @@ _UNPLANNED = object()  # get_bbox called outside a class-balanced batch: the per
 class _LesionTypeIndex:
     """Mixin for ``nnUNetDataLoader`` subclasses: class-balanced draws of lesion types and of cases holding them."""
 
+    def _init_lesion_types(self, class_balanced: bool) -> None:
+        """Index the loader's cases by lesion type when ``class_balanced`` (no lesion at all: stays off)."""
+        self.class_counts: Dict[int, int] = {}
+        self.cases_by_class: Dict[int, List[str]] = self._index_lesion_types() if class_balanced else {}
+        self.class_balanced = bool(self.cases_by_class)
+
     def _index_lesion_types(self) -> Dict[int, List[str]]:
         """{lesion type: keys of the cases that hold it}, from each case's ``class_locations`` property."""
         index: Dict[int, List[str]] = {}
@@ -70,9 +76,7 @@ class LesionOversamplingDataLoader(_LesionTypeIndex, nnUNetDataLoader):
             raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
         self.lesion_fraction = lesion_fraction
         self.lesion_classes = tuple(lesion_classes)
-        self.class_counts: Dict[int, int] = {}
-        self.cases_by_class: Dict[int, List[str]] = self._index_lesion_types() if class_balanced else {}
-        self.class_balanced = bool(self.cases_by_class)
+        self._init_lesion_types(class_balanced)
         self._planned: List[Optional[int]] = []  # lesion type per patch of the batch being made, in order
 
     def choose_lesion_class(self, class_locations: Optional[dict]) -> Optional[int]:
@@ -121,9 +125,7 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
         self.scheme_rates = scheme_rates
         self.masked_value = masked_value
         self.scheme_counts: Dict[str, int] = {}
-        self.class_counts: Dict[int, int] = {}
-        self.cases_by_class: Dict[int, List[str]] = self._index_lesion_types() if class_balanced else {}
-        self.class_balanced = bool(self.cases_by_class)
+        self._init_lesion_types(class_balanced)
 
     def choose_cases(self) -> List[Tuple[str, Optional[int]]]:
         """(case key, lesion type or None) for each patch of a batch."""
