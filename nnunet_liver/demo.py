@@ -6,11 +6,11 @@
    train the demo models): an HCC liver, metastases with a cyst, an ICC with its delayed phase missing, benign
    lesions (hemangioma and cyst) and a lesion-free liver, written as ``OUT/phantoms/imagesTr`` (nnU-Net naming,
    channels NC, A, V, D; the ICC case has no ``_0003`` file) and ``OUT/phantoms/labelsTr`` (the truth).
-2. Runs ``nnunet-liver-detect -m demo --patch-model demo --disable-tta`` (UNet-whole, sensitivity factors 1 and
-   4, lesion-shuffle reclassification with UNet-patch -- skipped, ``--patch-model none``, where the installation
-   bundles no UNet-patch -- patient classes; no test-time mirroring, as in the model
-   card's evaluation) into ``OUT/detections`` (``CASE.json``,
-   ``CASE_lesions.nii.gz``, ``summary.csv``, ``report.html``).
+2. Runs ``nnunet-liver-detect -m demo --patch-model demo`` (UNet-whole with nnU-Net's test-time mirroring, the
+   detector's default and the model card's evaluation setting; sensitivity factors 1 and 4; lesion-shuffle
+   reclassification with UNet-patch -- skipped, ``--patch-model none``, where the installation bundles no
+   UNet-patch; patient classes) into ``OUT/detections`` (``CASE.json``, ``CASE_lesions.nii.gz``, ``summary.csv``,
+   ``report.html``).
 3. Runs ``nnunet-liver-evaluate`` against the phantom truth into ``OUT/evaluation``.
 4. Prints where the report is and the headline figures, and writes them to ``OUT/demo_summary.json``.
 
@@ -159,10 +159,10 @@ def run_demo(out: str, overwrite: bool = False, device: str = "cpu", progress: b
     print(f"{PROG}: 1/3 generating {len(DEMO_CASES)} phantom cases -> {phantoms}", flush=True)
     write_demo_cases(phantoms)
     note = "" if patch == "demo" else " (no bundled UNet-patch: no reclassification, see MODEL_CARD.md)"
-    print(f"{PROG}: 2/3 nnunet-liver-detect -m demo --patch-model {patch} --disable-tta -> {detections}{note}",
+    print(f"{PROG}: 2/3 nnunet-liver-detect -m demo --patch-model {patch} -> {detections}{note}",
           flush=True)
     detect_args = ["-i", os.path.join(phantoms, "imagesTr"), "-o", detections, "-m", "demo",
-                   "--patch-model", patch, "--device", device, "--disable-tta"]
+                   "--patch-model", patch, "--device", device]
     with contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()):
         code = detect_cli.main(detect_args)
     if code != 0:

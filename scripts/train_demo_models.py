@@ -5,7 +5,7 @@ Everything runs with nnU-Net's own commands on the CPU, in a work folder outside
 
     python scripts/train_demo_models.py -w /work/demo_build            # every stage, in order
     python scripts/train_demo_models.py -w /work/demo_build --stages evaluate
-    # the bundled models are run 8's UNet-whole and run 6's UNet-patch (MODEL_CARD.md). Run 4's UNet-whole: 270
+    # the bundled models are run 9's UNet-whole and run 6's UNet-patch (MODEL_CARD.md). Run 4's UNet-whole: 270
     # epochs warm-started from run 3's (git 3555644), whose 260 epochs were this script's default stages continued
     # twice with --continue-training
     git archive 3555644 nnunet_liver/demo_models | tar -x -C /tmp/v1
@@ -21,10 +21,12 @@ Everything runs with nnU-Net's own commands on the CPU, in a work folder outside
         --patch-init /tmp/v5/nnunet_liver/demo_models/patch/fold_0/checkpoint_final.pth
     python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --epochs 90 220 --lesion-ce 1 1 \
         --warm-start /tmp/v5/nnunet_liver/demo_models
-    # runs 7 and 8: UNet-whole continued (class-balanced lesion patches from run 7 on) to 200, then 300 epochs
+    # runs 7, 8 and 9: UNet-whole continued (class-balanced lesion patches from run 7 on) to 200, 300, then 400 epochs
     python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 200 220 \
         --lesion-ce 1 1
     python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 300 220 \
+        --lesion-ce 1 1
+    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 400 220 \
         --lesion-ce 1 1
     python scripts/train_demo_models.py -w /work/demo_build --stages export evaluate
 
@@ -46,7 +48,7 @@ Stages:
 6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
                    logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
 7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training),
-                   ``nnunet-liver-detect -m demo --disable-tta`` as
+                   ``nnunet-liver-detect -m demo`` (test-time mirroring on, the detector's default) as
                    Base (f = 1), Base+ReCls (f = 1, UNet-patch) and High+ReCls (f = 1 and 4, UNet-patch),
                    ``nnunet-liver-evaluate`` on each; writes seed 003's tables
                    (lesion level per type + All + Malign, patient-level malignancy, the consensus), in
@@ -85,8 +87,9 @@ MODELS = {"Base": ["--factors", "1", "--patch-model", "none"],
           "High+ReCls": ["--factors", "1", "4", "--patch-model", "{patch}"]}
 #: the runs when there is no UNet-patch to evaluate (``--no-patch``): Base and High (f = 1 and 4) without ReCls
 MODELS_NO_PATCH = {"Base": MODELS["Base"], "High": ["--factors", "1", "4", "--patch-model", "none"]}
-#: detector options shared by the three runs (also the demo's): no test-time mirroring, for CPU speed
-DETECT_FLAGS = ["--disable-tta"]
+#: detector options shared by the three runs: none, so the detector's defaults hold, test-time mirroring included
+#: (as in the demo; MODEL_CARD.md says what ``--disable-tta`` changes)
+DETECT_FLAGS: list = []
 
 
 def environment(work: Path) -> dict:
