@@ -87,9 +87,6 @@ MODELS = {"Base": ["--factors", "1", "--patch-model", "none"],
           "High+ReCls": ["--factors", "1", "4", "--patch-model", "{patch}"]}
 #: the runs when there is no UNet-patch to evaluate (``--no-patch``): Base and High (f = 1 and 4) without ReCls
 MODELS_NO_PATCH = {"Base": MODELS["Base"], "High": ["--factors", "1", "4", "--patch-model", "none"]}
-#: detector options shared by the three runs: none, so the detector's defaults hold, test-time mirroring included
-#: (as in the demo; MODEL_CARD.md says what ``--disable-tta`` changes)
-DETECT_FLAGS: list = []
 
 
 def environment(work: Path) -> dict:
@@ -229,8 +226,9 @@ def stage_evaluate(work, env, whole="demo", patch="demo", num_cases=TEST_CASES, 
         tag = name.replace("+", "_")
         dets[name] = out = base / f"det_{tag}"
         flags = [f.format(patch=patch) for f in flags]
+        # the detector's defaults otherwise, test-time mirroring included (as in the demo; MODEL_CARD.md)
         timings[name] = run(["nnunet-liver-detect", "-i", test / "imagesTr", "-o", out, "-m", whole, *flags,
-                             *DETECT_FLAGS, "--overwrite"], env, work / "logs" / f"{out_name}_detect_{tag}.log")
+                             "--overwrite"], env, work / "logs" / f"{out_name}_detect_{tag}.log")
         run(["nnunet-liver-evaluate", "-ref", test / "labelsTr", "-pred", out, "-o", out / "evaluation"], env,
             work / "logs" / f"{out_name}_evaluate_{tag}.log")
     write_results(test, dets, timings, base / "test_results.md")
