@@ -23,6 +23,17 @@ The trainer masks outside-liver voxels again *after* nnU-Net's normalisation (im
 ``make_reclassification_patches`` uses at inference), so ``--masked-hu`` only matters for nnU-Net's own final
 validation on whole cropped cases.
 
+Hard cases (``--hard-cases PRED_DIR``, seed 003 III-B): UNet-whole's predictions on the same training cases, one
+per case, as the evaluation reads them (``PRED_DIR/CASE.nii.gz``, a 13-class label map such as nnU-Net's
+out-of-fold ``fold_k/validation`` outputs of all folds gathered in one folder, or the detector's
+``CASE_lesions.nii.gz`` + ``CASE.json``), are matched to
+the reference lesions with ``match`` (the evaluation's 0.5 cm3 floors). The reference lesions they miss (FN) and
+their proposals that match no reference lesion (FP, the part inside the liver region) are painted, per case, into
+``hardCasesTr/CASE.nii.gz`` (same crop and geometry as the label map, hard case ``i`` = value ``i``) and listed in
+``patch_dataset.json`` (``cases[].hard_cases``: id, kind FN/FP, type, volume). ``LesionShufflePatchTrainer`` then
+draws a share of its patches around them. A case without a prediction gets no hard cases (listed in
+``hard_cases_no_prediction`` and printed); a folder with no prediction for any case is an error.
+
 The output is written to a temporary folder and renamed, so a failed run leaves nothing behind.
 """
 from __future__ import annotations
@@ -39,9 +50,11 @@ import numpy as np
 from nnunet_liver import labels as L
 from nnunet_liver.utils.io import InputError, atomic_dir, read_image, write_json_atomic
 
-__all__ = ["add_arguments", "run", "convert_patch_dataset", "patch_case"]
+__all__ = ["add_arguments", "run", "convert_patch_dataset", "patch_case", "HARD_CASES_DIR"]
 
 DEFAULT_MARGIN_MM = 10.0
+#: sub-folder of the UNet-patch dataset holding the hard-case maps
+HARD_CASES_DIR = "hardCasesTr"
 
 
 def patch_case(images: Sequence[np.ndarray], label: np.ndarray, spacing: Sequence[float],
@@ -98,10 +111,12 @@ def _cases(raw: Path, file_ending: str, num_channels: int):
 
 def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARGIN_MM,
                           masked_hu: float = L.MISSING_PHASE_VALUE, overwrite: bool = False,
-                          progress: bool = True) -> Path:
+                          progress: bool = True, hard_cases_dir=None, hard_min_volume_cm3: float = 0.5) -> Path:
     """Write the UNet-patch raw dataset derived from the whole-CT raw dataset ``input_dir`` to ``output_dir``.
 
-    Returns the output folder. Raises InputError for a missing/invalid input dataset or an existing output.
+    ``hard_cases_dir``: UNet-whole's predictions on the input's cases; their FN and FP lesions (of at least
+    ``hard_min_volume_cm3``) become the hard cases (module docstring). Returns the output folder. Raises InputError
+    for a missing/invalid input dataset or prediction, or an existing output.
     """
     import SimpleITK as sitk
     from tqdm import tqdm
@@ -120,11 +135,17 @@ def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARG
     file_ending = ds.get("file_ending", ".nii.gz")
     if not re.match(r"^Dataset\d{3}_\w+$", out.name):
         raise InputError(f"{out}: the output folder must be named like nnU-Net datasets, DatasetXXX_Name")
+    if hard_min_volume_cm3 < 0:
+        raise InputError(f"the hard cases' volume floor must be >= 0 cm3, got {hard_min_volume_cm3}")
+    if hard_cases_dir is not None and not Path(hard_cases_dir).is_dir():
+        raise InputError(f"{hard_cases_dir}: hard-case prediction folder not found")
     cases = list(_cases(raw, file_ending, len(channels)))
-    kept, skipped = [], []
+    kept, skipped, no_prediction = [], [], []
     with atomic_dir(str(out), overwrite=overwrite) as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
+        if hard_cases_dir is not None:
+            os.makedirs(os.path.join(tmp, HARD_CASES_DIR))
         for name, img_paths, lab_path in tqdm(cases, desc="patch dataset", unit="case", disable=not progress):
             lab, spacing, lab_img = read_image(str(lab_path), what="label")
             arrays = []
@@ -148,9 +169,23 @@ def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARG
             o = sitk.GetImageFromArray(patch)
             o.CopyInformation(ref)
             sitk.WriteImage(o, os.path.join(tmp, "labelsTr", f"{name}{file_ending}"), True)
-            kept.append({"case": name, "bbox_zyx": [list(b) for b in bbox]})
+            entry = {"case": name, "bbox_zyx": [list(b) for b in bbox]}
+            if hard_cases_dir is not None:
+                found = _hard_case_map(name, str(lab_path), lab, spacing, lab_img, str(hard_cases_dir),
+                                       hard_min_volume_cm3)
+                if found is None:
+                    no_prediction.append(name)
+                else:
+                    o = sitk.GetImageFromArray(found[0][z0:z1, y0:y1, x0:x1])
+                    o.CopyInformation(ref)
+                    sitk.WriteImage(o, os.path.join(tmp, HARD_CASES_DIR, f"{name}{file_ending}"), True)
+                    entry["hard_cases"] = [h.to_json() for h in found[1]]
+            kept.append(entry)
         if not kept:
             raise InputError(f"{raw}: no case holds liver voxels (labels 1..8); nothing to convert")
+        if hard_cases_dir is not None and len(no_prediction) == len(kept):
+            raise InputError(f"{hard_cases_dir}: no prediction for any case of {raw.name} (expected CASE.nii.gz or "
+                             f"CASE_lesions.nii.gz + CASE.json, e.g. {kept[0]['case']}.nii.gz)")
         dataset_json = {
             "channel_names": dict(channels), "labels": L.patch_dataset_json_labels(), "numTraining": len(kept),
             "file_ending": file_ending, "name": out.name,
@@ -160,12 +195,37 @@ def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARG
             if key in ds:
                 dataset_json[key] = ds[key]
         write_json_atomic(dataset_json, os.path.join(tmp, "dataset.json"))
-        write_json_atomic({"schema_version": "1.0", "source": str(raw), "margin_mm": margin_mm,
-                           "masked_hu": masked_hu, "cases": kept, "skipped_no_liver": skipped},
-                          os.path.join(tmp, "patch_dataset.json"))
+        info = {"schema_version": "1.0", "source": str(raw), "margin_mm": margin_mm, "masked_hu": masked_hu,
+                "cases": kept, "skipped_no_liver": skipped}
+        if hard_cases_dir is not None:
+            info["hard_cases_from"] = str(hard_cases_dir)
+            info["hard_min_volume_cm3"] = hard_min_volume_cm3
+            info["hard_cases_no_prediction"] = no_prediction
+        write_json_atomic(info, os.path.join(tmp, "patch_dataset.json"))
     if skipped:
         print(f"nnunet-liver-convert patches: skipped {len(skipped)} case(s) without liver: {', '.join(skipped)}")
+    if hard_cases_dir is not None:
+        kinds = [h["kind"] for c in kept for h in c.get("hard_cases", [])]
+        print(f"nnunet-liver-convert patches: hard cases {kinds.count('FN')} FN and {kinds.count('FP')} FP in "
+              f"{sum(bool(c.get('hard_cases')) for c in kept)} of {len(kept)} cases"
+              + (f"; no prediction (no hard cases) for {len(no_prediction)}: {', '.join(no_prediction[:10])}"
+                 + (" ..." if len(no_prediction) > 10 else "") if no_prediction else ""))
     return out
+
+
+def _hard_case_map(case: str, lab_path: str, lab: np.ndarray, spacing, lab_img, pred_dir: str, min_cm3: float):
+    """The hard-case map (full grid) and entries of one case, its prediction in ``pred_dir`` against ``lab``; None
+    when ``pred_dir`` has no prediction for it."""
+    from nnunet_liver.evaluation.evaluate import has_prediction, read_prediction
+    from nnunet_liver.postprocessing import seg2det
+    from nnunet_liver.postprocessing.hard_cases import hard_cases
+
+    if not has_prediction(pred_dir, case):
+        return None
+    pred = read_prediction(case, pred_dir, lab_path, lab_img, spacing, min_cm3)
+    ref = seg2det(lab, spacing)
+    return hard_cases(ref, pred.lesions, lab.shape, spacing, region=np.isin(lab, L.LIVER_REGION_IDS),
+                      min_ref_volume_cm3=min_cm3, min_pred_volume_cm3=min_cm3)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,11 +238,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masked-hu", type=float, default=L.MISSING_PHASE_VALUE,
                         help=f"image value outside the liver in HU (default: {L.MISSING_PHASE_VALUE})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--hard-cases", default=None, metavar="PRED_DIR",
+                        help="UNet-whole's predictions on the input's cases (CASE.nii.gz label maps, e.g. nnU-Net's "
+                             "fold_k/validation outputs, or the detector's CASE_lesions.nii.gz + CASE.json): their "
+                             "false negatives and false positives become UNet-patch's hard cases (hardCasesTr/)")
+    parser.add_argument("--hard-min-volume-cm3", type=float, default=0.5,
+                        help="smaller reference lesions and proposals are not hard cases (default: 0.5, the "
+                             "evaluation's floor)")
 
 
 def run(args: argparse.Namespace) -> Path:
     return convert_patch_dataset(args.input, args.output, margin_mm=args.margin_mm, masked_hu=args.masked_hu,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, hard_cases_dir=args.hard_cases,
+                                 hard_min_volume_cm3=args.hard_min_volume_cm3)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -38,7 +38,12 @@ Stages:
 2. ``plan-whole``  ``nnunet-liver-plan -d 601``: nnU-Net's nnUNetv2_extract_fingerprint, nnUNetv2_plan_experiment,
                    the CT window (-150..250 HU) written into the plans, nnUNetv2_preprocess.
 3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
-4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch``, ``nnunet-liver-plan -d 602``.
+3b. ``hard-cases`` (opt-in, not among the default stages) ``nnunet-liver-detect --factors 4 --patch-model none``
+                   of UNet-whole (the work folder's, or ``--models DIR``'s) on the training cases
+                   -> ``WORK/hard_cases``.
+4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch`` (``--hard-cases WORK/hard_cases``
+                   when that folder exists: UNet-whole's FN and FP as UNet-patch's hard cases),
+                   ``nnunet-liver-plan -d 602``.
 5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``, from
                    UNet-whole's final weights, or those of ``--patch-init DIR`` or ``--patch-init FILE.pth`` (a
                    UNet-whole or UNet-patch checkpoint), segmentation heads included (``nnUNet_liver_demo_init``:
@@ -80,7 +85,9 @@ TEST_SEED, TEST_CASES = 20261, 30
 MISSING_DELAYED = 0.25
 WHOLE_ID, WHOLE_NAME, WHOLE_TRAINER = 601, "Dataset601_DemoLiverPhantom", "LiverIFMTrainer_demo"
 PATCH_ID, PATCH_NAME, PATCH_TRAINER = 602, "Dataset602_DemoLiverPatch", "LesionShufflePatchTrainer_demo"
-STAGES = ("data", "plan-whole", "train-whole", "patches", "train-patch", "export", "evaluate")
+STAGES = ("data", "plan-whole", "train-whole", "hard-cases", "patches", "train-patch", "export", "evaluate")
+#: the stages run without --stages (hard-cases is opt-in: the bundled UNet-patch was trained without them)
+DEFAULT_STAGES = tuple(s for s in STAGES if s != "hard-cases")
 #: the three models of seed 003 Tables II and IV: name -> nnunet-liver-detect flags
 MODELS = {"Base": ["--factors", "1", "--patch-model", "none"],
           "Base+ReCls": ["--factors", "1", "--patch-model", "{patch}"],
@@ -157,9 +164,22 @@ def plan(work, env, dataset_id):
         {**env, "nnUNet_n_proc_DA": "1"}, work / "logs" / f"plan_{dataset_id}.log")
 
 
+def stage_hard_cases(work, env, whole: Path) -> Path:
+    """UNet-whole's f = 4 proposals on its own training cases (no reclassification, no mirroring), the source of
+    UNet-patch's hard cases (seed 003, III-B): ``WORK/hard_cases``."""
+    out = work / "hard_cases"
+    run(["nnunet-liver-detect", "-i", work / "nnUNet_raw" / WHOLE_NAME / "imagesTr", "-o", out, "-m", whole,
+         "--patch-model", "none", "--factors", "4", "--disable-tta", "--no-report", "--overwrite"], env,
+        work / "logs" / "hard_cases_detect.log")
+    return out
+
+
 def stage_patches(work, env):
+    """The UNet-patch dataset, with hard cases when ``WORK/hard_cases`` holds UNet-whole's proposals."""
+    hard = work / "hard_cases"
     run(["nnunet-liver-convert", "patches", "-i", work / "nnUNet_raw" / WHOLE_NAME,
-         "-o", work / "nnUNet_raw" / PATCH_NAME], env, work / "logs" / "patches.log")
+         "-o", work / "nnUNet_raw" / PATCH_NAME, *(["--hard-cases", hard] if hard.is_dir() else [])], env,
+        work / "logs" / "patches.log")
     plan(work, env, PATCH_ID)
 
 
@@ -238,7 +258,8 @@ def stage_evaluate(work, env, whole="demo", patch="demo", num_cases=TEST_CASES, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-w", "--work", default="/work/demo_build", help="work folder (outside the repository)")
-    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run, in order")
+    p.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES,
+                   help="stages to run, in order (default: all but hard-cases)")
     p.add_argument("--device", default="cpu", help="nnUNetv2_train -device (cpu, cuda)")
     p.add_argument("--warm-start", type=Path, default=None, metavar="DIR",
                    help="start UNet-whole from every weight of DIR/whole/fold_0/checkpoint_final.pth, segmentation "
@@ -255,7 +276,8 @@ def main(argv=None) -> int:
                         "state and epoch counter) up to --epochs")
     p.add_argument("--models", type=Path, default=None, metavar="DIR",
                    help="evaluate the models in DIR (laid out like nnunet_liver/demo_models: whole/, patch/) instead "
-                        "of the bundled ones; results in WORK/test_<DIR name>")
+                        "of the bundled ones; results in WORK/test_<DIR name>; the hard-cases stage takes "
+                        "DIR/whole as UNet-whole (default: the work folder's)")
     p.add_argument("--no-patch", action="store_true",
                    help="export and evaluate UNet-whole alone (no UNet-patch bundled; evaluation runs Base and High "
                         "without reclassification)")
@@ -285,6 +307,9 @@ def main(argv=None) -> int:
         elif stage == "train-whole":
             train(work, env, WHOLE_ID, WHOLE_TRAINER, args.device, args.epochs and args.epochs[0],
                   warm_start(args.warm_start), args.continue_training, args.lesion_ce and args.lesion_ce[0])
+        elif stage == "hard-cases":
+            stage_hard_cases(work, env, args.models / "whole" if args.models else
+                             model_folder(work, WHOLE_NAME, WHOLE_TRAINER))
         elif stage == "patches":
             stage_patches(work, env)
         elif stage == "train-patch":

@@ -6,8 +6,10 @@
 - ``tiny_whole_model``: 8 phantom cases (16 x 64 x 64, every fourth one without its delayed phase) ->
   ``nnunet-liver-plan`` (nnU-Net's planning with the CT window) -> ``nnUNetv2_train ... -tr LiverIFMTrainer_tiny -device cpu``; returns a
   :class:`TrainedModel` (model folder, dataset id/folder, env).
-- ``tiny_patch_model``: ``nnunet-liver-convert patches`` of that dataset -> plan -> train
-  ``LesionShufflePatchTrainer_tiny``; returns a :class:`TrainedModel`.
+- ``tiny_patch_model``: ``nnUNetv2_predict`` of the tiny whole model on its own training images (the hard cases'
+  source), ``nnunet-liver-convert patches --hard-cases`` of that dataset -> plan -> train
+  ``LesionShufflePatchTrainer_tiny`` (a quarter of its patches around the hard cases); returns a
+  :class:`TrainedModel`.
 
 Tests using the model fixtures must be marked ``@pytest.mark.slow``.
 """
@@ -97,5 +99,11 @@ def tiny_whole_model(nnunet_dirs) -> TrainedModel:
 def tiny_patch_model(nnunet_dirs, tiny_whole_model) -> TrainedModel:
     from nnunet_liver.dataset_conversion.patches import convert_patch_dataset
 
-    convert_patch_dataset(tiny_whole_model.raw_dataset, nnunet_dirs.raw / PATCH_NAME, progress=False)
+    whole_pred = nnunet_dirs.results.parent / "whole_train_predictions"
+    run_nnunet(["nnUNetv2_predict", "-i", tiny_whole_model.raw_dataset / "imagesTr", "-o", whole_pred, "-d", WHOLE_ID,
+                "-c", "3d_fullres", "-f", "0", "-tr", tiny_whole_model.trainer, "-device", "cpu", "--disable_tta",
+                "-npp", "1", "-nps", "1"], {**nnunet_dirs.env, "nnUNet_n_proc_DA": "0"},
+               nnunet_dirs.results.parent / "predict_whole_train.log")
+    convert_patch_dataset(tiny_whole_model.raw_dataset, nnunet_dirs.raw / PATCH_NAME, progress=False,
+                          hard_cases_dir=whole_pred)
     return plan_and_train(nnunet_dirs, PATCH_ID, PATCH_NAME, "LesionShufflePatchTrainer_tiny")

@@ -1,5 +1,6 @@
 """Trainers: dataset checks, network factories, data loaders; slow: real nnU-Net training and prediction on CPU."""
 import json
+import re
 import subprocess
 import sys
 
@@ -393,6 +394,13 @@ def test_tiny_patch_model_trains_and_predicts_reclassification_patches(tiny_patc
     with torch.no_grad():
         logits = pred.network(torch.from_numpy(patches))
     assert logits.shape == (4, 8, 8, 16, 16) and torch.isfinite(logits).all()
+    # the patch dataset carries the tiny UNet-whole's misses and false alarms, and training drew patches around them
+    assert truth["hard_cases_no_prediction"] == []
+    n_hard = sum(len(c["hard_cases"]) for c in truth["cases"])
+    assert n_hard > 0
+    log = "".join(p.read_text() for p in (tiny_patch_model.model_folder / "fold_0").glob("training_log_*.txt"))
+    used = re.search(r"LesionShufflePatchTrainer: (\d+) FN and (\d+) FP hard cases in the training cases, 25%", log)
+    assert used and 0 < int(used.group(1)) + int(used.group(2)) <= n_hard, log[-2000:]
 
 
 def test_demo_trainers_weight_lesion_classes_in_nnunets_loss(tmp_path, monkeypatch):

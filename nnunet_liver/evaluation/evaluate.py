@@ -22,7 +22,8 @@ from nnunet_liver.labels import LESION_IDS, LIVER_REGION_IDS, NUM_CLASSES, id_of
 from nnunet_liver.utils.io import InputError, read_image
 from nnunet_liver.evaluation import metrics as M
 
-__all__ = ["CaseResult", "EvaluationResult", "evaluate_case", "evaluate_folders", "list_cases", "SCHEMA_VERSION"]
+__all__ = ["CaseResult", "EvaluationResult", "Prediction", "evaluate_case", "evaluate_folders", "list_cases",
+           "has_prediction", "read_prediction", "read_reference", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = "1.0"
 _SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -125,6 +126,15 @@ def list_cases(ref_dir: str) -> List[Tuple[str, str]]:
     return out
 
 
+def has_prediction(pred_dir: str, case: str) -> bool:
+    """Whether ``pred_dir`` holds a prediction of ``case`` that :func:`read_prediction` would read."""
+    try:
+        _find_prediction(pred_dir, case)
+    except InputError:
+        return False
+    return True
+
+
 def _find_prediction(pred_dir: str, case: str) -> Tuple[str, str, Optional[str]]:
     for s in _SUFFIXES:
         inst, js = os.path.join(pred_dir, case + "_lesions" + s), os.path.join(pred_dir, case + ".json")
@@ -189,60 +199,89 @@ def _dice_counts(ref: np.ndarray, pred_types: np.ndarray, pred_full: Optional[np
     return out
 
 
-def evaluate_case(case: str, ref_path: str, pred_dir: str, overlap: str = "any", min_ref_volume_cm3: float = 0.5,
-                  min_pred_volume_cm3: float = 0.5) -> CaseResult:
-    """Evaluate one case (see the module docstring)."""
-    from nnunet_liver.postprocessing import classify_patient, lesions_from_instance_map, match, seg2det
+@dataclass
+class Prediction:
+    """One case's prediction read by :func:`read_prediction`, on the reference's grid."""
+    mode: str  # "labelmap" or "detector"
+    path: str
+    lesions: list
+    patient_class: str
+    livermax: Optional[Dict[str, float]]
+    types: np.ndarray  # lesion type per voxel (0 elsewhere)
+    full: Optional[np.ndarray]  # the whole 13-class label map (label-map mode only)
+
+
+def read_prediction(case: str, pred_dir: str, ref_path: str, ref_img, spacing, min_pred_volume_cm3: float = 0.5
+                    ) -> Prediction:
+    """Read ``case``'s prediction from ``pred_dir`` (label map, or the detector's instance map + JSON), check its
+    geometry against the reference image ``ref_img`` (read from ``ref_path``) and make its lesions.
+
+    Raises InputError naming the file for a missing, malformed or misaligned prediction.
+    """
+    from nnunet_liver.postprocessing import classify_patient, lesions_from_instance_map, seg2det
     from nnunet_liver.postprocessing.patient import PATIENT_CLASSES, UNCERTAIN
 
-    ref, spacing, ref_img = read_image(ref_path, "label")
-    ref = _labels(ref, ref_path)
     mode, pred_path, json_path = _find_prediction(pred_dir, case)
     pred, _, pred_img = read_image(pred_path, "label")
     _check_geometry(ref_img, pred_img, ref_path, pred_path)
     origin, direction = ref_img.GetOrigin(), ref_img.GetDirection()
-    ref_les = seg2det(ref, spacing, origin=origin, direction=direction)
-    livermax = None
     if mode == "labelmap":
         pred = _labels(pred, pred_path)
         pred_les = seg2det(pred, spacing, origin=origin, direction=direction)
         pred_class = classify_patient(pred_les, min_volume_cm3=min_pred_volume_cm3)
-        pred_types, pred_full = pred, pred
-    else:
-        d = _read_json(json_path)
+        return Prediction(mode, pred_path, pred_les, pred_class, None, pred, pred)
+    d = _read_json(json_path)
+    try:
+        types = {int(l["id"]): l["type"] for l in d["lesions"]}
+        scores = {int(l["id"]): l.get("score") for l in d["lesions"]}
+        for t in types.values():
+            id_of(t)
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{json_path}: malformed lesions entry ({e})") from None
+    if not np.issubdtype(pred.dtype, np.integer) or pred.min() < 0:
+        raise InputError(f"{pred_path}: lesion instance map must hold non-negative integers")
+    try:
+        pred_les = lesions_from_instance_map(pred, spacing, types, scores, origin=origin, direction=direction)
+    except ValueError as e:
+        raise InputError(f"{json_path}: {e}") from None
+    patient = d.get("patient") or {}
+    pred_class = patient.get("class") or classify_patient(pred_les, min_volume_cm3=min_pred_volume_cm3)
+    if pred_class not in PATIENT_CLASSES + (UNCERTAIN,):
+        raise InputError(f"{json_path}: patient.class {pred_class!r} is not one of "
+                         f"{', '.join(PATIENT_CLASSES + (UNCERTAIN,))}")
+    livermax = patient.get("livermax")
+    if livermax is not None:
         try:
-            types = {int(l["id"]): l["type"] for l in d["lesions"]}
-            scores = {int(l["id"]): l.get("score") for l in d["lesions"]}
-            for t in types.values():
-                id_of(t)
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{json_path}: malformed lesions entry ({e})") from None
-        if not np.issubdtype(pred.dtype, np.integer) or pred.min() < 0:
-            raise InputError(f"{pred_path}: lesion instance map must hold non-negative integers")
-        try:
-            pred_les = lesions_from_instance_map(pred, spacing, types, scores, origin=origin, direction=direction)
-        except ValueError as e:
-            raise InputError(f"{json_path}: {e}") from None
-        patient = d.get("patient") or {}
-        pred_class = patient.get("class") or classify_patient(pred_les, min_volume_cm3=min_pred_volume_cm3)
-        if pred_class not in PATIENT_CLASSES + (UNCERTAIN,):
-            raise InputError(f"{json_path}: patient.class {pred_class!r} is not one of "
-                             f"{', '.join(PATIENT_CLASSES + (UNCERTAIN,))}")
-        livermax = patient.get("livermax")
-        if livermax is not None:
-            try:
-                livermax = {str(k): float(v) for k, v in livermax.items()}
-            except (AttributeError, TypeError, ValueError):
-                raise InputError(f"{json_path}: patient.livermax must map type names to numbers") from None
-        pred_types = np.zeros(pred.shape, np.uint8)
-        for les in pred_les:
-            np.putmask(pred_types[les.slices], les.mask, np.uint8(les.label))
-        pred_full = None
-    m = match(ref_les, pred_les, min_ref_volume_cm3=min_ref_volume_cm3, min_pred_volume_cm3=min_pred_volume_cm3,
+            livermax = {str(k): float(v) for k, v in livermax.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise InputError(f"{json_path}: patient.livermax must map type names to numbers") from None
+    pred_types = np.zeros(pred.shape, np.uint8)
+    for les in pred_les:
+        np.putmask(pred_types[les.slices], les.mask, np.uint8(les.label))
+    return Prediction(mode, pred_path, pred_les, pred_class, livermax, pred_types, None)
+
+
+def read_reference(ref_path: str):
+    """``(label map, spacing, image, lesions)`` of a reference 13-class label map (InputError for a bad file)."""
+    from nnunet_liver.postprocessing import seg2det
+
+    ref, spacing, ref_img = read_image(ref_path, "label")
+    ref = _labels(ref, ref_path)
+    return ref, spacing, ref_img, seg2det(ref, spacing, origin=ref_img.GetOrigin(), direction=ref_img.GetDirection())
+
+
+def evaluate_case(case: str, ref_path: str, pred_dir: str, overlap: str = "any", min_ref_volume_cm3: float = 0.5,
+                  min_pred_volume_cm3: float = 0.5) -> CaseResult:
+    """Evaluate one case (see the module docstring)."""
+    from nnunet_liver.postprocessing import classify_patient, match
+
+    ref, spacing, ref_img, ref_les = read_reference(ref_path)
+    pred = read_prediction(case, pred_dir, ref_path, ref_img, spacing, min_pred_volume_cm3)
+    m = match(ref_les, pred.lesions, min_ref_volume_cm3=min_ref_volume_cm3, min_pred_volume_cm3=min_pred_volume_cm3,
               overlap=overlap)
     ref_class = classify_patient(ref_les, min_volume_cm3=min_ref_volume_cm3)
-    return CaseResult(case, mode, m, ref_les, pred_les, ref_class, pred_class, livermax,
-                      _dice_counts(ref, pred_types, pred_full))
+    return CaseResult(case, pred.mode, m, ref_les, pred.lesions, ref_class, pred.patient_class, pred.livermax,
+                      _dice_counts(ref, pred.types, pred.full))
 
 
 def evaluate_folders(ref_dir: str, pred_dir: str, overlap: str = "any", min_ref_volume_cm3: float = 0.5,

@@ -14,7 +14,8 @@ label 0). Label maps use the patch scheme: 0 outside liver, 1..6 lesion types, 7
 images (normalised intensities) and (Z, Y, X) labels; patch sizes are (z, y, x) voxels. Inputs are never modified.
 
 Reclassification at inference uses :func:`make_reclassification_patches` (original and shuffled positives of one
-lesion proposal).
+lesion proposal). Hard cases (UNet-whole's FP and FN on the training data, seed 003 III-B) are cut by
+:func:`sample_hard_case_patch`, original or shuffled, with their reference labels.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from scipy import ndimage
 from nnunet_liver.labels import LESION_IDS, PATCH_LIVER, PATCH_MASKED
 
 __all__ = ["SCHEMES", "DEFAULT_SCHEME_RATES", "crop", "lesion_components", "component_type", "sample_training_patch",
-           "transplant_lesion", "erase_lesions", "make_reclassification_patches"]
+           "transplant_lesion", "erase_lesions", "make_reclassification_patches", "sample_hard_case_patch"]
 
 SCHEMES: Tuple[str, ...] = ("original_positive", "original_negative", "shuffled_positive", "shuffled_negative")
 DEFAULT_SCHEME_RATES: Dict[str, float] = {s: 0.25 for s in SCHEMES}
@@ -233,18 +234,52 @@ def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_
         else:
             image, label = erase_lesions(case_image, case_label, start, patch_size, rng, masked_value)
     else:  # shuffled_positive
-        start = _negative_start(case_label, patch_size, rng)
-        if start is None:
-            start = [int(rng.integers(min(0, d - p), max(0, d - p) + 1)) for d, p in zip(case_label.shape, patch_size)]
-            image, label = erase_lesions(case_image, case_label, start, patch_size, rng, masked_value)
-        else:
-            image = crop(case_image, start, patch_size, masked_value)
-            label = crop(case_label, start, patch_size, PATCH_MASKED)
+        image, label = _negative_crop(case_image, case_label, patch_size, rng, masked_value)
         box, mask = comps[rng.integers(len(comps))]
         image, label, _ = transplant_lesion(image, label, case_image[(slice(None),) + box], case_label[box], mask,
                                             rng)
     image = _mask_outside(image.astype(np.float32, copy=True), label, masked_value)
     return image, label.astype(np.int16), scheme
+
+
+def _negative_crop(case_image: np.ndarray, case_label: np.ndarray, patch_size, rng, masked_value: float):
+    """A lesion-free liver crop (image, label); where the case has none, a random crop with its lesions erased."""
+    start = _negative_start(case_label, patch_size, rng)
+    if start is None:
+        start = [int(rng.integers(min(0, d - p), max(0, d - p) + 1)) for d, p in zip(case_label.shape, patch_size)]
+        return erase_lesions(case_image, case_label, start, patch_size, rng, masked_value)
+    return crop(case_image, start, patch_size, masked_value), crop(case_label, start, patch_size, PATCH_MASKED)
+
+
+def sample_hard_case_patch(case_image: np.ndarray, case_label: np.ndarray, patch_size: Sequence[int], rng,
+                           box: Tuple[slice, ...], mask: np.ndarray, shuffled: bool, masked_value: float = 0.0
+                           ) -> Tuple[np.ndarray, np.ndarray]:
+    """One UNet-patch training patch around a hard case (UNet-whole's FP or FN, see ``postprocessing.hard_cases``).
+
+    Parameters
+    ----------
+    case_image, case_label : as in :func:`sample_training_patch` (the reference labels of the case)
+    box, mask : the hard case's bounding box (slices of the case grid) and its voxels in that box
+    shuffled : False: a crop at a random offset that keeps the box inside (``original``); True: the hard case's
+        voxels, image and reference labels together, transplanted onto lesion-free liver of a negative crop of the
+        same case (``shuffled``), as :func:`transplant_lesion` does for lesions
+
+    Returns
+    -------
+    image (C, pz, py, px) float32 and label (pz, py, px) int16, outside-liver voxels masked. The labels are the
+    reference's: an FP region is liver (7), an FN lesion keeps its type.
+    """
+    patch_size = tuple(int(p) for p in patch_size)
+    if not shuffled:
+        start = _start_around(box, patch_size, rng)
+        image = crop(case_image, start, patch_size, masked_value)
+        label = crop(case_label, start, patch_size, PATCH_MASKED)
+    else:
+        image, label = _negative_crop(case_image, case_label, patch_size, rng, masked_value)
+        image, label, _ = transplant_lesion(image, label, case_image[(slice(None),) + tuple(box)],
+                                            case_label[tuple(box)], np.asarray(mask, bool), rng)
+    image = _mask_outside(image.astype(np.float32, copy=True), label, masked_value)
+    return image, label.astype(np.int16)
 
 
 def make_reclassification_patches(image: np.ndarray, liver_mask: np.ndarray, lesion_mask: np.ndarray, n: int = 10,

@@ -8,7 +8,10 @@
   missing-phase detection and random phase dropout; ``LiverIFMTrainer_classBalanced`` centres its lesion patches
   on a lesion type drawn first (uniform over the types), then a case holding it.
 - ``LesionShufflePatchTrainer`` (liver_patch_trainer): UNet-patch on lesion-shuffle patches;
-  ``LesionShufflePatchTrainer_classBalanced`` draws a lesion type first, then a case and a lesion of that type.
+  ``LesionShufflePatchTrainer_classBalanced`` draws a lesion type first, then a case and a lesion of that type;
+  ``LesionShufflePatchTrainer_presentDice`` averages the Dice term over the classes present in each batch
+  (liver_losses). With hard cases in the dataset (``nnunet-liver-convert patches --hard-cases``) a quarter of the
+  patches are cut around UNet-whole's false negatives and false positives.
 - ``*_tiny`` (liver_tiny_trainers): tiny networks and a few iterations, for CPU tests and the demo.
 
 nnU-Net imports every module of this folder as a top-level module, so the modules use absolute imports and

@@ -11,11 +11,14 @@
   voxels masked), then nnU-Net's transforms run on it as usual. With ``class_balanced`` each patch first draws a
   lesion type uniformly among the types of the training cases, then a case holding that type, then one of its
   lesions of that type (nnU-Net's uniform draw of cases otherwise: rare types such as metastases, a few percent of
-  the lesions, would be seen a few percent of the time).
+  the lesions, would be seen a few percent of the time). With hard cases (UNet-whole's FN and FP on the training
+  cases, ``nnunet-liver-convert patches --hard-cases``) a share ``hard_case_rate`` of the patches is cut around one
+  of them, drawn uniformly over all of them, original or shuffled at even odds
+  (:func:`nnunet_liver.postprocessing.shuffle.sample_hard_case_patch`; seed 003, III-B).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,9 +27,9 @@ from threadpoolctl import threadpool_limits
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from nnunet_liver.labels import LESION_IDS, PATCH_MASKED
-from nnunet_liver.postprocessing.shuffle import sample_training_patch
+from nnunet_liver.postprocessing.shuffle import sample_hard_case_patch, sample_training_patch
 
-__all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader"]
+__all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader", "hard_cases_to_preprocessed"]
 
 _UNPLANNED = object()  # get_bbox called outside a class-balanced batch: the per-case draw of a lesion type
 
@@ -108,6 +111,26 @@ class LesionOversamplingDataLoader(_LesionTypeIndex, nnUNetDataLoader):
         return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
 
 
+def hard_cases_to_preprocessed(hard_map: np.ndarray, properties: dict, transpose_forward: Sequence[int],
+                               shape: Sequence[int]) -> np.ndarray:
+    """Put a raw-grid hard-case map (Z, Y, X as nnU-Net's reader returns it) on a preprocessed case's grid: the
+    plans' axis transpose, nnU-Net's crop (``bbox_used_for_cropping``), then nearest-neighbour resampling to
+    ``shape`` (voxel centres) when the spacing changed. Raises ValueError when the map does not fit the case."""
+    m = np.asarray(hard_map).transpose([int(t) for t in transpose_forward])
+    before = properties.get("shape_before_cropping")
+    if before is not None and tuple(m.shape) != tuple(int(v) for v in before):
+        raise ValueError(f"hard-case map shape {tuple(m.shape)} differs from the case's {tuple(before)}")
+    bbox = properties.get("bbox_used_for_cropping")
+    if bbox is not None:
+        m = m[tuple(slice(int(a), int(b)) for a, b in bbox)]
+    shape = tuple(int(v) for v in shape)
+    if m.shape != shape:
+        idx = [np.minimum(((np.arange(n) + 0.5) * m.shape[i] / n).astype(int), m.shape[i] - 1)
+               for i, n in enumerate(shape)]
+        m = m[np.ix_(*idx)]
+    return m
+
+
 class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     """Patches by lesion shuffle from liver-cropped cases (labels 0 masked, 1..6 lesions, 7 liver).
 
@@ -117,15 +140,46 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     stores in each case's properties), then a case that holds it, then one of its lesions of that type; cases
     without lesions are then never drawn (negative patches come from the lesion-free liver of the drawn cases). The
     schemes drawn are counted in ``self.scheme_counts``, the lesion types drawn in ``self.class_counts``.
+
+    ``hard_cases``: {case key: (hard-case map on the raw grid, [{"id", "kind"}, ...])} (``nnunet-liver-convert
+    patches --hard-cases``), put on each preprocessed case's grid with ``transpose_forward``
+    (:func:`hard_cases_to_preprocessed`); cases not in the loader are left out. With probability ``hard_case_rate``
+    a patch is cut around a hard case drawn uniformly over ``self.hard_index`` (scheme ``hard_FN_original``,
+    ``hard_FN_shuffled``, ``hard_FP_original`` or ``hard_FP_shuffled``).
     """
 
     def __init__(self, *args, scheme_rates: Optional[Dict[str, float]] = None, masked_value: float = 0.0,
-                 class_balanced: bool = False, **kwargs):
+                 class_balanced: bool = False, hard_cases: Optional[Dict[str, tuple]] = None,
+                 hard_case_rate: float = 0.0, transpose_forward: Sequence[int] = (0, 1, 2), **kwargs):
         super().__init__(*args, **kwargs)
+        if not 0.0 <= hard_case_rate <= 1.0:
+            raise ValueError(f"hard_case_rate must be in [0, 1], got {hard_case_rate}")
         self.scheme_rates = scheme_rates
         self.masked_value = masked_value
         self.scheme_counts: Dict[str, int] = {}
         self._init_lesion_types(class_balanced)
+        self.hard_index: List[Tuple[str, str, tuple, np.ndarray]] = self._index_hard_cases(hard_cases or {},
+                                                                                           transpose_forward)
+        self.hard_case_rate = hard_case_rate if self.hard_index else 0.0
+
+    def _index_hard_cases(self, hard_cases: Dict[str, tuple], transpose_forward) -> List[tuple]:
+        """[(case key, kind, box slices, bool mask of the box)] of the loader's cases' hard cases."""
+        from scipy import ndimage
+
+        index = []
+        for key in self.indices:
+            if key not in hard_cases:
+                continue
+            hard_map, entries = hard_cases[key]
+            if not entries:
+                continue
+            data, _, _, properties = self._data.load_case(key)
+            m = hard_cases_to_preprocessed(hard_map, properties, transpose_forward, data.shape[1:])
+            kinds = {int(e["id"]): str(e["kind"]) for e in entries}
+            for i, box in enumerate(ndimage.find_objects(m.astype(np.int64)), start=1):
+                if box is not None and i in kinds:  # a hard case resampled away has no voxel left
+                    index.append((key, kinds[i], box, m[box] == i))
+        return index
 
     def choose_cases(self) -> List[Tuple[str, Optional[int]]]:
         """(case key, lesion type or None) for each patch of a batch."""
@@ -134,18 +188,29 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
         return [self.draw_lesion_type() for _ in range(self.batch_size)]
 
     def generate_train_batch(self):
-        chosen = self.choose_cases()
-        selected_keys = [key for key, _ in chosen]
+        chosen = [(key, c, None) for key, c in self.choose_cases()]
+        for j in range(len(chosen)):
+            if self.hard_case_rate and np.random.uniform() < self.hard_case_rate:
+                hard = self.hard_index[np.random.randint(len(self.hard_index))]
+                chosen[j] = (hard[0], None, hard)
+        selected_keys = [key for key, _, _ in chosen]
         rng = np.random.default_rng(np.random.randint(0, 2 ** 31 - 1))
         data_all, seg_all = None, None
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
-            for j, (key, lesion_class) in enumerate(chosen):
+            for j, (key, lesion_class, hard) in enumerate(chosen):
                 data, seg, _, _ = self._data.load_case(key)
                 label = np.asarray(seg[0]).astype(np.int16)
                 label[label < 0] = PATCH_MASKED  # nnU-Net's "outside the nonzero region"
-                image, label, scheme = sample_training_patch(
-                    np.asarray(data, dtype=np.float32), label, self.patch_size, rng, self.scheme_rates,
-                    self.masked_value, lesion_class=lesion_class)
+                if hard is None:
+                    image, label, scheme = sample_training_patch(
+                        np.asarray(data, dtype=np.float32), label, self.patch_size, rng, self.scheme_rates,
+                        self.masked_value, lesion_class=lesion_class)
+                else:
+                    shuffled = bool(rng.integers(2))
+                    image, label = sample_hard_case_patch(np.asarray(data, dtype=np.float32), label,
+                                                          self.patch_size, rng, hard[2], hard[3], shuffled,
+                                                          self.masked_value)
+                    scheme = f"hard_{hard[1]}_{'shuffled' if shuffled else 'original'}"
                 self.scheme_counts[scheme] = self.scheme_counts.get(scheme, 0) + 1
                 sample = {"image": torch.from_numpy(image), "segmentation": torch.from_numpy(label[None])}
                 if self.transforms is not None:

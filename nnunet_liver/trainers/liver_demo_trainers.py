@@ -36,7 +36,8 @@ from nnunet_liver.trainers.liver_networks import tiny_configuration
 from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, wrap_phase_transforms
 
-__all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "DEMO_FEATURES", "demo_configuration",
+__all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "LesionShufflePatchTrainer_demoPresentDice",
+           "DEMO_FEATURES", "demo_configuration",
            "demo_num_epochs", "demo_lesion_ce_weight", "DEMO_EPOCHS_ENV", "DEMO_INIT_ENV", "DEMO_LESION_CE_ENV",
            "load_weights_with_heads"]
 
@@ -217,7 +218,7 @@ class LesionShufflePatchTrainer_demo(_InitWithHeads, LesionShufflePatchTrainer):
     class_balanced = True
 
     def _build_loss(self):
-        return _lesion_weighted_loss(self, DEMO_LESION_CE_WEIGHT["patch"])
+        return self.adapt_loss(_lesion_weighted_loss(self, DEMO_LESION_CE_WEIGHT["patch"]))
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -235,3 +236,10 @@ class LesionShufflePatchTrainer_demo(_InitWithHeads, LesionShufflePatchTrainer):
     def training_configuration(cls, plans_manager, configuration_manager):
         return demo_configuration(super().training_configuration(plans_manager, configuration_manager),
                                   DEMO_PATCH_PATCH_SIZE, transpose_forward=plans_manager.transpose_forward)
+
+
+class LesionShufflePatchTrainer_demoPresentDice(LesionShufflePatchTrainer_demo):
+    """The demo's UNet-patch with the Dice term averaged over the classes present in each batch
+    (``LesionShufflePatchTrainer_presentDice``)."""
+
+    present_class_dice = True

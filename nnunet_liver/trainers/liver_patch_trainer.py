@@ -5,21 +5,31 @@ masked, labels 0 (masked) / 1..6 (lesion types) / 7 (liver), the whole-CT datase
 patch (16 x 128 x 128 voxels, z y x) is made on the fly by one of the four lesion-shuffle schemes, outside-liver
 voxels are set to ``masked_value`` (normalised intensity, the same value reclassification uses), then nnU-Net's
 augmentations run. The network is the IFM network of ``LiverIFMTrainer``, so one UNet-patch serves any phase subset.
+
+Hard cases (seed 003, III-B): when the raw patch dataset (``$nnUNet_raw/DATASET``) was converted with
+``--hard-cases``, its ``hardCasesTr/`` maps of UNet-whole's false negatives and false positives are read at the
+start of training and ``hard_case_rate`` (default 0.25) of the training patches are cut around them, original or
+shuffled; without them (or with ``hard_case_rate = 0``) training is unchanged.
 """
 from __future__ import annotations
 
 import copy
+import json
+import os
 from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_liver.labels import patch_dataset_json_labels
 from nnunet_liver.trainers.liver_dataloading import LesionShuffleDataLoader
+from nnunet_liver.trainers.liver_losses import use_present_class_dice
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, check_labels
 
-__all__ = ["LesionShufflePatchTrainer", "LesionShufflePatchTrainer_classBalanced", "PATCH_SIZE", "with_patch_size"]
+__all__ = ["LesionShufflePatchTrainer", "LesionShufflePatchTrainer_classBalanced",
+           "LesionShufflePatchTrainer_presentDice", "PATCH_SIZE", "with_patch_size"]
 
 #: UNet-patch's patch (z, y, x voxels), seed 003 section IV-B
 PATCH_SIZE: Tuple[int, int, int] = (16, 128, 128)
@@ -54,6 +64,11 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
     #: draw a lesion type first, then a case and a lesion of that type (LesionShuffleDataLoader); off: nnU-Net's
     #: uniform draw of cases, as in seed 003
     class_balanced: bool = False
+    #: share of the training patches cut around a hard case, when the raw dataset has them (the paper gives no rate)
+    hard_case_rate: float = 0.25
+    #: average the Dice term over the classes present in the batch only (liver_losses.PresentClassSoftDiceLoss);
+    #: off: nnU-Net's loss
+    present_class_dice: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -63,6 +78,16 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
                 f"LesionShufflePatchTrainer: the planned network's strides do not divide the patch size "
                 f"{self.patch_size}; training on the planned patch size {self.configuration_manager.patch_size}")
         self.configuration_manager = self.training_configuration(self.plans_manager, self.configuration_manager)
+
+    def _build_loss(self):
+        return self.adapt_loss(super()._build_loss())
+
+    def adapt_loss(self, loss):
+        """nnU-Net's loss, its Dice term averaged over the classes present when ``present_class_dice``."""
+        if self.present_class_dice:
+            self.print_to_log_file("Dice term averaged over the classes present in each batch")
+            return use_present_class_dice(loss)
+        return loss
 
     @classmethod
     def training_configuration(cls, plans_manager, configuration_manager) -> ConfigurationManager:
@@ -79,11 +104,61 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
         check_labels(dataset_json, patch_dataset_json_labels(), "patch-model (0 masked, 1..6 lesions, 7 liver)")
 
     def make_dataloader(self, dataset, patch_size, final_patch_size, transforms, train: bool):
-        return LesionShuffleDataLoader(
+        hard = self.load_hard_cases() if train and self.hard_case_rate > 0 else {}
+        dl = LesionShuffleDataLoader(
             dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
             oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
             pad_sides=None, transforms=transforms, probabilistic_oversampling=self.probabilistic_oversampling,
-            scheme_rates=self.scheme_rates, masked_value=self.masked_value, class_balanced=self.class_balanced)
+            scheme_rates=self.scheme_rates, masked_value=self.masked_value, class_balanced=self.class_balanced,
+            hard_cases=hard, hard_case_rate=self.hard_case_rate,
+            transpose_forward=self.plans_manager.transpose_forward)
+        if hard:
+            kinds = [h[1] for h in dl.hard_index]
+            self.print_to_log_file(f"LesionShufflePatchTrainer: {kinds.count('FN')} FN and {kinds.count('FP')} FP "
+                                   f"hard cases in the training cases, {dl.hard_case_rate:.0%} of the patches")
+        return dl
+
+    def hard_cases_folder(self) -> Optional[str]:
+        """``$nnUNet_raw/DATASET`` when it holds ``patch_dataset.json`` (None otherwise)."""
+        from nnunetv2 import paths
+
+        if not paths.nnUNet_raw:
+            return None
+        folder = os.path.join(paths.nnUNet_raw, self.plans_manager.dataset_name)
+        return folder if os.path.isfile(os.path.join(folder, "patch_dataset.json")) else None
+
+    def load_hard_cases(self) -> Dict[str, tuple]:
+        """{case: (hard-case map on the raw grid, entries)} from the raw patch dataset (empty when it has none)."""
+        from nnunet_liver.dataset_conversion.patches import HARD_CASES_DIR
+
+        folder = self.hard_cases_folder()
+        if folder is None:
+            return {}
+        with open(os.path.join(folder, "patch_dataset.json")) as f:
+            info = json.load(f)
+        if "hard_cases_from" not in info:
+            return {}
+        reader = self.plans_manager.image_reader_writer_class()
+        ending = self.dataset_json.get("file_ending", ".nii.gz")
+        out = {}
+        for case in info.get("cases", []):
+            entries = case.get("hard_cases") or []
+            if not entries:
+                continue
+            path = os.path.join(folder, HARD_CASES_DIR, case["case"] + ending)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: hard-case map listed in patch_dataset.json is missing")
+            seg, _ = reader.read_seg(path)
+            out[case["case"]] = (np.asarray(seg)[0], entries)
+        return out
+
+
+class LesionShufflePatchTrainer_presentDice(LesionShufflePatchTrainer):
+    """UNet-patch whose Dice term is averaged over the classes present in each batch: with two patches per batch
+    and one lesion type per patch, nnU-Net's Dice rewards a network that predicts no lesion at all (Dice 1 on every
+    absent lesion class), the collapse seen when the demo's UNet-patch was trained further (liver_losses)."""
+
+    present_class_dice = True
 
 
 class LesionShufflePatchTrainer_classBalanced(LesionShufflePatchTrainer):
