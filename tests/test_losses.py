@@ -92,3 +92,20 @@ def test_swapped_into_nnunets_loss_and_the_trainers(tmp_path, monkeypatch):
         trainer.enable_deep_supervision = False
         built = trainer._build_loss()
         assert isinstance(getattr(built, "loss", built).dc, PresentClassSoftDiceLoss) is present, cls.__name__
+
+
+def test_ddp_batch_dice_gathers_the_sums_of_every_process(tmp_path):
+    """With a process group (here one gloo process) the sums are gathered before the Dice: same value as alone."""
+    import torch.distributed as dist
+
+    torch.manual_seed(2)
+    x = torch.randn(2, 4, 2, 4, 4, requires_grad=True)
+    y = torch.randint(0, 3, (2, 1, 2, 4, 4))
+    alone = float(PresentClassSoftDiceLoss(apply_nonlin=_softmax)(x, y).detach())
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        loss = PresentClassSoftDiceLoss(apply_nonlin=_softmax, ddp=True)(x, y)
+        loss.backward()
+    finally:
+        dist.destroy_process_group()
+    assert float(loss.detach()) == pytest.approx(alone, rel=1e-6) and x.grad is not None

@@ -48,7 +48,7 @@ class PresentClassSoftDiceLoss(nn.Module):
                             onehot.sum(axes, dtype=torch.float32)])
         if self.ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
             from nnunetv2.utilities.ddp_allgather import AllGatherGrad
-            sums = AllGatherGrad.apply(sums[None]).sum(0)
+            sums = AllGatherGrad.apply(sums).sum(0)  # (world size, 3, C) -> the batch over every process
         intersect, sum_pred, sum_gt = sums
         dc = (2 * intersect + self.smooth) / (sum_gt + sum_pred + self.smooth).clamp_min(1e-8)
         present = sum_gt > 0
