@@ -16,9 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["HARD_CASE_KINDS", "HardCase", "hard_cases"]
-
-HARD_CASE_KINDS: Tuple[str, ...] = ("FN", "FP")
+__all__ = ["HardCase", "hard_cases"]
 
 
 @dataclass
