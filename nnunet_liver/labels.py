@@ -6,15 +6,15 @@ dataset.json from it, outputs name types with it, and evaluation groups lesions 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 __all__ = [
     "LabelInfo", "LABELS", "BACKGROUND", "HCC", "ICC", "META", "HEM", "OTHER", "CYST", "LIVER",
     "HEPATIC_VESSELS", "PORTAL_SPLENIC_VEIN", "GALLBLADDER", "SPLEEN", "PANCREAS", "STOMACH",
     "NUM_CLASSES", "LESION_IDS", "ORGAN_IDS", "MALIGNANT_IDS", "BENIGN_IDS", "LESION_PRIORITY",
-    "LIVER_REGION_IDS", "PATCH_MASKED", "PATCH_LIVER", "PATCH_LABELS", "PHASES", "MISSING_PHASE_VALUE",
-    "name_of", "id_of", "is_lesion", "is_malignant", "priority_rank", "dataset_json_labels",
-    "patch_dataset_json_labels", "validate_label_values",
+    "LIVER_REGION_IDS", "LESION_NAMES", "NORMAL", "UNCERTAIN", "PATCH_MASKED", "PATCH_LIVER", "PATCH_LABELS",
+    "PHASES", "MISSING_PHASE_VALUE", "CT_WINDOW_HU", "name_of", "id_of", "is_lesion", "is_malignant",
+    "priority_rank", "majority_type", "dataset_json_labels", "patch_dataset_json_labels", "validate_label_values",
 ]
 
 
@@ -56,6 +56,10 @@ MALIGNANT_IDS: Tuple[int, ...] = tuple(l.id for l in LABELS if l.malignant)
 BENIGN_IDS: Tuple[int, ...] = tuple(i for i in LESION_IDS if i not in MALIGNANT_IDS)
 #: patient priority, highest first: HCC > ICC > Meta > Hem > Other > Cyst
 LESION_PRIORITY: Tuple[int, ...] = (HCC, ICC, META, HEM, OTHER, CYST)
+#: lesion type names in id order: ("HCC", "ICC", "Meta", "Hem", "Other", "Cyst")
+LESION_NAMES: Tuple[str, ...] = tuple(l.name for l in LABELS if l.kind == "lesion")
+#: patient class of a case without lesions, and of a case whose sensitivity factors disagree
+NORMAL, UNCERTAIN = "normal", "uncertain"
 #: labels that make up the predicted liver for LiverMax (lesions, parenchyma and hepatic vessels)
 LIVER_REGION_IDS: Tuple[int, ...] = LESION_IDS + (LIVER, HEPATIC_VESSELS)
 
@@ -68,6 +72,9 @@ PATCH_LABELS: Dict[str, int] = {"masked": PATCH_MASKED, **{l.name: l.id for l in
 PHASES: Tuple[str, ...] = ("NC", "A", "V", "D")
 #: a missing phase is written as a constant image of this value (HU); no real CT is constant at -1024 everywhere
 MISSING_PHASE_VALUE: float = -1024.0
+
+#: the CT window (HU) of the whole pipeline: nnU-Net's CTNormalization clipping in the plans and the report's images
+CT_WINDOW_HU: Tuple[float, float] = (-150.0, 250.0)
 
 _BY_NAME = {l.name.lower(): l for l in LABELS}
 
@@ -101,6 +108,19 @@ def priority_rank(label_id: int) -> int:
         return LESION_PRIORITY.index(int(label_id))
     except ValueError:
         return len(LESION_PRIORITY)
+
+
+def majority_type(votes: Mapping[int, float], fallback: Optional[int] = None) -> Optional[int]:
+    """The lesion type with the largest vote (voxel count, overlap, ...); a tie goes to the higher-priority type
+    (HCC > ICC > Meta > Hem > Other > Cyst). ``fallback`` when there is no vote at all.
+
+    The one majority rule of the package: a detection's type from its voxels (seg2det), a training patch's type
+    (lesion shuffle) and a reclassified type from the patch votes (reclassify) all use it.
+    """
+    if not votes:
+        return fallback
+    best = max(votes.values())
+    return min((int(l) for l, v in votes.items() if v == best), key=priority_rank)
 
 
 def dataset_json_labels() -> Dict[str, int]:
