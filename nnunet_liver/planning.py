@@ -27,13 +27,15 @@ import subprocess
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+from nnunet_liver.labels import CT_WINDOW_HU
 from nnunet_liver.utils.io import InputError, console_script, run_cli, write_json_atomic
 
 __all__ = ["DEFAULT_CT_WINDOW", "apply_ct_window", "ct_window_of", "plan_with_ct_window", "main"]
 
 PROG = "nnunet-liver-plan"
-#: soft-tissue window (HU): fat, water (cysts), liver and lesions, enhanced vessels partly
-DEFAULT_CT_WINDOW: Tuple[float, float] = (-150.0, 250.0)
+#: soft-tissue window (HU): fat, water (cysts), liver and lesions, enhanced vessels partly; the pipeline's one
+#: window, ``labels.CT_WINDOW_HU`` (the report draws its images with it too)
+DEFAULT_CT_WINDOW: Tuple[float, float] = CT_WINDOW_HU
 
 
 def apply_ct_window(plans: dict, window: Sequence[float] = DEFAULT_CT_WINDOW) -> dict:

@@ -22,7 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-TYPES = ("HCC", "ICC", "Meta", "Hem", "Other", "Cyst", "All", "Malign")
+from nnunet_liver.labels import LESION_NAMES
+
+TYPES = LESION_NAMES + ("All", "Malign")
 
 
 def _pct(v) -> str:

@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from nnunet_liver import labels as L
-from nnunet_liver.phantom import LESION_TYPES, generate_case, write_phantom_dataset
+from nnunet_liver.labels import LESION_NAMES
+from nnunet_liver.phantom import generate_case, write_phantom_dataset
 from nnunet_liver.phantom.cli import main as phantom_main
 from nnunet_liver.phantom.lesions import sample_volume_cm3
 
@@ -28,7 +29,7 @@ def _digest(folder):
 @pytest.fixture(scope="module")
 def all_types_case():
     """A medium case with one lesion of each type, no noise blur on the pattern check beyond the default."""
-    return generate_case(11, lesion_types=LESION_TYPES, lesion_volumes_cm3=[6, 8, 6, 10, 8, 12], **MEDIUM)
+    return generate_case(11, lesion_types=LESION_NAMES, lesion_volumes_cm3=[6, 8, 6, 10, 8, 12], **MEDIUM)
 
 
 def test_same_seed_same_arrays_and_different_seed_differs():
@@ -75,7 +76,7 @@ def test_dataset_layout_truth_and_label_volumes(tmp_path):
 
 def test_lesions_inside_liver_separate_and_volumes_match(all_types_case):
     case = all_types_case
-    assert sorted(les["type"] for les in case.lesions) == sorted(LESION_TYPES)
+    assert sorted(les["type"] for les in case.lesions) == sorted(LESION_NAMES)
     lesion_fg = np.isin(case.label, L.LESION_IDS)
     components, n = ndimage.label(lesion_fg, np.ones((3, 3, 3), bool))
     assert n == len(case.lesions)  # separate (not even touching diagonally)
@@ -257,4 +258,4 @@ def test_random_draw_gives_lesion_free_livers_and_several_types():
     free = [c for c in cases if c.lesion_free]
     assert 2 <= len(free) <= 15 and all(not c.lesions for c in free)
     types = {les["type"] for c in cases for les in c.lesions}
-    assert types == set(LESION_TYPES)
+    assert types == set(LESION_NAMES)

@@ -22,7 +22,7 @@ from nnunet_liver.labels import LESION_IDS, LIVER_REGION_IDS, NUM_CLASSES, id_of
 from nnunet_liver.utils.io import InputError, read_image
 from nnunet_liver.evaluation import metrics as M
 
-__all__ = ["CaseResult", "EvaluationResult", "Prediction", "evaluate_case", "evaluate_folders", "list_cases",
+__all__ = ["CaseEvaluation", "EvaluationResult", "Prediction", "evaluate_case", "evaluate_folders", "list_cases",
            "has_prediction", "read_prediction", "read_reference", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = "1.0"
@@ -30,7 +30,11 @@ _SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
 
 @dataclass
-class CaseResult:
+class CaseEvaluation:
+    """The evaluation of one case: the lesion matching against the reference and both patient classes.
+
+    (The detector's result for one case is :class:`nnunet_liver.inference.CaseResult`.)
+    """
     case: str
     mode: str  # "labelmap" or "detector"
     match: object
@@ -83,7 +87,7 @@ class CaseResult:
 @dataclass
 class EvaluationResult:
     settings: dict
-    cases: List[CaseResult] = field(default_factory=list)
+    cases: List[CaseEvaluation] = field(default_factory=list)
     lesion: dict = field(default_factory=dict)
     reference_counts: dict = field(default_factory=dict)
     strata: Optional[dict] = None
@@ -271,7 +275,7 @@ def read_reference(ref_path: str):
 
 
 def evaluate_case(case: str, ref_path: str, pred_dir: str, overlap: str = "any", min_ref_volume_cm3: float = 0.5,
-                  min_pred_volume_cm3: float = 0.5) -> CaseResult:
+                  min_pred_volume_cm3: float = 0.5) -> CaseEvaluation:
     """Evaluate one case (see the module docstring)."""
     from nnunet_liver.postprocessing import classify_patient, match
 
@@ -280,7 +284,7 @@ def evaluate_case(case: str, ref_path: str, pred_dir: str, overlap: str = "any",
     m = match(ref_les, pred.lesions, min_ref_volume_cm3=min_ref_volume_cm3, min_pred_volume_cm3=min_pred_volume_cm3,
               overlap=overlap)
     ref_class = classify_patient(ref_les, min_volume_cm3=min_ref_volume_cm3)
-    return CaseResult(case, pred.mode, m, ref_les, pred.lesions, ref_class, pred.patient_class, pred.livermax,
+    return CaseEvaluation(case, pred.mode, m, ref_les, pred.lesions, ref_class, pred.patient_class, pred.livermax,
                       _dice_counts(ref, pred.types, pred.full))
 
 

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_liver.labels import LESION_IDS, MALIGNANT_IDS, name_of
+from nnunet_liver.labels import LESION_IDS, MALIGNANT_IDS, UNCERTAIN, name_of
 
 __all__ = ["TYPE_NAMES", "MALIGNANT_NAMES", "SIZE_BINS_CM3", "FROC_RATES", "lesion_row", "lesion_table",
            "size_bin", "strata_table", "reference_counts_table", "patient_table", "auc_mann_whitney", "auc_table",
@@ -131,7 +131,7 @@ def patient_table(pairs: Iterable[Tuple[str, str]]) -> Dict[str, object]:
     n = n_unc = correct = tp = fn = tn = fp = 0
     for ref, pred in pairs:
         n += 1
-        if pred == "uncertain":
+        if pred == UNCERTAIN:
             n_unc += 1
             continue
         correct += ref == pred

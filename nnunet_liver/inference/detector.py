@@ -15,7 +15,7 @@ import numpy as np
 
 from nnunet_liver.inference.cases import CaseFiles, LoadedCase, load_case
 from nnunet_liver.inference.model import LoadedModel, load_model, make_predictor
-from nnunet_liver.labels import MALIGNANT_IDS, id_of, name_of
+from nnunet_liver.labels import name_of
 from nnunet_liver.utils.io import InputError
 
 __all__ = ["LiverDetector", "CaseResult", "SCHEMA_VERSION", "factor_key"]
@@ -172,31 +172,10 @@ class LiverDetector:
                           label_maps=maps)
 
     def _record(self, loaded, maps, probabilities, detections, reclassified, recls_results):
-        from nnunet_liver.postprocessing.match import match
-        from nnunet_liver.postprocessing.patient import classify_patient, consensus, liver_max
-
-        f_lo, f_hi = self.factors[0], self.factors[-1]
-        same_ids = {l.id for l in reclassified[f_hi]}
-        if f_lo != f_hi:
-            result = match(reclassified[f_lo], reclassified[f_hi], min_ref_volume_cm3=0, min_pred_volume_cm3=0)
-            same_ids = {int(p) for _, p in result.pairs}
-        final, lesions_json = [], []
-        for new_id, les in enumerate(reclassified[f_hi], start=1):
-            entry = les.to_dict()
-            entry.update(id=new_id, detection_id=int(les.id), type=name_of(les.label), label=int(les.label),
-                         sensitivity="same" if les.id in same_ids else "diff",
-                         reclassification=(recls_results[f_hi][les.id].to_dict()
-                                           if les.id in recls_results[f_hi] else None))
-            lesions_json.append(entry)
-            final.append(dataclasses.replace(les, id=new_id))
-        class_by_factor = {factor_key(f): classify_patient(reclassified[f]) for f in self.factors}
-        classes = list(class_by_factor.values())
-        patient_class = classes[0]
-        for c in classes[1:]:
-            patient_class = consensus(patient_class, c)
-        malignant = None if patient_class == "uncertain" else (
-            patient_class != "normal" and id_of(patient_class) in MALIGNANT_IDS)
-        livermax = {k: float(v) for k, v in liver_max(probabilities, maps[1.0]).items()}
+        """CASE.json's content and the final lesions (renumbered 1..n) from the per-factor results."""
+        same_ids = self._same_ids(reclassified)
+        final, lesions_json = _final_lesions(reclassified[self.factors[-1]], recls_results[self.factors[-1]],
+                                             same_ids)
         dropped = {factor_key(f): sorted(int(i) for i, r in recls_results[f].items() if not r.kept)
                    for f in self.factors}
         ref = loaded.reference
@@ -219,10 +198,45 @@ class LiverDetector:
                                                      "dropped_detection_ids": dropped[factor_key(f)]}
                                      for f in self.factors},
             "lesions": lesions_json,
-            "patient": {"class_by_factor": class_by_factor, "class": patient_class, "malignant": malignant,
-                        "livermax": livermax},
+            "patient": self._patient(reclassified, probabilities, maps[1.0]),
         }
         return record, final
+
+    def _same_ids(self, reclassified) -> set:
+        """Ids of the highest factor's lesions that the lowest factor found too ("same"); the rest are "diff"."""
+        from nnunet_liver.postprocessing.match import match
+
+        f_lo, f_hi = self.factors[0], self.factors[-1]
+        if f_lo == f_hi:
+            return {l.id for l in reclassified[f_hi]}
+        result = match(reclassified[f_lo], reclassified[f_hi], min_ref_volume_cm3=0, min_pred_volume_cm3=0)
+        return {int(p) for _, p in result.pairs}
+
+    def _patient(self, reclassified, probabilities, label_map_f1) -> dict:
+        """The patient class per factor, their consensus, its malignancy and LiverMax (on the f = 1 label map)."""
+        from nnunet_liver.postprocessing.patient import classify_patient, consensus, is_malignant_class, liver_max
+
+        class_by_factor = {factor_key(f): classify_patient(reclassified[f]) for f in self.factors}
+        classes = list(class_by_factor.values())
+        patient_class = classes[0]
+        for c in classes[1:]:
+            patient_class = consensus(patient_class, c)
+        livermax = {k: float(v) for k, v in liver_max(probabilities, label_map_f1).items()}
+        return {"class_by_factor": class_by_factor, "class": patient_class,
+                "malignant": is_malignant_class(patient_class), "livermax": livermax}
+
+
+def _final_lesions(lesions, recls_results, same_ids):
+    """The final lesions renumbered 1..n in order, and their CASE.json entries (``detection_id`` keeps the old id)."""
+    final, lesions_json = [], []
+    for new_id, les in enumerate(lesions, start=1):
+        entry = les.to_dict()
+        entry.update(id=new_id, detection_id=int(les.id), type=name_of(les.label), label=int(les.label),
+                     sensitivity="same" if les.id in same_ids else "diff",
+                     reclassification=recls_results[les.id].to_dict() if les.id in recls_results else None)
+        lesions_json.append(entry)
+        final.append(dataclasses.replace(les, id=new_id))
+    return final, lesions_json
 
 
 def _stable_hash(text: str) -> int:

@@ -15,13 +15,13 @@ from typing import List, Optional
 
 import numpy as np
 
+from nnunet_liver.labels import CT_WINDOW_HU as _WINDOW_HU
 from nnunet_liver.utils.io import atomic_path
 
 __all__ = ["write_report", "lesion_figure_png"]
 
 _TYPE_COLOURS = {"HCC": "#e6194b", "ICC": "#f58231", "Meta": "#911eb4", "Hem": "#3cb44b", "Other": "#4363d8",
                  "Cyst": "#42d4f4"}
-_WINDOW_HU = (-150.0, 250.0)
 _MAX_LESIONS_SHOWN = 40
 
 

@@ -6,7 +6,6 @@
 """
 from nnunet_liver.phantom.dataset import TRUTH_FILE, case_seed, write_phantom_dataset
 from nnunet_liver.phantom.generate import PhantomCase, default_spacing, generate_case, reference_phase
-from nnunet_liver.phantom.lesions import LESION_TYPES
 
 __all__ = ["PhantomCase", "generate_case", "write_phantom_dataset", "default_spacing", "reference_phase",
-           "case_seed", "LESION_TYPES", "TRUTH_FILE"]
+           "case_seed", "TRUTH_FILE"]

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from nnunet_liver import labels as L
 from nnunet_liver.phantom.anatomy import STANDARD_FOV_MM, build_anatomy, tissue_hu
-from nnunet_liver.phantom.lesions import (LESION_TYPES, MAX_LESION_CM3, MIN_LESION_CM3, lesion_hu,
+from nnunet_liver.phantom.lesions import (MAX_LESION_CM3, MIN_LESION_CM3, lesion_hu,
                                          margin_weight, place_lesions, sample_volume_cm3)
 from nnunet_liver.phantom.shapes import smooth_noise
 
@@ -96,7 +96,7 @@ def _draw_lesions(rng, lesion_types, lesion_volumes_cm3=None, min_lesion_cm3=MIN
     if lesion_types is not None:
         types = list(lesion_types)
     else:
-        main = LESION_TYPES[int(rng.integers(len(LESION_TYPES)))]
+        main = L.LESION_NAMES[int(rng.integers(len(L.LESION_NAMES)))]
         n = int(rng.integers(1, 6 if main in ("Meta", "Cyst") else 4))
         types = [main] * n
         if rng.random() < 0.35:
@@ -127,7 +127,7 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
     missing_delayed : D (when requested) is the constant ``MISSING_PHASE_VALUE`` channel.
     misalign_mm : every non-reference phase is shifted by a random translation of length up to this (mm).
     lesion_free : True for a liver without lesions, False for at least one, None for random (20 % free).
-    lesion_types : exact lesion types to place (names of ``LESION_TYPES``), overriding the random draw and
+    lesion_types : exact lesion types to place (names of ``labels.LESION_NAMES``), overriding the random draw and
         ``lesion_free``; a lesion that cannot fit the liver after many tries is left out.
     lesion_volumes_cm3 : target volumes of ``lesion_types`` (default: random, many small); capped to fit.
     noise : add image noise (off for pattern checks without noise).
@@ -142,9 +142,9 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
         raise ValueError(f"spacing must be three positive mm values (z, y, x), got {spacing}")
     phases = _check_phases(phases)
     if lesion_types is not None:
-        unknown = [t for t in lesion_types if t not in LESION_TYPES]
+        unknown = [t for t in lesion_types if t not in L.LESION_NAMES]
         if unknown:
-            raise ValueError(f"unknown lesion types {unknown}; known: {list(LESION_TYPES)}")
+            raise ValueError(f"unknown lesion types {unknown}; known: {list(L.LESION_NAMES)}")
     min_lesion_cm3 = _check_min_lesion_cm3(min_lesion_cm3)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     ref = reference_phase(phases)

@@ -24,10 +24,8 @@ from nnunet_liver import labels as L
 from nnunet_liver.phantom.anatomy import BLOOD_POOL_HU
 from nnunet_liver.phantom.shapes import smooth_noise
 
-__all__ = ["LESION_TYPES", "MIN_LESION_CM3", "MAX_LESION_CM3", "Lesion", "sample_volume_cm3", "place_lesions",
+__all__ = ["MIN_LESION_CM3", "MAX_LESION_CM3", "Lesion", "sample_volume_cm3", "place_lesions",
            "lesion_hu"]
-
-LESION_TYPES = ("HCC", "ICC", "Meta", "Hem", "Other", "Cyst")
 
 #: (core, rim/capsule/scar) HU in (NC, A, V, D); rim = capsule for HCC, rim for ICC/Meta, scar for Other
 _PATTERN = {

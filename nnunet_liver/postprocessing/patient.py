@@ -5,14 +5,13 @@ from typing import Dict, Iterable, Optional
 
 import numpy as np
 
-from nnunet_liver.labels import LESION_IDS, LESION_PRIORITY, LIVER_REGION_IDS, MALIGNANT_IDS, NUM_CLASSES, \
-    id_of, name_of, priority_rank
+from nnunet_liver.labels import LESION_IDS, LESION_PRIORITY, LIVER_REGION_IDS, MALIGNANT_IDS, NORMAL, NUM_CLASSES, \
+    UNCERTAIN, id_of, name_of, priority_rank
 
 __all__ = ["classify_patient", "consensus", "liver_max", "is_malignant_class", "NORMAL", "UNCERTAIN",
            "PATIENT_CLASSES"]
+# NORMAL and UNCERTAIN are defined in nnunet_liver.labels and re-exported here
 
-NORMAL = "normal"
-UNCERTAIN = "uncertain"
 #: patient classes, highest priority first
 PATIENT_CLASSES = tuple(name_of(i) for i in LESION_PRIORITY) + (NORMAL,)
 

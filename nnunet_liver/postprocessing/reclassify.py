@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_liver.labels import LESION_IDS, LESION_PRIORITY, name_of
+from nnunet_liver.labels import LESION_IDS, majority_type, name_of
 
 __all__ = ["ReclassificationResult", "reclassify", "overlap_scores"]
 
@@ -68,13 +68,6 @@ def overlap_scores(predicted: np.ndarray, lesion_masks: np.ndarray, voxel_volume
     votes = {int(l): float(counts[l]) * voxel_volume_cm3 for l in LESION_IDS if counts[l] > 0}
     overlap_per_patch = (np.isin(predicted, LESION_IDS) & lesion_masks).reshape(len(predicted), -1).sum(1)
     return float(overlap_per_patch.mean() * voxel_volume_cm3), votes
-
-
-def _vote(votes: Dict[int, float], fallback: int) -> int:
-    if not votes:
-        return fallback
-    best = max(votes.values())
-    return min((l for l, v in votes.items() if v == best), key=LESION_PRIORITY.index)
 
 
 def reclassify(lesions: Sequence, instance_map: np.ndarray, liver_mask: np.ndarray, image: np.ndarray,
@@ -137,7 +130,7 @@ def reclassify(lesions: Sequence, instance_map: np.ndarray, liver_mask: np.ndarr
         predicted = np.asarray(predict_patches(patches))
         score, votes = overlap_scores(predicted, masks, voxel_cm3)
         keep = score >= min_score_cm3
-        after = _vote(votes, lesion.label) if keep else None
+        after = majority_type(votes, lesion.label) if keep else None
         results[lesion.id] = ReclassificationResult(
             lesion.id, bool(keep), before, name_of(after) if keep else None, score_cm3=score,
             votes_cm3={name_of(l): v for l, v in sorted(votes.items())}, num_patches=int(len(patches)))

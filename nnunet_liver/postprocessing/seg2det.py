@@ -20,14 +20,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_liver.labels import LESION_IDS, name_of, priority_rank
+from nnunet_liver.labels import LESION_IDS, LESION_NAMES, majority_type, name_of
 
 __all__ = ["Lesion", "seg2det", "instance_map", "lesion_mask", "lesions_from_instance_map", "lesion_foreground",
            "slice_overlap_components", "lesion_components",
            "max_axial_diameter_mm"]
-
-_LESION_NAMES = tuple(name_of(i) for i in LESION_IDS)
-
 
 @dataclass
 class Lesion:
@@ -215,13 +212,6 @@ def max_axial_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
     return float(np.sqrt(best))
 
 
-def _vote(counts: np.ndarray) -> int:
-    """Type id with the most voxels; ties go to the higher-priority type (HCC > ... > Cyst)."""
-    best = counts.max()
-    winners = [LESION_IDS[i] for i in np.flatnonzero(counts == best)]
-    return min(winners, key=priority_rank)
-
-
 def _world(centroid_voxel, spacing, origin, direction):
     if origin is None:
         return tuple(float(c * s) for c, s in zip(centroid_voxel, spacing))
@@ -299,12 +289,12 @@ def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, n
 
     out: List[Lesion] = []
     for new_id, (_, gbox, m, counts) in enumerate(lesions, start=1):
-        label = _vote(counts)
+        label = majority_type(dict(zip(LESION_IDS, counts.tolist())))
         nvox = int(counts.sum())
         cvox = _centroid(m, gbox)
         les = Lesion(
             id=new_id, label=int(label), type=name_of(label),
-            volumes_cm3_by_type={nm: float(c * voxel_cm3) for nm, c in zip(_LESION_NAMES, counts)},
+            volumes_cm3_by_type={nm: float(c * voxel_cm3) for nm, c in zip(LESION_NAMES, counts)},
             volume_cm3=float(nvox * voxel_cm3), num_voxels=nvox, centroid_voxel=cvox,
             centroid_mm=_world(cvox, sp, origin, direction),
             bbox=tuple((int(s.start), int(s.stop)) for s in gbox),
@@ -323,7 +313,7 @@ def _add_probabilities(les: Lesion, probabilities) -> None:
     sub = probabilities[(slice(LESION_IDS[0], LESION_IDS[-1] + 1),) + les.slices]
     sub = sub.detach().float().cpu().numpy() if hasattr(sub, "detach") else np.asarray(sub, dtype=np.float32)
     inside = sub[:, les.mask]  # (6, n)
-    les.mean_probability = {nm: float(v) for nm, v in zip(_LESION_NAMES, inside.mean(axis=1))}
+    les.mean_probability = {nm: float(v) for nm, v in zip(LESION_NAMES, inside.mean(axis=1))}
     les.score = float(inside[LESION_IDS.index(les.label)].max())
 
 
@@ -361,7 +351,7 @@ def lesions_from_instance_map(instances, spacing: Sequence[float], types: Mappin
         out.append(Lesion(
             id=i, label=label, type=name_of(label),
             volumes_cm3_by_type={nm: (float(nvox * voxel_cm3) if nm == name_of(label) else 0.0)
-                                 for nm in _LESION_NAMES},
+                                 for nm in LESION_NAMES},
             volume_cm3=float(nvox * voxel_cm3), num_voxels=nvox, centroid_voxel=cvox,
             centroid_mm=_world(cvox, sp, origin, direction), bbox=tuple((int(s.start), int(s.stop)) for s in box),
             diameter_mm=max_axial_diameter_mm(m, sp),
