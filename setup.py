@@ -4,7 +4,7 @@ setup(
     name="nnunet_liver",
     version="0.1.0",
     description="Liver lesion detection and classification on multi-phase CT as an nnU-Net v2 extension",
-    long_description=open("README.md").read(),
+    long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

@@ -13,8 +13,7 @@ Common options of msd / lits / multiphase::
     --overwrite     replace an existing DatasetXXX_NAME
     -np N           worker processes
 
-``patches`` (lesion-shuffle patch dataset for UNet-patch) is provided by
-``nnunet_liver.dataset_conversion.patches`` with its own options.
+``patches`` (the UNet-patch dataset) has its own options, from ``nnunet_liver.dataset_conversion.patches``.
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_liver import labels as L
-from nnunet_liver.utils.io import InputError
+from nnunet_liver.utils.io import run_cli
 
 PROG = "nnunet-liver-convert"
 SOURCES = {"msd": ("Medical Segmentation Decathlon task folder(s) (Task03_Liver, Task08_HepaticVessel, "
@@ -52,7 +51,7 @@ def _add_common(p: argparse.ArgumentParser, default_phases: str) -> None:
     p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default: 1)")
 
 
-def build_parser(with_patches: bool = False) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Convert public single-phase datasets or multi-phase "
                                      "case folders into nnU-Net raw datasets in nnunet_liver's 13-class scheme.",
                                      epilog="see `nnunet-liver-convert SOURCE -h` for each source's options")
@@ -61,40 +60,20 @@ def build_parser(with_patches: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_common(p, phases)
         importlib.import_module(f"nnunet_liver.dataset_conversion.{name}").add_arguments(p)
-    p = sub.add_parser("patches", help="UNet-patch dataset (liver crops, outside masked) from a whole-CT dataset")
-    if with_patches:
-        _patches_module().add_arguments(p)
+    p = sub.add_parser("patches", help="UNet-patch dataset (liver crops, outside masked) from a whole-CT dataset",
+                       description="UNet-patch dataset (liver crops, outside masked) from a whole-CT dataset")
+    importlib.import_module("nnunet_liver.dataset_conversion.patches").add_arguments(p)
     return parser
 
 
-def _patches_module():
-    try:
-        return importlib.import_module("nnunet_liver.dataset_conversion.patches")
-    except ModuleNotFoundError as e:
-        if e.name != "nnunet_liver.dataset_conversion.patches":
-            raise
-        raise InputError("patches: the patch converter (nnunet_liver.dataset_conversion.patches) is not "
-                         "installed with this package") from None
+def run(args: argparse.Namespace) -> None:
+    out = importlib.import_module(f"nnunet_liver.dataset_conversion.{args.source}").run(args)
+    print(f"{PROG}: wrote {out}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        parser = build_parser(with_patches=bool(argv) and argv[0] == "patches")
-    except InputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
-    try:
-        if args.source == "patches":
-            out = _patches_module().run(args)
-        else:
-            out = importlib.import_module(f"nnunet_liver.dataset_conversion.{args.source}").run(args)
-    except InputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    print(f"{PROG}: wrote {out}")
-    return 0
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -231,14 +231,14 @@ def _start_append(folder: str, tmp: str, phases, names) -> dict:
     """Copy the existing dataset into ``tmp``; check the channel layout and case names; return its record."""
     shutil.rmtree(tmp)
     shutil.copytree(folder, tmp)
-    with open(os.path.join(tmp, "dataset.json")) as f:
+    with open(os.path.join(tmp, "dataset.json"), encoding="utf-8") as f:
         existing = json.load(f)
     layout = [existing["channel_names"][str(i)] for i in range(len(existing["channel_names"]))]
     if layout != list(phases):
         raise InputError(f"{folder}: --append with --phases {','.join(phases)} but the dataset has "
                          f"{','.join(layout)}")
     record_path = os.path.join(tmp, CONVERSION_FILE)
-    record = json.load(open(record_path)) if os.path.isfile(record_path) else {
+    record = json.load(open(record_path, encoding="utf-8")) if os.path.isfile(record_path) else {
         "schema_version": "1.0", "phases": layout, "sources": [], "cases": {}}
     clash = sorted(set(names) & set(record["cases"]))
     for sub in ("imagesTr", "imagesTs"):

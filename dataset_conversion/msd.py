@@ -52,7 +52,7 @@ def msd_cases(task_dir: str, tumor_id: Optional[int]) -> List[Tuple[str, dict]]:
     if not os.path.isfile(meta_path):
         raise InputError(f"{task_dir}: not an MSD task folder (no dataset.json)")
     try:
-        with open(meta_path) as f:
+        with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
     except (OSError, ValueError) as e:
         raise InputError(f"{meta_path}: cannot read ({e})") from None

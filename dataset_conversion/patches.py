@@ -254,18 +254,13 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Stand-alone entry (``python -m nnunet_liver.dataset_conversion.patches``)."""
+    """Stand-alone entry (``python -m nnunet_liver.dataset_conversion.patches``): ``nnunet-liver-convert patches``,
+    with its error line and exit codes."""
     import sys
 
-    parser = argparse.ArgumentParser(prog="nnunet-liver-convert patches", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except InputError as e:
-        print(f"nnunet-liver-convert: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    from nnunet_liver.dataset_conversion.cli import main as convert_main
+
+    return convert_main(["patches", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -8,9 +8,8 @@
    channels NC, A, V, D; the ICC case has no ``_0003`` file) and ``OUT/phantoms/labelsTr`` (the truth).
 2. Runs ``nnunet-liver-detect -m demo --patch-model demo`` (UNet-whole with nnU-Net's test-time mirroring, the
    detector's default and the model card's evaluation setting; sensitivity factors 1 and 4; lesion-shuffle
-   reclassification with UNet-patch -- skipped, ``--patch-model none``, where the installation bundles no
-   UNet-patch; patient classes) into ``OUT/detections`` (``CASE.json``, ``CASE_lesions.nii.gz``, ``summary.csv``,
-   ``report.html``).
+   reclassification with UNet-patch; patient classes) into ``OUT/detections`` (``CASE.json``,
+   ``CASE_lesions.nii.gz``, ``summary.csv``, ``report.html``).
 3. Runs ``nnunet-liver-evaluate`` against the phantom truth into ``OUT/evaluation``.
 4. Prints where the report is and the headline figures, and writes them to ``OUT/demo_summary.json``.
 
@@ -107,7 +106,7 @@ def headline(summary: dict, detections: str) -> dict:
     les, pat = summary["lesion"], summary["patient"]
     cases = []
     for row in summary["per_case"]:
-        with open(os.path.join(detections, f"{row['case']}.json")) as f:
+        with open(os.path.join(detections, f"{row['case']}.json"), encoding="utf-8") as f:
             d = json.load(f)
         cases.append({"case": row["case"], "truth": row["ref_class"], "predicted": row["pred_class"],
                       "phases": d["phases_present"], "lesions_found": len(d["lesions"]),
@@ -147,22 +146,18 @@ def run_demo(out: str, overwrite: bool = False, device: str = "cpu", progress: b
     """Run the demo into ``out``; returns the headline figures (also written to ``out/demo_summary.json``)."""
     from nnunet_liver.evaluation import cli as evaluate_cli
     from nnunet_liver.inference import cli as detect_cli
-
-    from nnunet_liver.inference.model import bundled_demo_model, resolve_model_dir
+    from nnunet_liver.inference.model import resolve_model_dir
 
     t0 = time.perf_counter()
-    resolve_model_dir("demo", "whole")  # clear error before any work
-    # the cascade with the bundled UNet-patch where this installation has one (MODEL_CARD.md says which it ships)
-    patch = "demo" if bundled_demo_model("patch") else "none"
+    for which in ("whole", "patch"):
+        resolve_model_dir("demo", which)  # clear error before any work
     prepare_output(out, overwrite)
     phantoms, detections, evaluation = (os.path.join(out, n) for n in ("phantoms", "detections", "evaluation"))
     print(f"{PROG}: 1/3 generating {len(DEMO_CASES)} phantom cases -> {phantoms}", flush=True)
     write_demo_cases(phantoms)
-    note = "" if patch == "demo" else " (no bundled UNet-patch: no reclassification, see MODEL_CARD.md)"
-    print(f"{PROG}: 2/3 nnunet-liver-detect -m demo --patch-model {patch} -> {detections}{note}",
-          flush=True)
+    print(f"{PROG}: 2/3 nnunet-liver-detect -m demo --patch-model demo -> {detections}", flush=True)
     detect_args = ["-i", os.path.join(phantoms, "imagesTr"), "-o", detections, "-m", "demo",
-                   "--patch-model", patch, "--device", device]
+                   "--patch-model", "demo", "--device", device]
     with contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()):
         code = detect_cli.main(detect_args)
     if code != 0:
@@ -173,7 +168,7 @@ def run_demo(out: str, overwrite: bool = False, device: str = "cpu", progress: b
                                   "-q"])
     if code != 0:
         raise RuntimeError(f"nnunet-liver-evaluate failed with exit code {code}")
-    with open(os.path.join(evaluation, "summary.json")) as f:
+    with open(os.path.join(evaluation, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     h = headline(summary, detections)
     h["seconds"] = round(time.perf_counter() - t0, 1)
@@ -185,8 +180,11 @@ def run_demo(out: str, overwrite: bool = False, device: str = "cpu", progress: b
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: run_demo(args.o, overwrite=args.overwrite, device=args.device,
-                                          progress=not args.quiet))
+
+    def work() -> None:
+        run_demo(args.o, overwrite=args.overwrite, device=args.device, progress=not args.quiet)
+
+    return run_cli(PROG, work)
 
 
 if __name__ == "__main__":

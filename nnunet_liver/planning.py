@@ -109,7 +109,7 @@ def plan_with_ct_window(dataset_id: int, configurations: Sequence[str] = ("3d_fu
     _run(fp + (["--verify_dataset_integrity"] if verify_dataset_integrity else []))
     _run(["nnUNetv2_plan_experiment", "-d", str(dataset_id)])
     plans_file = os.path.join(str(nnUNet_preprocessed), name, "nnUNetPlans.json")
-    with open(plans_file) as f:
+    with open(plans_file, encoding="utf-8") as f:
         plans = apply_ct_window(json.load(f), window)
     write_json_atomic(plans, plans_file)
     print(f"{PROG}: {plans_file}: CTNormalization with window [{window[0]:g}, {window[1]:g}] HU "

@@ -4,8 +4,9 @@
   nnU-Net's commands as subprocesses (nnU-Net reads these variables at import time), with our trainers on
   ``nnUNet_extTrainer``, no augmentation workers, no torch.compile, one thread.
 - ``tiny_whole_model``: 8 phantom cases (16 x 64 x 64, every fourth one without its delayed phase) ->
-  ``nnunet-liver-plan`` (nnU-Net's planning with the CT window) -> ``nnUNetv2_train ... -tr LiverIFMTrainer_tiny -device cpu``; returns a
-  :class:`TrainedModel` (model folder, dataset id/folder, env).
+  ``nnunet-liver-plan`` (nnU-Net's planning with the CT window) ->
+  ``nnUNetv2_train ... -tr LiverIFMTrainer_tiny -device cpu``; returns a :class:`TrainedModel` (model folder,
+  dataset id/folder, env).
 - ``tiny_patch_model``: ``nnUNetv2_predict`` of the tiny whole model on its own training images (the hard cases'
   source), ``nnunet-liver-convert patches --hard-cases`` of that dataset -> plan -> train
   ``LesionShufflePatchTrainer_tiny`` (a quarter of its patches around the hard cases); returns a
@@ -49,10 +50,11 @@ class TrainedModel:
 
 def run_nnunet(args, env, log: Path) -> None:
     """Run an nnU-Net command; on failure raise with the tail of its output."""
-    with open(log, "w") as f:
-        proc = subprocess.run([console_script(args[0]), *map(str, args[1:])], env=env, stdout=f, stderr=subprocess.STDOUT)
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.run([console_script(args[0]), *map(str, args[1:])], env=env, stdout=f,
+                              stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        tail = log.read_text()[-4000:]
+        tail = log.read_text(encoding="utf-8")[-4000:]
         raise RuntimeError(f"{' '.join(map(str, args))} failed with exit code {proc.returncode}:\n{tail}")
 
 

@@ -60,7 +60,7 @@ def write_case(folder, case_id, img, phases=(0, 1, 2, 3), spacing=SPACING_XYZ, o
 
 
 def read_outputs(out, case_id):
-    with open(os.path.join(out, f"{case_id}.json")) as f:
+    with open(os.path.join(out, f"{case_id}.json"), encoding="utf-8") as f:
         rec = json.load(f)
     return rec, sitk.ReadImage(os.path.join(out, f"{case_id}_lesions.nii.gz"))
 
@@ -68,7 +68,7 @@ def read_outputs(out, case_id):
 def validate(rec):
     import jsonschema
 
-    with open(schema_path()) as f:
+    with open(schema_path(), encoding="utf-8") as f:
         jsonschema.validate(rec, json.load(f))
 
 
@@ -125,7 +125,7 @@ def test_end_to_end_without_patch_model(models, tmp_path):
     assert rec["model"]["whole"]["folds"] == ["0", "1"] and rec["geometry"]["reference_phase"] == "V"
     assert rec["geometry"]["origin_xyz_mm"] == list(ORIGIN)
     # summary + report
-    rows = list(csv.DictReader(open(out / "summary.csv")))
+    rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
     assert [(r["case"], r["status"], r["num_lesions"], r["num_diff"]) for r in rows] == [("case_a", "done", "2", "1")]
     report = (out / "report.html").read_text()
     assert report.count("<img") == 2 and "case_a" in report
@@ -203,10 +203,10 @@ def test_sharding_covers_every_case_once(models, tmp_path):
         res = run_folder(det, str(inp), str(out), num_parts=3, part_id=part, progress=False, report=False)
         assert res.ok and not res.skipped
         done += res.done
-        rows = list(csv.DictReader(open(out / "summary.csv")))
+        rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
         assert [r["case"] for r in rows] == ids  # every case listed, not-yet-run ones as pending
     assert sorted(done) == ids and len(done) == len(set(done))
-    assert {r["status"] for r in csv.DictReader(open(out / "summary.csv"))} == {"done"}
+    assert {r["status"] for r in csv.DictReader(open(out / "summary.csv", encoding="utf-8"))} == {"done"}
     assert main(["-i", str(inp), "-o", str(out), "-m", models["whole"], "--num-parts", "2", "--part-id", "2"]) == 2
 
 
@@ -226,8 +226,8 @@ def test_bad_inputs_fail_their_case_only(models, tmp_path, capsys):
     write_case(inp, "grid", good, phases=(1,), spacing=(1.0, 1.0, 2.5))     # A on another grid
     write_case(inp, "..evil", good)                                         # path-like id
     code = main(["-i", str(inp), "-o", str(out), "-m", models["whole"], "--no-report"])
-    assert code == 1
-    rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert code == 2  # bad input, as everywhere; the good case still ran
+    rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv", encoding="utf-8"))}
     assert rows["good"]["status"] == "done"
     expected = {"missing": "missing", "garbage": "cannot read", "nan": "NaN", "flat": "3D",
                 "grid": "different grid", "..evil": "not a plain file name"}
@@ -309,4 +309,4 @@ def test_interrupted_run_leaves_no_half_output(models, tmp_path, monkeypatch):
     assert not [p for p in os.listdir(out) if p.startswith(".tmp_")]
     res = runner.run_folder(det, str(inp), str(out), progress=False)  # the rerun redoes it
     assert res.done == ["c"] and not res.skipped
-    validate(json.load(open(out / "c.json")))
+    validate(json.load(open(out / "c.json", encoding="utf-8")))

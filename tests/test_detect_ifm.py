@@ -35,8 +35,8 @@ def _write_phantom(folder, case_id, seed, phases=("NC", "A", "V")):
 def _check_outputs(out, case_id):
     import jsonschema
 
-    rec = json.load(open(os.path.join(out, f"{case_id}.json")))
-    jsonschema.validate(rec, json.load(open(schema_path())))
+    rec = json.load(open(os.path.join(out, f"{case_id}.json"), encoding="utf-8"))
+    jsonschema.validate(rec, json.load(open(schema_path(), encoding="utf-8")))
     arr = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, f"{case_id}_lesions.nii.gz")))
     assert sorted(l["id"] for l in rec["lesions"]) == sorted(int(i) for i in np.unique(arr) if i)
     return rec, arr

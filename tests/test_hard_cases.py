@@ -239,7 +239,7 @@ def test_convert_patches_hard_cases_errors(tmp_path, capsys):
     with pytest.raises(InputError, match=r"c1\.nii\.gz: geometry does not match"):
         convert_patch_dataset(ds, out, hard_cases_dir=preds, progress=False)
     assert not out.exists() and not list(tmp_path.glob(".Dataset601*"))  # nothing half-written
-    assert patches_main(["-i", str(ds), "-o", str(out), "--hard-cases", str(empty)]) == 1
+    assert patches_main(["-i", str(ds), "-o", str(out), "--hard-cases", str(empty)]) == 2  # bad input
     assert "no prediction for any case" in capsys.readouterr().err
 
 

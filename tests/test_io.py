@@ -50,11 +50,11 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.json"
     with pytest.raises(RuntimeError):
         with atomic_path(str(target)) as tmp:
-            open(tmp, "w").write("half")
+            open(tmp, "w", encoding="utf-8").write("half")
             raise RuntimeError("interrupted")
     assert os.listdir(tmp_path) == []
     with atomic_path(str(target)) as tmp:
-        open(tmp, "w").write("whole")
+        open(tmp, "w", encoding="utf-8").write("whole")
     assert target.read_text() == "whole" and os.listdir(tmp_path) == ["out.json"]
 
 
@@ -62,11 +62,11 @@ def test_atomic_dir_renames_only_on_success(tmp_path):
     final = tmp_path / "Dataset501_X"
     with pytest.raises(RuntimeError):
         with atomic_dir(str(final)) as tmp:
-            open(os.path.join(tmp, "a.txt"), "w").write("x")
+            open(os.path.join(tmp, "a.txt"), "w", encoding="utf-8").write("x")
             raise RuntimeError("failed conversion")
     assert os.listdir(tmp_path) == []
     with atomic_dir(str(final)) as tmp:
-        open(os.path.join(tmp, "a.txt"), "w").write("x")
+        open(os.path.join(tmp, "a.txt"), "w", encoding="utf-8").write("x")
     assert (final / "a.txt").read_text() == "x"
     with pytest.raises(InputError, match="already exists"):
         with atomic_dir(str(final)):

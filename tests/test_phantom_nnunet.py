@@ -29,7 +29,8 @@ def test_plan_and_preprocess_accepts_phantom_dataset(tmp_path):
     write_phantom_dataset(tmp_path / "raw" / "Dataset711_LiverPhantom", 3, seed=0, shape=(16, 64, 64),
                           spacing=(5.0, 3.0, 3.0), missing_delayed=0.5, misalign_mm=3.0, progress=False)
     run_planner(env, "711")
-    plans = json.load(open(tmp_path / "preprocessed" / "Dataset711_LiverPhantom" / "nnUNetPlans.json"))
+    preprocessed = tmp_path / "preprocessed" / "Dataset711_LiverPhantom"
+    plans = json.load(open(preprocessed / "nnUNetPlans.json", encoding="utf-8"))
     assert plans["configurations"]["3d_fullres"]["spacing"] == [5.0, 3.0, 3.0]
-    fingerprint = json.load(open(tmp_path / "preprocessed" / "Dataset711_LiverPhantom" / "dataset_fingerprint.json"))
+    fingerprint = json.load(open(preprocessed / "dataset_fingerprint.json", encoding="utf-8"))
     assert len(fingerprint["foreground_intensity_properties_per_channel"]) == 4

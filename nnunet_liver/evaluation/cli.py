@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from nnunet_liver.utils.io import InputError, atomic_path, write_json_atomic
+from nnunet_liver.utils.io import InputError, atomic_path, run_cli, write_json_atomic
 
 PROG = "nnunet-liver-evaluate"
 
@@ -96,7 +96,7 @@ def _write_csv(path: str, rows: List[dict], first: Optional[str] = None) -> None
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in r.items()})
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             f.write(buf.getvalue())
 
 
@@ -151,25 +151,25 @@ def write_outputs(res, out_dir: str, plot: bool = True) -> List[str]:
     return written
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Evaluate ``args.pred`` against ``args.ref``, write the tables, print them unless ``args.quiet``."""
     from nnunet_liver.evaluation.evaluate import evaluate_folders
 
-    try:
-        if args.min_volume < 0 or (args.min_pred_volume is not None and args.min_pred_volume < 0):
-            raise InputError("--min-volume: volumes must be >= 0 cm3")
-        res = evaluate_folders(args.ref, args.pred, overlap=args.overlap, min_ref_volume_cm3=args.min_volume,
-                               min_pred_volume_cm3=args.min_volume if args.min_pred_volume is None
-                               else args.min_pred_volume, strata=args.strata, progress=not args.quiet)
-        out = args.o or os.path.join(args.pred, "evaluation")
-        write_outputs(res, out, plot=not args.no_plot)
-    except InputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    if args.min_volume < 0 or (args.min_pred_volume is not None and args.min_pred_volume < 0):
+        raise InputError("--min-volume: volumes must be >= 0 cm3")
+    res = evaluate_folders(args.ref, args.pred, overlap=args.overlap, min_ref_volume_cm3=args.min_volume,
+                           min_pred_volume_cm3=args.min_volume if args.min_pred_volume is None
+                           else args.min_pred_volume, strata=args.strata, progress=not args.quiet)
+    out = args.o or os.path.join(args.pred, "evaluation")
+    write_outputs(res, out, plot=not args.no_plot)
     if not args.quiet:
         print(report_text(res))
         print(f"\nwritten to {out}")
-    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def _labels(arr: np.ndarray, path: str, allowed=range(NUM_CLASSES)) -> np.ndarra
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             d = json.load(f)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot read detector JSON ({str(e).splitlines()[0][:120]})") from None

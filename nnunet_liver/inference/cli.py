@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from nnunet_liver.utils.io import InputError
+from nnunet_liver.utils.io import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_cli
 
 PROG = "nnunet-liver-detect"
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
     p.add_argument("--patch-model", default=None, metavar="PATCH_MODEL_DIR",
                    help="UNet-patch's training output folder ('demo' for the bundled one; the default with "
-                        "-m demo where one is bundled); 'none' or no UNet-patch skips the reclassification step")
+                        "-m demo); 'none' or no UNet-patch skips the reclassification step")
     p.add_argument("--factors", nargs="+", type=float, default=[1.0, 4.0],
                    help="lesion sensitivity factors; the highest gives the final lesions, the lowest the "
                         "same/diff split")
@@ -45,35 +45,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Detect on every case of ``args.i``; one error line per failed case. The other cases still run; the exit code
+    is :data:`EXIT_BAD_INPUT` if a case's files were bad, else :data:`EXIT_FAILED` if a case failed."""
     if args.patch_model is None and args.m == "demo":
-        from nnunet_liver.inference.model import bundled_demo_model
-
-        # the bundled pair: -m demo alone runs the whole cascade (if this installation bundles a UNet-patch)
-        args.patch_model = "demo" if bundled_demo_model("patch") else None
+        args.patch_model = "demo"  # the bundled pair: -m demo alone runs the whole cascade
     elif args.patch_model is not None and args.patch_model.lower() == "none":
-        args.patch_model = None  # e.g. seed 003's Base model with the bundled UNet-whole: -m demo --patch-model none
+        args.patch_model = None  # e.g. Wang et al.'s Base model with the bundled UNet-whole: -m demo --patch-model none
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        from nnunet_liver.inference.detector import LiverDetector
-        from nnunet_liver.inference.runner import run_folder
+    from nnunet_liver.inference.detector import LiverDetector
+    from nnunet_liver.inference.runner import run_folder
 
-        detector = LiverDetector(args.m, folds=args.f, checkpoint=args.chk, patch_model_dir=args.patch_model,
-                                 factors=args.factors, device=args.device, register=args.register,
-                                 num_patches=args.num_patches, seed=args.seed, use_mirroring=not args.disable_tta)
-        result = run_folder(detector, args.i, args.o, num_parts=args.num_parts, part_id=args.part_id,
-                            overwrite=args.overwrite, report=not args.no_report)
-    except InputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    detector = LiverDetector(args.m, folds=args.f, checkpoint=args.chk, patch_model_dir=args.patch_model,
+                             factors=args.factors, device=args.device, register=args.register,
+                             num_patches=args.num_patches, seed=args.seed, use_mirroring=not args.disable_tta)
+    result = run_folder(detector, args.i, args.o, num_parts=args.num_parts, part_id=args.part_id,
+                        overwrite=args.overwrite, report=not args.no_report)
     for case_id, message in result.failed.items():
         print(f"{PROG}: error: {message}", file=sys.stderr)
     print(f"{PROG}: {result} -> {args.o}", file=sys.stderr)
-    return 0 if result.ok else 1
+    if result.bad_input:
+        return EXIT_BAD_INPUT
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from nnunet_liver.utils.io import InputError
 __all__ = ["LoadedModel", "load_model", "resolve_trainer_class", "resolve_model_dir", "is_ifm_trainer",
            "available_folds", "DEMO_MODELS_DIR", "bundled_demo_model"]
 
-#: bundled demo models (``-m demo``), once they ship with the package
+#: the bundled demo models (``-m demo``): ``whole`` (UNet-whole) and ``patch`` (UNet-patch)
 DEMO_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo_models")
 
 
@@ -66,8 +66,8 @@ def resolve_model_dir(model_dir: str, which: str = "whole") -> str:
     if model_dir == "demo":
         candidate = os.path.join(DEMO_MODELS_DIR, which)
         if not bundled_demo_model(which):
-            raise InputError(f"{candidate}: no bundled demo model in this installation (the demo models are not "
-                             f"shipped yet); pass a trained model folder with -m")
+            raise InputError(f"{candidate}: no bundled demo model in this installation (a source checkout without "
+                             f"the demo_models folder?); pass a trained model folder with -m")
         return candidate
     if not os.path.isdir(model_dir):
         raise InputError(f"{model_dir}: model folder not found")

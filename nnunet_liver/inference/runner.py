@@ -29,10 +29,12 @@ SUMMARY_COLUMNS = (["case", "status", "error", "phases_present", "num_lesions", 
 
 @dataclass
 class RunResult:
-    """Which cases this run finished, skipped (already done) and failed (case id -> one-line error)."""
+    """Which cases this run finished, skipped (already done) and failed (case id -> one-line error); ``bad_input``
+    lists the failed cases whose files were bad (unreadable, missing a phase, ...), not a failed step."""
     done: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     failed: Dict[str, str] = field(default_factory=dict)
+    bad_input: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -74,6 +76,7 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
             validate_case_id(case.case_id)
         except InputError as e:
             result.failed[case.case_id] = str(e)
+            result.bad_input.append(case.case_id)
             continue
         paths = output_paths(output_dir, case.case_id)
         if not overwrite and _is_done(output_dir, case.case_id):
@@ -90,11 +93,13 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
             result.done.append(case.case_id)
         except Exception as e:  # noqa: BLE001 - a failing case must not stop the others
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if not isinstance(e, InputError):
+            if isinstance(e, InputError):
+                result.bad_input.append(case.case_id)
+            else:
                 message = f"case {case.case_id}: {type(e).__name__}: {message}"
             result.failed[case.case_id] = message
             with atomic_path(paths["error"]) as tmp:
-                with open(tmp, "w") as f:
+                with open(tmp, "w", encoding="utf-8") as f:
                     f.write(message + "\n")
     write_summary(all_cases, output_dir, result)
     if report:
@@ -146,12 +151,12 @@ def write_summary(all_cases: List[CaseFiles], output_dir: str, result: Optional[
             continue
         paths = output_paths(output_dir, cid)
         if _is_done(output_dir, cid):
-            with open(paths["json"]) as f:
+            with open(paths["json"], encoding="utf-8") as f:
                 row = _row_from_record(json.load(f))
             factor_cols += [k for k in row if k.startswith("class_f") and k not in factor_cols]
             rows.append(row)
         elif os.path.isfile(paths["error"]):
-            with open(paths["error"]) as f:
+            with open(paths["error"], encoding="utf-8") as f:
                 rows.append({"case": cid, "status": "failed", "error": f.read().strip()})
         else:
             rows.append({"case": cid, "status": "pending", "error": ""})
@@ -160,7 +165,7 @@ def write_summary(all_cases: List[CaseFiles], output_dir: str, result: Optional[
         columns += sorted(factor_cols, key=lambda k: float(k[7:])) if c == "class_f{}" else [c]
     path = os.path.join(output_dir, "summary.csv")
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             for row in rows:

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from nnunet_liver import labels as L
 from nnunet_liver.phantom.lesions import MAX_LESION_CM3, MIN_LESION_CM3
-from nnunet_liver.utils.io import InputError
+from nnunet_liver.utils.io import run_cli
 
 PROG = "nnunet-liver-phantom"
 
@@ -40,22 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
     from nnunet_liver.phantom.dataset import write_phantom_dataset
 
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
-    try:
-        out = write_phantom_dataset(args.output, args.num_cases, args.seed, shape=args.shape, spacing=args.spacing,
-                                    phases=phases, missing_delayed=args.missing_delayed,
-                                    misalign_mm=args.misalign_mm,
-                                    min_lesion_cm3=args.min_lesion_volume, num_processes=args.num_processes,
-                                    overwrite=args.overwrite)
-    except (InputError, ValueError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    out = write_phantom_dataset(args.output, args.num_cases, args.seed, shape=args.shape, spacing=args.spacing,
+                                phases=phases, missing_delayed=args.missing_delayed, misalign_mm=args.misalign_mm,
+                                min_lesion_cm3=args.min_lesion_volume, num_processes=args.num_processes,
+                                overwrite=args.overwrite)
     print(f"{PROG}: wrote {args.num_cases} cases to {out}")
-    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 
 from nnunet_liver import __version__
 from nnunet_liver import labels as L
-from nnunet_liver.phantom.generate import DEFAULT_SHAPE, _check_min_lesion_cm3, _check_phases, generate_case
+from nnunet_liver.phantom.generate import DEFAULT_SHAPE, check_case_arguments, generate_case
 from nnunet_liver.phantom.lesions import MIN_LESION_CM3
 from nnunet_liver.utils.io import InputError, atomic_dir, write_json_atomic
 
@@ -98,17 +98,16 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
     -------
     Path of the written dataset folder.
     """
-    phases = _check_phases(phases)
+    try:  # every argument checked here, before any worker starts
+        _, _, phases, min_lesion_cm3 = check_case_arguments(shape, spacing, phases, min_lesion_cm3=min_lesion_cm3)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if int(num_cases) < 1:
         raise InputError(f"{out_dir}: number of cases must be >= 1, got {num_cases}")
     if not 0.0 <= float(missing_delayed) <= 1.0:
         raise InputError(f"missing_delayed is a probability in [0, 1], got {missing_delayed}")
     if float(misalign_mm) < 0:
         raise InputError(f"misalign_mm must be >= 0, got {misalign_mm}")
-    try:
-        min_lesion_cm3 = _check_min_lesion_cm3(min_lesion_cm3)
-    except ValueError as e:
-        raise InputError(str(e)) from None
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from tqdm import tqdm
 

@@ -20,7 +20,7 @@ from nnunet_liver.phantom.lesions import (MAX_LESION_CM3, MIN_LESION_CM3, lesion
                                          margin_weight, place_lesions, sample_volume_cm3)
 from nnunet_liver.phantom.shapes import smooth_noise
 
-__all__ = ["PhantomCase", "generate_case", "default_spacing", "reference_phase"]
+__all__ = ["PhantomCase", "generate_case", "check_case_arguments", "default_spacing", "reference_phase"]
 
 DEFAULT_SHAPE = (64, 256, 256)
 
@@ -134,18 +134,8 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
     min_lesion_cm3 : smallest random lesion volume (default 0.5 cm3); random volumes are log-distributed from it
         up to 120 cm3, skewed towards the small end. The same seed draws the same random numbers whatever it is.
     """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 4:
-        raise ValueError(f"shape must be (Z, Y, X) with every size >= 4, got {shape}")
-    spacing = tuple(float(s) for s in (default_spacing(shape) if spacing is None else spacing))
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing must be three positive mm values (z, y, x), got {spacing}")
-    phases = _check_phases(phases)
-    if lesion_types is not None:
-        unknown = [t for t in lesion_types if t not in L.LESION_NAMES]
-        if unknown:
-            raise ValueError(f"unknown lesion types {unknown}; known: {list(L.LESION_NAMES)}")
-    min_lesion_cm3 = _check_min_lesion_cm3(min_lesion_cm3)
+    shape, spacing, phases, min_lesion_cm3 = check_case_arguments(shape, spacing, phases, lesion_types,
+                                                                  min_lesion_cm3)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     ref = reference_phase(phases)
     origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(shape, spacing))
@@ -158,39 +148,75 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
     lesions = [] if free else place_lesions(rng, label, spacing,
                                                  *_draw_lesions(rng, lesion_types, lesion_volumes_cm3,
                                                                 min_lesion_cm3))
-
-    enhancement = float(rng.uniform(0.85, 1.15))
-    noise_hu = float(rng.uniform(8.0, 14.0)) if noise else 0.0
-    texture = smooth_noise(rng, shape, (4, 8, 8))
-    liver_region = np.isin(label, L.LIVER_REGION_IDS)
-    organs = label > 0
-    sigma = (0.42 * 5.0 / spacing[0] if spacing[0] >= 2.5 else 0.42, 0.7, 0.7)  # partial volume + noise grain
-    noise_gain = float(np.sqrt(np.prod([2.0 * np.sqrt(np.pi) * s for s in sigma])))
+    look = _Look.draw(rng, label, spacing, noise)
 
     images: Dict[str, np.ndarray] = {}
     missing = ["D"] if (missing_delayed and "D" in phases) else []
     shifts: Dict[str, List[float]] = {}
     for phase in phases:
-        pi = L.PHASES.index(phase)
         if phase in missing:
             images[phase] = np.full(shape, L.MISSING_PHASE_VALUE, np.float32)
             continue
-        img = tissue_hu(tissue, pi, enhancement)
-        img += np.where(liver_region, 6.0, np.where(organs, 4.0, 2.0)).astype(np.float32) * texture
-        for lesion in lesions:
-            w = margin_weight(lesion)
-            sub = img[lesion.box]
-            sub += w * (lesion_hu(lesion, pi, enhancement) - sub)
-        if noise_hu:
-            img += rng.standard_normal(shape, dtype=np.float32) * np.float32(noise_hu * noise_gain)
-        img = ndimage.gaussian_filter(img, sigma, mode="nearest", truncate=3.0)
-        shift = np.zeros(3)
-        if misalign_mm > 0 and phase != ref:
-            direction = rng.standard_normal(3)
-            shift = direction / np.linalg.norm(direction) * misalign_mm * rng.uniform(0.5, 1.0)
-            img = ndimage.shift(img, shift / np.asarray(spacing), order=1, mode="nearest")
-        shifts[phase] = [float(v) for v in shift]
-        images[phase] = np.clip(img, -1024.0, 3071.0).astype(np.float32)
+        images[phase], shifts[phase] = _phase_image(rng, phase, tissue, lesions, look, spacing,
+                                                    misalign_mm if phase != ref else 0.0)
     truth = [les.truth(spacing, origin) for les in lesions]
     return PhantomCase(images, label, truth, spacing, origin, int(seed), ref, shifts, missing, free,
-                       enhancement, noise_hu)
+                       look.enhancement, look.noise_hu)
+
+
+def check_case_arguments(shape, spacing, phases, lesion_types=None, min_lesion_cm3=MIN_LESION_CM3):
+    """:func:`generate_case`'s arguments checked and normalised: ``(shape, spacing, phases in time order,
+    min_lesion_cm3)``; ValueError naming the argument otherwise."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 4:
+        raise ValueError(f"shape must be (Z, Y, X) with every size >= 4, got {shape}")
+    spacing = tuple(float(s) for s in (default_spacing(shape) if spacing is None else spacing))
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be three positive mm values (z, y, x), got {spacing}")
+    phases = _check_phases(phases)
+    if lesion_types is not None:
+        unknown = [t for t in lesion_types if t not in L.LESION_NAMES]
+        if unknown:
+            raise ValueError(f"unknown lesion types {unknown}; known: {list(L.LESION_NAMES)}")
+    return shape, spacing, phases, _check_min_lesion_cm3(min_lesion_cm3)
+
+
+@dataclass
+class _Look:
+    """What every phase image of a case shares: contrast timing, noise level, parenchymal texture, blur."""
+    enhancement: float
+    noise_hu: float
+    texture: np.ndarray
+    liver_region: np.ndarray
+    organs: np.ndarray
+    sigma: Tuple[float, float, float]
+    noise_gain: float
+
+    @classmethod
+    def draw(cls, rng, label: np.ndarray, spacing, noise: bool) -> "_Look":
+        enhancement = float(rng.uniform(0.85, 1.15))
+        noise_hu = float(rng.uniform(8.0, 14.0)) if noise else 0.0
+        texture = smooth_noise(rng, label.shape, (4, 8, 8))
+        sigma = (0.42 * 5.0 / spacing[0] if spacing[0] >= 2.5 else 0.42, 0.7, 0.7)  # partial volume + noise grain
+        noise_gain = float(np.sqrt(np.prod([2.0 * np.sqrt(np.pi) * s for s in sigma])))
+        return cls(enhancement, noise_hu, texture, np.isin(label, L.LIVER_REGION_IDS), label > 0, sigma, noise_gain)
+
+
+def _phase_image(rng, phase: str, tissue, lesions, look: _Look, spacing, misalign_mm: float):
+    """One phase's HU image (tissue, texture, lesions, noise, blur, optional random shift) and its shift (mm)."""
+    pi = L.PHASES.index(phase)
+    img = tissue_hu(tissue, pi, look.enhancement)
+    img += np.where(look.liver_region, 6.0, np.where(look.organs, 4.0, 2.0)).astype(np.float32) * look.texture
+    for lesion in lesions:
+        w = margin_weight(lesion)
+        sub = img[lesion.box]
+        sub += w * (lesion_hu(lesion, pi, look.enhancement) - sub)
+    if look.noise_hu:
+        img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(look.noise_hu * look.noise_gain)
+    img = ndimage.gaussian_filter(img, look.sigma, mode="nearest", truncate=3.0)
+    shift = np.zeros(3)
+    if misalign_mm > 0:
+        direction = rng.standard_normal(3)
+        shift = direction / np.linalg.norm(direction) * misalign_mm * rng.uniform(0.5, 1.0)
+        img = ndimage.shift(img, shift / np.asarray(spacing), order=1, mode="nearest")
+    return np.clip(img, -1024.0, 3071.0).astype(np.float32), [float(v) for v in shift]

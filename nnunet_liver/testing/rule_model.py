@@ -62,8 +62,8 @@ def write_rule_model(folder: str, labels: Dict[str, int], centers: Sequence[floa
 
     Intensities are not normalised (``NoNormalization``), so ``centers`` are in HU. ``spacing`` and
     ``patch_size`` are (z, y, x) and are transposed into the plans' axis order by ``transpose_forward`` (nnU-Net
-    transposes anisotropic data so that the low-resolution axis comes first). Each fold's checkpoint holds the same weights (fold ``k`` adds ``k * 1e-3`` HU to
-    the centres, so folds differ measurably). Returns ``folder``.
+    transposes anisotropic data so that the low-resolution axis comes first). Each fold's checkpoint holds the
+    same weights (fold ``k`` adds ``k * 1e-3`` HU to the centres, so folds differ measurably). Returns ``folder``.
     """
     os.makedirs(folder, exist_ok=True)
     n_ch = len(channel_names)
@@ -100,9 +100,9 @@ def write_rule_model(folder: str, labels: Dict[str, int], centers: Sequence[floa
             str(i): {"max": 3000.0, "mean": 0.0, "median": 0.0, "min": -1024.0, "percentile_00_5": -1024.0,
                      "percentile_99_5": 3000.0, "std": 1.0} for i in range(n_ch)},
     }
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
+    with open(os.path.join(folder, "dataset.json"), "w", encoding="utf-8") as f:
         json.dump(dataset_json, f, indent=2)
-    with open(os.path.join(folder, "plans.json"), "w") as f:
+    with open(os.path.join(folder, "plans.json"), "w", encoding="utf-8") as f:
         json.dump(plans, f, indent=2)
     for k, fold in enumerate(folds):
         net = IntensityRuleNetwork(n_ch, len(labels), [c + 1e-3 * k for c in centers], widths, channel)

@@ -1,21 +1,29 @@
-"""Small I/O helpers shared by every command: clear input errors, atomic writes, image reading.
+"""Small I/O helpers shared by every command: clear input errors, atomic writes, image reading, the command-line
+wrapper with the package's exit codes (:func:`run_cli`).
 
 Arrays are (z, y, x) and spacings (z, y, x) in mm everywhere, as SimpleITK's ``GetArrayFromImage`` gives them.
+Atomic writes create their temporary file or folder with the permissions a plain ``open()`` or ``os.mkdir`` would
+give (0666 / 0777 minus the process umask), so outputs in a shared folder are as readable as any other file.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
 __all__ = ["InputError", "atomic_path", "atomic_dir", "write_json_atomic", "read_image", "spacing_zyx",
-           "write_image_like", "run_cli", "console_script"]
+           "write_image_like", "run_cli", "console_script", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT"]
+
+#: exit codes of every ``nnunet-liver-*`` command: success; a step failed on valid input (an nnU-Net command, a
+#: case that failed in detection, a file that could not be written); bad input (a missing or unreadable file, an
+#: invalid option value: argparse's own code for a malformed command line)
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class InputError(ValueError):
@@ -31,9 +39,7 @@ def atomic_path(final_path: str) -> Iterator[str]:
     """
     folder = os.path.dirname(os.path.abspath(final_path)) or "."
     os.makedirs(folder, exist_ok=True)
-    base = os.path.basename(final_path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="_" + base, dir=folder)
-    os.close(fd)
+    tmp = _create_unique(folder, ".tmp_", "_" + os.path.basename(final_path), _create_file)
     try:
         yield tmp
         os.replace(tmp, final_path)
@@ -53,7 +59,7 @@ def atomic_dir(final_dir: str, overwrite: bool = False) -> Iterator[str]:
         raise InputError(f"{final_dir}: already exists (remove it or choose another output)")
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp_" + os.path.basename(final_dir) + "_", dir=parent)
+    tmp = _create_unique(parent, ".tmp_" + os.path.basename(final_dir) + "_", "", lambda p: os.mkdir(p, 0o777))
     try:
         yield tmp
         if os.path.exists(final_dir):
@@ -64,10 +70,30 @@ def atomic_dir(final_dir: str, overwrite: bool = False) -> Iterator[str]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _create_file(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _create_unique(folder: str, prefix: str, suffix: str, create: Callable[[str], None]) -> str:
+    """Create a new file or folder ``folder/prefix<random>suffix`` with ``create`` and return its path.
+
+    Unlike ``tempfile.mkstemp``/``mkdtemp`` (mode 0600/0700), ``create`` passes the ordinary mode (0666 for files,
+    0777 for folders) and the kernel applies the umask, so the renamed output has the permissions of a plain write.
+    """
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            create(path)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name with prefix {prefix!r}")
+
+
 def write_json_atomic(obj, path: str, indent: int = 2) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=indent, sort_keys=False, default=_json_default)
             f.write("\n")
 
@@ -143,21 +169,34 @@ def write_image_like(array: np.ndarray, reference, path: str) -> None:
         sitk.WriteImage(out, tmp, useCompression=True)
 
 
-def run_cli(prog: str, work: Callable[[], None]) -> int:
-    """Run a command's ``work``; bad input (:class:`InputError`) -> one line ``PROG: error: ...`` and exit code 2, a
-    failed step (``RuntimeError``) -> one line and exit code 1, success -> 0."""
+def run_cli(prog: str, work: Callable[[], Optional[int]]) -> int:
+    """Run a command's ``work`` and return the command's exit code; every ``nnunet-liver-*`` command's ``main`` ends
+    here, so they all fail the same way.
+
+    - bad input (:class:`InputError`): one line ``PROG: error: <file or case>: <problem>`` on stderr,
+      :data:`EXIT_BAD_INPUT` (2, as argparse exits on a malformed command line);
+    - a failed step (``RuntimeError``, or an ``OSError`` such as a full disk or a folder without write permission):
+      one line, :data:`EXIT_FAILED` (1);
+    - otherwise ``work``'s return value when it returns an exit code (e.g. :data:`EXIT_FAILED` when some cases
+      failed and were reported), else :data:`EXIT_OK` (0).
+    """
     try:
-        work()
+        code = work()
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except RuntimeError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if code is None else int(code)
 
 
 def console_script(name: str) -> str:
-    """A console script (nnU-Net's or ours) next to the running interpreter, i.e. in its venv, else ``name`` for PATH."""
+    """A console script (nnU-Net's or ours) next to the running interpreter, i.e. in its venv, else ``name``
+    (looked up on PATH)."""
     candidate = os.path.join(os.path.dirname(sys.executable), name)
     return candidate if os.path.exists(candidate) else name
