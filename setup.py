@@ -1,10 +1,18 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+#: the one version source is nnunet_liver.__version__ (read here without importing the package)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "nnunet_liver" / "__init__.py").read_text(encoding="utf-8"),
+                    re.M).group(1)
 
 setup(
     name="nnunet_liver",
-    version="0.1.0",
+    version=VERSION,
     description="Liver lesion detection and classification on multi-phase CT as an nnU-Net v2 extension",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
@@ -13,7 +21,9 @@ setup(
     packages=find_packages(include=["nnunet_liver", "nnunet_liver.*"]) + ["nnunet_liver.dataset_conversion"],
     package_dir={"nnunet_liver.dataset_conversion": "dataset_conversion"},
     include_package_data=True,
-    package_data={"nnunet_liver": ["py.typed", "demo_models/**/*", "inference/*.json"]},
+    package_data={"nnunet_liver": ["demo_models/**/*", "inference/*.json"]},
+    # what the package imports (tests/test_packaging.py checks it), plus dynamic-network-architectures, whose
+    # PlainConvUNet the bundled demo models' plans name and nnU-Net builds by that name
     install_requires=[
         "nnunetv2>=2.6,<2.9",
         "torch>=2.1",
@@ -27,10 +37,11 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "nibabel>=4",
+        "threadpoolctl>=3",
         "tqdm",
         "matplotlib>=3.6",
     ],
-    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2", "jsonschema>=4"]},
+    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2", "jsonschema>=4", "blosc2"]},
     entry_points={
         "console_scripts": [
             "nnunet-liver-phantom=nnunet_liver.phantom.cli:main",

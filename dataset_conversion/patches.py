@@ -125,7 +125,7 @@ def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARG
     ds_file = raw / "dataset.json"
     if not ds_file.is_file():
         raise InputError(f"{ds_file}: not found (input must be an nnU-Net raw dataset folder)")
-    ds = json.loads(ds_file.read_text())
+    ds = json.loads(ds_file.read_text(encoding="utf-8"))
     ds_labels = {str(k): v for k, v in ds.get("labels", {}).items()}
     if ds_labels != L.dataset_json_labels():
         raise InputError(f"{ds_file}: labels are not nnunet_liver's 13-class scheme (convert the dataset first)")

@@ -87,7 +87,7 @@ def _fmt(v, digits=2) -> str:
 def _case_section(output_dir: str, case_id: str) -> str:
     import SimpleITK as sitk
 
-    with open(os.path.join(output_dir, f"{case_id}.json")) as f:
+    with open(os.path.join(output_dir, f"{case_id}.json"), encoding="utf-8") as f:
         rec = json.load(f)
     patient = rec["patient"]
     parts = [f"<section id='{html.escape(case_id)}'><h2>{html.escape(case_id)}</h2>",
@@ -151,6 +151,6 @@ section{{border-top:1px solid #ccc;margin-top:1em}}</style></head>
 """
     path = os.path.join(output_dir, "report.html")
     with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(doc)
     return path

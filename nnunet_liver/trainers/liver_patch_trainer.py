@@ -134,7 +134,7 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
         folder = self.hard_cases_folder()
         if folder is None:
             return {}
-        with open(os.path.join(folder, "patch_dataset.json")) as f:
+        with open(os.path.join(folder, "patch_dataset.json"), encoding="utf-8") as f:
             info = json.load(f)
         if "hard_cases_from" not in info:
             return {}
