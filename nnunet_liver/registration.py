@@ -102,7 +102,7 @@ def _leaf(transform, kind):
     return kind(transform)
 
 
-def _optimise(fixed_f, moving_f, init, mask, bins, sampling, iterations, seed, levels, learning_rate):
+def _optimise(fixed_f, moving_f, init, *, mask, bins, sampling, iterations, seed, levels, learning_rate):
     """One multi-resolution Mattes MI optimisation from ``init``: (transform, iterations, stop condition)."""
     import SimpleITK as sitk
 
@@ -163,55 +163,81 @@ def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=No
             raise ValueError(f"{what} image must be 3D, got {im.GetDimension()}D")
     fixed_f, moving_f = _float(fixed), _float(moving)
     mask = _mask_image(fixed_mask, fixed)
+    init, init_name, metric_before = _initialise(fixed, fixed_f, moving_f, transform, mask, bins)
+    levels = [f for f in (4, 2, 1) if min(fixed.GetSize()) // f >= 8] or [1]
+    settings = dict(mask=mask, bins=bins, sampling=sampling, seed=seed)
+    if transform == "rigid":
+        final, iters, stop = _optimise(fixed_f, moving_f, init, iterations=iterations, levels=levels,
+                                       learning_rate=2.0, **settings)
+    else:
+        final, iters, stop = _affine_after_rigid(fixed_f, moving_f, init, iterations, levels, settings)
+    final = _leaf(final, sitk.Euler3DTransform if transform == "rigid" else sitk.AffineTransform)
+    metric_after = mutual_information(fixed_f, moving_f, final, bins, mask)
+    if metric_after > metric_before and init_name == "physical":  # never return something worse than the scanner
+        final, metric_after = sitk.Transform(3, sitk.sitkIdentity), metric_before
+    report = _report(fixed, moving, final, transform, mask, metric_before, metric_after, init_name, iters, stop)
+    return resample_to(moving, fixed, final), report
+
+
+def _initialise(fixed, fixed_f, moving_f, transform: str, mask, bins: int):
+    """The start transform: the scanner's alignment ("physical", identity about the fixed image's centre) or the
+    one overlaying the geometric centres ("centred"), whichever scores the better metric.
+    Returns ``(transform, name, metric of the scanner's alignment)``."""
+    import SimpleITK as sitk
+
     base = sitk.Euler3DTransform() if transform == "rigid" else sitk.AffineTransform(3)
     centre = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in fixed.GetSize()])
-
     physical = sitk.Euler3DTransform() if transform == "rigid" else sitk.AffineTransform(3)
     physical.SetCenter(centre)
     centred = sitk.CenteredTransformInitializer(fixed_f, moving_f, base,
                                                 sitk.CenteredTransformInitializerFilter.GEOMETRY)
     metric_before = mutual_information(fixed_f, moving_f, None, bins, mask)
     metric_centred = mutual_information(fixed_f, moving_f, centred, bins, mask)
-    init, init_name = (physical, "physical") if metric_before <= metric_centred else (centred, "centred")
+    if metric_before <= metric_centred:
+        return physical, "physical", metric_before
+    return centred, "centred", metric_before
 
-    levels = [f for f in (4, 2, 1) if min(fixed.GetSize()) // f >= 8] or [1]
-    if transform == "rigid":
-        final, iters, stop = _optimise(fixed_f, moving_f, init, mask, bins, sampling, iterations, seed, levels, 2.0)
-    else:  # affine: a rigid stage first, then the 12 parameters from there on the finer levels
-        rigid = sitk.Euler3DTransform()
-        rigid.SetCenter(init.GetCenter())
-        rigid.SetTranslation(init.GetTranslation())
-        first, iters, _ = _optimise(fixed_f, moving_f, rigid, mask, bins, sampling, iterations, seed, levels, 2.0)
-        first = _leaf(first, sitk.Euler3DTransform)
-        affine = sitk.AffineTransform(3)
-        affine.SetCenter(first.GetCenter())
-        affine.SetMatrix(first.GetMatrix())
-        affine.SetTranslation(first.GetTranslation())
-        refined, more, stop = _optimise(fixed_f, moving_f, affine, mask, bins, sampling, min(iterations, 100),
-                                        seed, levels[-1:], 0.5)
-        iters += more
-        refined = _leaf(refined, sitk.AffineTransform)
-        # keep the affine refinement only when it beats its rigid start on the full metric
-        if mutual_information(fixed_f, moving_f, refined, bins, mask) > mutual_information(fixed_f, moving_f, first,
-                                                                                          bins, mask):
-            refined, stop = affine, "affine refinement did not beat the rigid stage; rigid result kept"
-        final = refined
-    final = _leaf(final, sitk.Euler3DTransform if transform == "rigid" else sitk.AffineTransform)
-    metric_after = mutual_information(fixed_f, moving_f, final, bins, mask)
-    if metric_after > metric_before and init_name == "physical":  # never return something worse than the scanner
-        final, metric_after = sitk.Transform(3, sitk.sitkIdentity), metric_before
-    resampled = resample_to(moving, fixed, final)
+
+def _affine_after_rigid(fixed_f, moving_f, init, iterations: int, levels, settings: dict):
+    """A rigid stage first, then the 12 affine parameters from there on the finest level; the affine result only
+    when it beats its rigid start on the full metric. Returns ``(transform, iterations, stop condition)``."""
+    import SimpleITK as sitk
+
+    rigid = sitk.Euler3DTransform()
+    rigid.SetCenter(init.GetCenter())
+    rigid.SetTranslation(init.GetTranslation())
+    first, iters, _ = _optimise(fixed_f, moving_f, rigid, iterations=iterations, levels=levels, learning_rate=2.0,
+                                **settings)
+    first = _leaf(first, sitk.Euler3DTransform)
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(first.GetCenter())
+    affine.SetMatrix(first.GetMatrix())
+    affine.SetTranslation(first.GetTranslation())
+    refined, more, stop = _optimise(fixed_f, moving_f, affine, iterations=min(iterations, 100), levels=levels[-1:],
+                                    learning_rate=0.5, **settings)
+    refined = _leaf(refined, sitk.AffineTransform)
+    bins, mask = settings["bins"], settings["mask"]
+    if mutual_information(fixed_f, moving_f, refined, bins, mask) > mutual_information(fixed_f, moving_f, first,
+                                                                                      bins, mask):
+        refined, stop = affine, "affine refinement did not beat the rigid stage; rigid result kept"
+    return refined, iters + more, stop
+
+
+def _report(fixed, moving, final, transform: str, mask, metric_before: float, metric_after: float,
+            init_name: str, iterations: int, stop: str) -> Dict:
+    """The registration report of :func:`register_to_reference`."""
+    import SimpleITK as sitk
+
     params = list(final.GetParameters())
     translation = params[-3:] if params else [0.0, 0.0, 0.0]
-    report = {"transform": transform, "metric": "mattes_mutual_information (lower is better)",
-              "metric_before": metric_before, "metric_after": metric_after,
-              "metric_region": "whole image" if mask is None else
-              f"fixed mask ({int(sitk.GetArrayViewFromImage(mask).sum())} voxels)",
-              "correlation_before": _correlation(fixed, moving, None, mask),
-              "correlation_after": _correlation(fixed, moving, final, mask),
-              "improved": bool(metric_after < metric_before), "initialisation": init_name,
-              "parameters": [float(p) for p in params], "fixed_parameters": [float(p) for p in
-                                                                              final.GetFixedParameters()],
-              "translation_mm_xyz": [float(t) for t in translation],
-              "iterations": int(iters), "stop_condition": stop}
-    return resampled, report
+    return {"transform": transform, "metric": "mattes_mutual_information (lower is better)",
+            "metric_before": metric_before, "metric_after": metric_after,
+            "metric_region": "whole image" if mask is None else
+            f"fixed mask ({int(sitk.GetArrayViewFromImage(mask).sum())} voxels)",
+            "correlation_before": _correlation(fixed, moving, None, mask),
+            "correlation_after": _correlation(fixed, moving, final, mask),
+            "improved": bool(metric_after < metric_before), "initialisation": init_name,
+            "parameters": [float(p) for p in params],
+            "fixed_parameters": [float(p) for p in final.GetFixedParameters()],
+            "translation_mm_xyz": [float(t) for t in translation],
+            "iterations": int(iterations), "stop_condition": stop}

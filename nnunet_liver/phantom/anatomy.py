@@ -84,13 +84,40 @@ def _paint(label, tissue, hit, label_id=None, tissue_name=None, where=None):
 
 
 def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float]):
-    """Draw one body: returns ``(label uint8 (Z,Y,X), tissue uint8 (Z,Y,X))`` for a case's random anatomy."""
+    """Draw one body: returns ``(label uint8 (Z,Y,X), tissue uint8 (Z,Y,X))`` for a case's random anatomy.
+
+    The structures are drawn in a fixed order (each step draws from ``rng``), later ones painted only where the
+    earlier ones leave room: body wall, spine, ribs and great vessels; bowel and kidneys; stomach, spleen and
+    pancreas; liver; lung bases and heart; gallbladder; portal and splenic vein; hepatic vessels.
+    """
     coords, _ = standard_coords(shape, spacing)
+    tissue = _body_wall(rng, coords, shape)
+    label = np.zeros(tuple(shape), np.uint8)
+    _bowel_and_kidneys(rng, coords, label, tissue)
+    pancreas = _stomach_spleen_pancreas(rng, coords, label, tissue)
+    lc, lr = _liver(rng, coords, label, tissue)
+    _chest(rng, coords, label, tissue, lc, lr)
+    _gallbladder(rng, coords, label, tissue, lc, lr)
+    hilum = _portal_vein(rng, coords, label, tissue, lc, lr, pancreas)
+    _hepatic_vessels(rng, coords, label, tissue, lc, lr, hilum)
+    return label, tissue
+
+
+def _jitter(rng: np.random.Generator):
+    """``j(s)``: a uniform jitter in [-s, s] (mm, or a relative size)."""
+    return lambda s: float(rng.uniform(-s, s))
+
+
+def _free_cavity(lab, tis):
+    """Where an abdominal organ may be painted: unlabelled visceral fat or bowel."""
+    return (lab == 0) & ((tis == TISSUE_IDS["visceral_fat"]) | (tis == TISSUE_IDS["bowel"]))
+
+
+def _body_wall(rng, coords, shape) -> np.ndarray:
+    """The tissue map of the body wall, spine, aorta (axial 2D, the same on every slice), ribs and IVC."""
     cz, cy, cx = coords
     T = TISSUE_IDS
-    j = lambda s: float(rng.uniform(-s, s))  # noqa: E731 - jitter in mm
-
-    # --- body wall, spine and great vessels: axial 2D, the same on every slice ---
+    j = _jitter(rng)
     Y, X = cy[:, None], cx[None, :]
     bx, by, bcy = 170 * (1 + j(0.06)), 125 * (1 + j(0.08)), 10 + j(4)
     fat_mm, muscle_mm = rng.uniform(12, 30), rng.uniform(8, 13)
@@ -121,23 +148,29 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
     tissue[ribs] = T["bone"]
     ivc = tube(coords, (-160, 44, -24), (125, 44, -24), 11)
     _paint(None, tissue, ivc, tissue_name="ivc")
-    label = np.zeros(tuple(shape), np.uint8)
+    return tissue
 
-    in_cavity = lambda lab, tis: (lab == 0) & ((tis == T["visceral_fat"]) | (tis == T["bowel"]))  # noqa: E731
 
-    # --- bowel loops (lower abdomen) and kidneys: background class ---
+def _bowel_and_kidneys(rng, coords, label, tissue) -> None:
+    """Bowel loops (lower abdomen) and kidneys, in visceral fat; background class."""
+    j = _jitter(rng)
+    in_fat = lambda lab, tis: tis == TISSUE_IDS["visceral_fat"]  # noqa: E731
     for _ in range(int(rng.integers(4, 8))):
         c = (rng.uniform(-150, -40), rng.uniform(-80, 20), rng.uniform(-110, 110))
-        _paint(label, tissue, ellipsoid(coords, c, (rng.uniform(20, 35), 18, 18), rng, 0.2), None, "bowel",
-               lambda lab, tis: tis == T["visceral_fat"])
+        _paint(label, tissue, ellipsoid(coords, c, (rng.uniform(20, 35), 18, 18), rng, 0.2), None, "bowel", in_fat)
     for side, zc in ((-1, -55), (1, -40)):
         hit = ellipsoid(coords, (zc + j(8), 80 + j(5), side * 72 + j(5)), (52, 24, 26), rng, 0.08)
-        _paint(label, tissue, hit, None, "kidney", lambda lab, tis: tis == T["visceral_fat"])
+        _paint(label, tissue, hit, None, "kidney", in_fat)
 
-    # --- stomach (wall, fluid, air cap), spleen, pancreas ---
+
+def _stomach_spleen_pancreas(rng, coords, label, tissue) -> list:
+    """Stomach (wall, fluid, air cap), spleen and pancreas; returns the pancreas' centre line (4 points, mm)."""
+    _, cy, _ = coords
+    T = TISSUE_IDS
+    j = _jitter(rng)
     sc = np.array((50 + j(10), -12 + j(8), 80 + j(8)))
     sr = np.array((55, 38, 40)) * (1 + j(0.1))
-    _paint(label, tissue, ellipsoid(coords, sc, sr, rng, 0.1), L.STOMACH, "stomach_wall", in_cavity)
+    _paint(label, tissue, ellipsoid(coords, sc, sr, rng, 0.1), L.STOMACH, "stomach_wall", _free_cavity)
     lumen = ellipsoid(coords, sc, sr - 5, rng, 0.05)
     if lumen is not None:
         box, mask, _ = lumen
@@ -146,17 +179,21 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
         air = mask & (cy[box[1]][None, :, None] < sc[1] - 0.45 * sr[1])
         tissue[box][air] = T["stomach_air"]
     _paint(label, tissue, ellipsoid(coords, (55 + j(10), 58 + j(6), 110 + j(6)), np.array((50, 45, 26)) *
-                                    (1 + j(0.15)), rng, 0.1), L.SPLEEN, "spleen", in_cavity)
+                                    (1 + j(0.15)), rng, 0.1), L.SPLEEN, "spleen", _free_cavity)
     pancreas = [(-15, 20, -28), (-2, 24, 0), (12, 34, 40), (28, 46, 86)]
     pancreas = [np.add(p, (j(5), j(4), j(4))) for p in pancreas]
     for a, b, r0, r1 in zip(pancreas[:-1], pancreas[1:], (13, 10, 10), (10, 10, 8)):
-        _paint(label, tissue, tube(coords, a, b, r0, r1), L.PANCREAS, "pancreas", in_cavity)
+        _paint(label, tissue, tube(coords, a, b, r0, r1), L.PANCREAS, "pancreas", _free_cavity)
+    return pancreas
 
-    # --- liver: right lobe + left lobe ---
+
+def _liver(rng, coords, label, tissue):
+    """Right lobe (a wedge) and left lobe; returns the right lobe's centre and radii (mm)."""
+    cz, cy, cx = coords
+    j = _jitter(rng)
     lc = np.array((50 + j(10), 5 + j(6), -70 + j(6)))
     lr = np.array((80, 84, 86)) * (1 + j(0.1))
     left = np.array((68 + j(8), -52 + j(5), 15 + j(8)))
-    liver_free = lambda lab, tis: (lab == 0) & ((tis == T["visceral_fat"]) | (tis == T["bowel"]))  # noqa: E731
     right = ellipsoid(coords, lc, lr, rng, 0.06)
     if right is not None:  # wedge: the inferior surface rises towards the midline (cut by an oblique plane)
         box, mask, _ = right
@@ -164,29 +201,39 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
         xr = (cx[box[2]][None, None, :] - lc[2]) / lr[2]
         yr = (cy[box[1]][None, :, None] - lc[1]) / lr[1]
         cut = -0.75 + 0.8 * (xr + 0.3) - 0.25 * yr + 0.12 * smooth_noise(rng, mask.shape, (2, 3, 3))
-        _paint(label, tissue, (box, mask & (zr > cut)), L.LIVER, "liver", liver_free)
+        _paint(label, tissue, (box, mask & (zr > cut)), L.LIVER, "liver", _free_cavity)
     _paint(label, tissue, ellipsoid(coords, left, np.array((40, 40, 68)) * (1 + j(0.15)), rng, 0.08), L.LIVER,
-           "liver", liver_free)
+           "liver", _free_cavity)
+    return lc, lr
 
-    # --- lung bases and heart above and around the liver dome ---
-    chest = lambda lab, tis: (lab == 0) & ((tis == T["visceral_fat"]) | (tis == T["bowel"]))  # noqa: E731
+
+def _chest(rng, coords, label, tissue, lc, lr) -> None:
+    """Lung bases and heart above and around the liver dome."""
+    j = _jitter(rng)
     dome = lc[0] + lr[0]
     for side in (-1, 1):
         _paint(label, tissue, ellipsoid(coords, (dome + 45 + j(8), 45, side * 85), (90, 75, 72), rng, 0.05), None,
-               "lung", chest)
+               "lung", _free_cavity)
     _paint(label, tissue, ellipsoid(coords, (dome + 40 + j(8), -25, 20 + j(6)), (50, 55, 62), rng, 0.05), None,
-           "heart", chest)
+           "heart", _free_cavity)
 
-    # --- gallbladder under the right lobe, with a thin wall ---
+
+def _gallbladder(rng, coords, label, tissue, lc, lr) -> None:
+    """Gallbladder under the right lobe, bile inside a thin wall."""
+    j = _jitter(rng)
     gc, gr = (lc[0] - 0.62 * lr[0] + j(5), -60 + j(5), -50 + j(6)), np.array((36, 15, 16)) * (1 + j(0.15))
     gb_where = lambda lab, tis: (lab == 0) | (lab == L.LIVER)  # noqa: E731
     _paint(label, tissue, ellipsoid(coords, gc, gr), L.GALLBLADDER, "gallbladder_wall", gb_where)
     inner = ellipsoid(coords, gc, gr - 2.5)
     if inner is not None:
         box, mask, _ = inner
-        tissue[box][mask & (label[box] == L.GALLBLADDER)] = T["gallbladder_bile"]
+        tissue[box][mask & (label[box] == L.GALLBLADDER)] = TISSUE_IDS["gallbladder_bile"]
 
-    # --- portal vein (confluence -> hilum), splenic vein behind the pancreas, SMV down ---
+
+def _portal_vein(rng, coords, label, tissue, lc, lr, pancreas) -> np.ndarray:
+    """Portal vein (confluence -> hilum), splenic vein behind the pancreas, SMV down; returns the hilum (mm)."""
+    T = TISSUE_IDS
+    j = _jitter(rng)
     hilum = np.array((lc[0] - 0.15 * lr[0], 8 + j(4), -38 + j(4)))
     conf = np.array((-6 + j(4), 36 + j(3), -6 + j(4)))
     pv_where = lambda lab, tis: ((lab == 0) | (lab == L.LIVER) | (lab == L.PANCREAS)) & (  # noqa: E731
@@ -194,8 +241,12 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
     for a, b, r in ((conf, hilum, 8), (conf, pancreas[2] + (0, 12, 0), 5.5),
                     (pancreas[2] + (0, 12, 0), pancreas[3] + (4, 10, 0), 5), (conf, conf + (-70, -6, 2), 6)):
         _paint(label, tissue, tube(coords, a, b, r), L.PORTAL_SPLENIC_VEIN, "portal_vein", pv_where)
+    return hilum
 
-    # --- hepatic vessels inside the liver: portal branches from the hilum, hepatic veins into the IVC ---
+
+def _hepatic_vessels(rng, coords, label, tissue, lc, lr, hilum) -> None:
+    """Hepatic vessels inside the liver: portal branches from the hilum, hepatic veins into the IVC."""
+    j = _jitter(rng)
     only_liver = lambda lab, tis: lab == L.LIVER  # noqa: E731
     top = np.array((lc[0] + 0.75 * lr[0], 44, -24))  # hepatic vein confluence
     branches = [(hilum, hilum + (12, -40, -50), 5.5, 3.5), (hilum, hilum + (8, 35, -70), 5.5, 3.5),
@@ -207,4 +258,3 @@ def build_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Seque
         mid = a + 0.6 * (b - a)  # one side branch each
         tip = mid + (j(25), j(30), j(30))
         _paint(label, tissue, tube(coords, mid, tip, r1, 2.5), L.HEPATIC_VESSELS, "hepatic_vessel", only_liver)
-    return label, tissue
