@@ -152,7 +152,8 @@ def register_to_reference(moving, fixed, transform: str = "rigid", fixed_mask=No
         "metric_region",
         "initialisation": "physical"|"centred", "parameters": [...],
         "fixed_parameters": [...], "translation_mm_xyz": (x, y, z) of the fixed -> moving point
-        mapping (a moving image whose content is shifted by +t mm reports +t), "iterations", "stop_condition", "improved"}.
+        mapping (a moving image whose content is shifted by +t mm reports +t), "iterations", "stop_condition",
+        "improved"}.
     """
     import SimpleITK as sitk
 

@@ -81,7 +81,7 @@ def digest(folder):
 
 
 def test_patch_model_none_skips_reclassification(models, tmp_path):
-    """``--patch-model none`` runs UNet-whole alone (seed 003's Base model, also with ``-m demo``, whose default is
+    """``--patch-model none`` runs UNet-whole alone (Wang et al.'s Base model, also with ``-m demo``, whose default is
     the bundled UNet-patch)."""
     inp, out = tmp_path / "in", tmp_path / "out"
     write_case(inp, "case_a", paint_case(0))

@@ -1,4 +1,4 @@
-"""Metric formulas: golden values from seed 003 Table V, AUC and AP against scikit-learn, Dice against nnU-Net."""
+"""Metric formulas: golden values from Wang et al.'s Table V, AUC and AP against scikit-learn, Dice against nnU-Net."""
 import numpy as np
 import pytest
 
@@ -10,7 +10,7 @@ from nnunet_liver.postprocessing import match, seg2det
 
 
 @pytest.mark.parametrize("counts, expected", [
-    # seed 003 Table V (High+ReCls): TP, FL, FP, FN, FL_pred -> precision, recall, recall-rough
+    # Wang et al. Table V (High+ReCls): TP, FL, FP, FN, FL_pred -> precision, recall, recall-rough
     ((223, 13, 6, 11, 33), (0.851, 0.903, 0.955)),   # HCC
     ((8, 5, 1, 0, 4), (0.615, 0.615, 1.0)),          # ICC
     ((25, 24, 6, 8, 7), (0.658, 0.439, 0.860)),      # Other

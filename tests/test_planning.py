@@ -71,7 +71,8 @@ def test_unknown_dataset_fails_with_one_line(nnunet_dirs):
     env = {**nnunet_dirs.env, "nnUNet_n_proc_DA": "1"}
     proc = subprocess.run(["nnunet-liver-plan", "-d", "987"], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("nnunet-liver-plan: error: dataset 987") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("nnunet-liver-plan: error: dataset 987")
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -27,11 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-pred", required=True, help="folder of predictions: CASE.nii.gz label maps, or the detector's "
                                                 "CASE_lesions.nii.gz + CASE.json")
     p.add_argument("-o", default=None, help="output folder (default: PRED_DIR/evaluation)")
-    p.add_argument("--overlap", default="any", help="lesion match criterion: 'any' voxel (seed 003), 'iou:X' "
+    p.add_argument("--overlap", default="any", help="lesion match criterion: 'any' voxel (Wang et al.), 'iou:X' "
                                                     "(IoU > X; 0.1 as picai_eval, 0.5 as LiTS) or 'dice:X' "
                                                     "(default: any)")
     p.add_argument("--min-volume", type=float, default=0.5, help="reference lesions below this volume (cm3) are "
-                                                                  "ignored (default: 0.5, seed 003 Table I)")
+                                                                  "ignored (default: 0.5, Wang et al. Table I)")
     p.add_argument("--min-pred-volume", type=float, default=None, help="unmatched predictions below this volume "
                                                                         "(cm3) are ignored (default: --min-volume)")
     p.add_argument("--strata", action="store_true", help="also tabulate by lesion-size strata (Table I bins)")

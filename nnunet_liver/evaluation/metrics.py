@@ -1,7 +1,7 @@
-"""Metric formulas: lesion-level tables (seed 003 Tables I, II, V), patient-level malignancy (Table IV), AUC
-(Mann-Whitney, seed 002 Table 3), FROC and average precision, Dice.
+"""Metric formulas: lesion-level tables (Wang et al. Tables I, II, V), patient-level malignancy (Table IV), AUC
+(Mann-Whitney, Huang et al., LIDIA, Table 3), FROC and average precision, Dice.
 
-Lesion-level conventions (they reproduce seed 003 Table V exactly): for a type T,
+Lesion-level conventions (they reproduce Wang et al. Table V exactly): for a type T,
 ``recall = TP / (TP + FN + FL)`` with FL the reference lesions of type T matched to another type,
 ``precision = TP / (TP + FP + FL_pred)`` with FL_pred the predictions of type T matched to a reference of another
 type, and ``recall_rough = (TP + FL) / (TP + FL + FN)`` (detection regardless of type). For "All", FL_pred = FL.
@@ -21,7 +21,7 @@ __all__ = ["TYPE_NAMES", "MALIGNANT_NAMES", "SIZE_BINS_CM3", "FROC_RATES", "lesi
 
 TYPE_NAMES: Tuple[str, ...] = tuple(name_of(i) for i in LESION_IDS)
 MALIGNANT_NAMES = frozenset(name_of(i) for i in MALIGNANT_IDS)
-#: lesion-size strata of seed 003 Table I, in cm3: [0.5, 2), [2, 4), [4, 8), [8, 16), [16, 64), [64, inf)
+#: lesion-size strata of Wang et al. Table I, in cm3: [0.5, 2), [2, 4), [4, 8), [8, 16), [16, 64), [64, inf)
 SIZE_BINS_CM3: Tuple[float, ...] = (0.5, 2.0, 4.0, 8.0, 16.0, 64.0)
 #: false positives per case at which FROC sensitivities are reported
 FROC_RATES: Tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -123,7 +123,7 @@ def reference_counts_table(lesion_lists: Iterable[Sequence], min_volume_cm3: flo
 
 
 def patient_table(pairs: Iterable[Tuple[str, str]]) -> Dict[str, object]:
-    """Patient-level malignancy sensitivity/specificity and patient-class accuracy (seed 003 Table IV, eq. 12).
+    """Patient-level malignancy sensitivity/specificity and patient-class accuracy (Wang et al. Table IV, eq. 12).
 
     ``pairs`` yields ``(reference class, predicted class)``; a predicted "uncertain" is counted apart and left out
     of sensitivity, specificity and accuracy (as the paper's consensus rows count only the agreeing cases).

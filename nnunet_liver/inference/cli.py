@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.patch_model is None and args.m == "demo":
         args.patch_model = "demo"  # the bundled pair: -m demo alone runs the whole cascade
     elif args.patch_model is not None and args.patch_model.lower() == "none":
-        args.patch_model = None  # e.g. Wang et al.'s Base model with the bundled UNet-whole: -m demo --patch-model none
+        args.patch_model = None  # Wang et al.'s Base model, e.g. the bundled UNet-whole alone: --patch-model none
     if args.device is None:
         import torch
 

@@ -1,4 +1,4 @@
-"""LiverDetector: the whole cascade of seed 003 on one case, in memory (DESIGN.md "Data flow").
+"""LiverDetector: the whole cascade of Wang et al. on one case, in memory (ARCHITECTURE.md, "Data flow").
 
 load + validate + align + fill -> UNet-whole (nnUNetPredictor, folds ensembled) -> sensitivity maps for every
 factor from one pass -> seg2det -> reclassify with UNet-patch -> same/diff split -> patient class per factor,

@@ -1,4 +1,4 @@
-"""LI-RADS handcrafted lesion features of seed 000 (Sarfati et al.): APHE, NPW and EC.
+"""LI-RADS handcrafted lesion features of Sarfati et al.: APHE, NPW and EC.
 
 With L the lesion, P the liver parenchyma and B the lesion's border ring::
 
@@ -76,7 +76,8 @@ def _median(values) -> Optional[float]:
 
 def lesion_features(lesion, images: Mapping[str, np.ndarray], parenchyma: np.ndarray, spacing: Sequence[float],
                     ring_mm: float = 2.0, parenchyma_medians: Optional[Dict[str, float]] = None,
-                    phases: Optional[Sequence[str]] = None) -> Tuple[Dict[str, Optional[float]], Dict[str, Optional[str]]]:
+                    phases: Optional[Sequence[str]] = None
+                    ) -> Tuple[Dict[str, Optional[float]], Dict[str, Optional[str]]]:
     """APHE, NPW and EC of one lesion (see the module docstring for the definitions).
 
     Parameters

@@ -1,6 +1,6 @@
-"""match: one-to-one lesion correspondence between two detection sets (seed 003, eq. 6-7).
+"""match: one-to-one lesion correspondence between two detection sets (Wang et al., eq. 6-7).
 
-Candidate pairs overlap by the chosen criterion: ``"any"`` (at least one shared voxel, as in seed 003),
+Candidate pairs overlap by the chosen criterion: ``"any"`` (at least one shared voxel, as in Wang et al.),
 ``"iou:X"`` (IoU > X; picai_eval and nnDetection use 0.1, LiTS 0.5) or ``"dice:X"`` (Dice > X). The one-to-one
 assignment (Hungarian, ``scipy.optimize.linear_sum_assignment``) maximises the total of the criterion's own measure:
 shared voxels for ``"any"``, IoU or Dice otherwise. Matched pairs are TP when the types agree, FL (false label)
@@ -9,7 +9,7 @@ otherwise; unmatched reference lesions are FN, unmatched predictions FP. An FN t
 typically a neighbour whose detection swallowed it (one detection for two lesions). The count is a diagnosis of
 the FN, not another kind of error: every merged FN is also counted in ``fn``.
 
-Size floor (seed 003, Table I): reference lesions below ``min_ref_volume_cm3`` take no part in the assignment;
+Size floor (Wang et al., Table I): reference lesions below ``min_ref_volume_cm3`` take no part in the assignment;
 a prediction left unmatched that overlaps such a small reference lesion is ignored (it found a real, if tiny,
 lesion), and so is an unmatched prediction below ``min_pred_volume_cm3``.
 """

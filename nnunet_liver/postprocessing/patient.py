@@ -1,4 +1,5 @@
-"""Patient-level rules: classifyPatient and the two-sensitivity consensus (seed 003), LiverMax (seed 002)."""
+"""Patient-level rules: classifyPatient and the two-sensitivity consensus (Wang et al.), LiverMax (Huang et al.,
+LIDIA)."""
 from __future__ import annotations
 
 from typing import Dict, Iterable, Optional
@@ -38,7 +39,7 @@ def classify_patient(lesions: Iterable, min_volume_cm3: float = 0.0) -> str:
 
 
 def consensus(a: str, b: str) -> str:
-    """The class when both sensitivities agree, else ``"uncertain"`` (seed 003, Fig. 10)."""
+    """The class when both sensitivities agree, else ``"uncertain"`` (Wang et al., Fig. 10)."""
     return a if a == b else UNCERTAIN
 
 

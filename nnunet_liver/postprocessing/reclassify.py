@@ -1,4 +1,4 @@
-"""Lesion reclassification with UNet-patch (seed 003, Sec. III-B; DESIGN.md "reclassify").
+"""Lesion reclassification with UNet-patch (Wang et al., Sec. III-B; ARCHITECTURE.md, "reclassify").
 
 For each lesion of at most ``max_volume_cm3`` (64 cm3): ``n`` (10) patches that contain the lesion, half at its
 own place with a random offset and half transplanted into a lesion-free part of the same liver

@@ -1,4 +1,4 @@
-"""seg2det: individual lesions from a label map (seed 003, eq. 4-5), with their measurements.
+"""seg2det: individual lesions from a label map (Wang et al., eq. 4-5), with their measurements.
 
 Connectivity (the slice-overlap rule): inside an axial slice, lesion voxels (labels 1..6, any mix of types) are
 8-connected; components in neighbouring slices that share at least one (y, x) pixel are the same lesion. This is

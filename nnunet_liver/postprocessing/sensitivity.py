@@ -1,4 +1,4 @@
-"""Multi-sensitivity label maps from one pass over the whole-CT model's probabilities (seed 003, eq. 3).
+"""Multi-sensitivity label maps from one pass over the whole-CT model's probabilities (Wang et al., eq. 3).
 
 For a lesion sensitivity factor ``f`` the label map is ``argmax`` over channels after the six lesion channels
 (1..6) were multiplied by ``f``. Every factor is decided from four per-voxel quantities gathered in one pass:
