@@ -1,4 +1,7 @@
-"""nnunet_liver: liver lesion detection and classification on multi-phase CT, as an nnU-Net v2 extension."""
+"""nnunet_liver: liver lesion detection and classification on multi-phase CT, as an nnU-Net v2 extension.
+
+The data flow, which module does which step and the label scheme: ARCHITECTURE.md at the repository root.
+"""
 import os
 
 __version__ = "0.1.0"

@@ -37,7 +37,7 @@ DEMO_SEED = 7
 DEMO_SHAPE = (24, 96, 96)
 DEMO_SPACING = (6.0, 4.0, 4.0)
 #: smallest random lesion volume of the demo phantoms (cm3): 3 cm3 is a sphere of 1.8 cm, 30 voxels at 6 x 4 x 4 mm
-#: (the default 0.5 cm3 is 5 voxels there, too few for a model trained for an hour on a CPU; see MODEL_CARD.md)
+#: (the default 0.5 cm3 is 5 voxels there, too few for the small demo models; see MODEL_CARD.md)
 DEMO_MIN_LESION_CM3 = 3.0
 #: the demo cases: (name, lesion types, delayed phase missing)
 DEMO_CASES = (("demo_hcc", ("HCC",), False),

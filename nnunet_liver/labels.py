@@ -1,7 +1,8 @@
 """The 13-class label scheme of the whole-CT model, and the patch model's labels.
 
 This module is the single source of truth for label ids, names and kinds. Dataset conversion writes
-dataset.json from it, outputs name types with it, and evaluation groups lesions with it.
+dataset.json from it, outputs name types with it, and evaluation groups lesions with it. The table:
+ARCHITECTURE.md, "Label scheme".
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Inference: the detection cascade on nnU-Net's predictor (``nnunet-liver-detect``).
 
 ``LiverDetector`` runs one case in memory; ``run_folder`` runs a folder with sharding and writes the outputs.
+The steps and their modules: ARCHITECTURE.md ("Data flow"); the command's reference: DETECT.md beside this file.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Post-processing of the whole-CT model's output: multi-sensitivity label maps, seg2det, match, patient rules.
+"""Post-processing of the whole-CT model's output: multi-sensitivity label maps, seg2det, match, patient rules
+(the detector's output path; ARCHITECTURE.md, "Data flow").
 
 Public API (importing the package does not import torch, scipy or cc3d)::
 
