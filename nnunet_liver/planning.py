@@ -126,8 +126,11 @@ def plan_with_ct_window(dataset_id: int, configurations: Sequence[str] = ("3d_fu
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: plan_with_ct_window(args.d, args.c, args.window, args.np,
-                                                     args.verify_dataset_integrity))
+
+    def work() -> None:
+        plan_with_ct_window(args.d, args.c, args.window, args.np, args.verify_dataset_integrity)
+
+    return run_cli(PROG, work)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,16 @@ def test_malformed_command_line_exits_2_like_argparse(command):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"{command}: error: ")
 
 
+def test_mains_return_0_whatever_their_work_returns(monkeypatch, tmp_path):
+    """A command's work may return a result (the plans file, the written folder); main still exits 0."""
+    from nnunet_liver import planning
+
+    monkeypatch.setattr(planning, "plan_with_ct_window", lambda *a, **k: str(tmp_path / "nnUNetPlans.json"))
+    assert planning.main(["-d", "601"]) == EXIT_OK
+    with pytest.raises(TypeError, match="expects an exit code"):
+        run_cli("nnunet-liver-x", lambda: "a/path")
+
+
 def test_run_cli_codes_and_lines(capsys):
     assert run_cli("nnunet-liver-x", lambda: None) == EXIT_OK == 0
     assert run_cli("nnunet-liver-x", lambda: EXIT_FAILED) == 1

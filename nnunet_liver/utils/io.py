@@ -192,7 +192,11 @@ def run_cli(prog: str, work: Callable[[], Optional[int]]) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_OK if code is None else int(code)
+    if code is None:
+        return EXIT_OK
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"{prog}: the command's work returned {code!r}; run_cli expects an exit code or None")
+    return code
 
 
 def console_script(name: str) -> str:
