@@ -304,6 +304,45 @@ def split_section(ref_dir, runs: dict, base_recls, pairs: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+#: the detector runs of the split section, as LiverDetector settings with the bundled models (``patch_model_dir``
+#: None: no reclassification); the folders are ``det_NAME``
+SPLIT_RUNS = {"Base": dict(factors=(1,), patch_model_dir=None),
+              "Base_ReCls": dict(factors=(1,)),
+              "High_ReCls": dict(factors=(1, 4), split=False),
+              "High_ReCls_split": dict(factors=(1, 4), split=True)}
+
+
+def detect_runs(input_dir, out_root, runs=None, model="demo", patch="demo", progress=True) -> dict:
+    """Several detector configurations on the cases of ``input_dir`` from ONE UNet-whole prediction per case
+    (``LiverDetector.predict_case``): ``out_root/det_NAME/CASE.json`` and ``CASE_lesions.nii.gz`` per run, as
+    ``nnunet-liver-detect`` writes them (no summary or report), the same outputs as separate runs but for
+    ``timing_s``. A case whose outputs all exist is skipped. Returns {name: folder}."""
+    from tqdm import tqdm
+
+    from nnunet_liver.inference import LiverDetector
+    from nnunet_liver.inference.cases import discover_cases
+    from nnunet_liver.inference.runner import output_paths
+    from nnunet_liver.utils.io import write_image_like, write_json_atomic
+
+    runs = SPLIT_RUNS if runs is None else runs
+    dets = {name: LiverDetector(model, **{"patch_model_dir": patch, **kw}) for name, kw in runs.items()}
+    first = next(iter(dets.values()))
+    folders = {name: Path(out_root) / f"det_{name}" for name in runs}
+    for f in folders.values():
+        f.mkdir(parents=True, exist_ok=True)
+    cases = discover_cases(str(input_dir), len(first.channel_names), first.file_ending)
+    for case in tqdm(cases, desc="detect_runs", unit="case", disable=not progress):
+        paths = {name: output_paths(str(folders[name]), case.case_id) for name in runs}
+        if all(Path(p["json"]).exists() for p in paths.values()):
+            continue
+        prediction = first.predict_case(case)
+        for name, det in dets.items():
+            res = det.detect_case(case, prediction=prediction)
+            write_image_like(res.instance_map, res.case.reference, paths[name]["lesions"])
+            write_json_atomic(res.record, paths[name]["json"])
+    return {name: str(f) for name, f in folders.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-ref", required=True, help="reference label maps folder")

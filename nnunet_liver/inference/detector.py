@@ -137,16 +137,25 @@ class LiverDetector:
             files = [files.get(n) for n in self.channel_names]
         return self.detect_case(CaseFiles(case_id, list(files)))
 
-    def detect_case(self, case: CaseFiles) -> CaseResult:
-        """The cascade on one discovered case (see :func:`nnunet_liver.inference.cases.discover_cases`)."""
+    def predict_case(self, case: CaseFiles):
+        """Load ``case`` and run UNet-whole: ``(LoadedCase, probabilities)``, the first step of :meth:`detect_case`."""
         from nnunet_liver.inference.predict import predict_probabilities
+
+        loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
+        return loaded, predict_probabilities(self.predictor, self.model, loaded.data, loaded.spacing)
+
+    def detect_case(self, case: CaseFiles, prediction=None) -> CaseResult:
+        """The cascade on one discovered case (see :func:`nnunet_liver.inference.cases.discover_cases`).
+
+        ``prediction``: :meth:`predict_case`'s result for this case from a detector with the same UNet-whole and
+        registration, to post-process one prediction under several settings (it is not modified).
+        """
         from nnunet_liver.postprocessing.sensitivity import lesion_sensitivity_masks
         from nnunet_liver.postprocessing.seg2det import instance_map, seg2det
         from nnunet_liver.postprocessing.split import split_lesions
 
         t0 = time.perf_counter()
-        loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
-        probabilities = predict_probabilities(self.predictor, self.model, loaded.data, loaded.spacing)
+        loaded, probabilities = self.predict_case(case) if prediction is None else prediction
         t_predict = time.perf_counter() - t0
         maps = lesion_sensitivity_masks(probabilities, tuple(sorted(set(self.factors) | {1.0})))
         maps = {float(f): m for f, m in maps.items()}
