@@ -267,6 +267,15 @@ def test_no_split_is_the_papers_cascade(models, tmp_path):
     assert strip(res[True]["plain"].record) == strip(res[False]["plain"].record)
     assert {**res[True]["plain"].record["settings"], "split": False} == res[False]["plain"].record["settings"]
     assert np.array_equal(res[True]["plain"].instance_map, res[False]["plain"].instance_map)
+    # one prediction post-processed by both detectors = two full runs (evaluate_demo_models.detect_runs)
+    from nnunet_liver.inference.cases import discover_cases
+
+    (case,) = [c for c in discover_cases(str(tmp_path), 4) if c.case_id == "pair"]
+    prediction = det.predict_case(case)
+    for split in (False, True):
+        again = LiverDetector(models["whole"], folds=[0], split=split).detect_case(case, prediction=prediction)
+        assert strip(again.record) == strip(res[split]["pair"].record)
+        assert np.array_equal(again.instance_map, res[split]["pair"].instance_map)
 
 
 def sitk_array(img):
