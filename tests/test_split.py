@@ -282,3 +282,31 @@ def sitk_array(img):
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(img)
+
+
+@pytest.mark.slow
+def test_detect_runs_equals_separate_detector_runs(models, tmp_path):
+    """scripts/evaluate_demo_models.py's detect_runs (one prediction, several settings) writes what
+    nnunet-liver-detect writes for each setting."""
+    import json
+
+    from nnunet_liver.inference.cli import main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import evaluate_demo_models as E
+
+    inp = tmp_path / "in"
+    write_case(inp, "pair", paint_pair())
+    runs = {"paper": dict(factors=(1, 4), split=False, patch_model_dir=None),
+            "split": dict(factors=(1, 4), patch_model_dir=None)}
+    folders = E.detect_runs(inp, tmp_path / "runs", runs, model=models["whole"], patch=None, progress=False)
+    for name, extra in (("paper", ["--no-split"]), ("split", [])):
+        out = tmp_path / f"cli_{name}"
+        assert main(["-i", str(inp), "-o", str(out), "-m", models["whole"], "--patch-model", "none", "--no-report",
+                     *extra]) == 0
+        a, a_img = read_outputs(folders[name], "pair")
+        b, b_img = read_outputs(out, "pair")
+        for rec in (a, b):
+            rec.pop("timing_s")
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+        assert np.array_equal(sitk_array(a_img), sitk_array(b_img))
