@@ -16,7 +16,6 @@ PACKAGE_DIRS = (ROOT / "nnunet_liver", ROOT / "dataset_conversion")
 #: declared but not imported by our code, and why
 DECLARED_NOT_IMPORTED = {
     "dynamic-network-architectures": "the bundled demo models' plans name its PlainConvUNet; nnU-Net builds it by name",
-    "scikit-image": "skimage.segmentation.watershed, for the instance-preserving lesion split",
 }
 
 
