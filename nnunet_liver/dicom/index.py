@@ -4,7 +4,9 @@ Every file under the folder (any depth) is opened with ``pydicom.dcmread(stop_be
 without the ``DICM`` preamble are skipped (a ``.dcm`` file without it, or a DICOM file whose header cannot be
 parsed, is listed as unreadable). One study is one
 case. Its id is the name of the deepest folder holding all its files (the input folder's own name when the study
-lies directly in it), made a plain file name; studies sharing that folder get ``_2``, ``_3`` ... in UID order.
+lies directly in it), made a plain file name; for a study of a single series in a folder of its own, the folder
+above it when that holds no other study (``study/series31/`` -> ``study``). Studies sharing a folder get ``_2``,
+``_3`` ... in UID order.
 """
 from __future__ import annotations
 
@@ -117,8 +119,15 @@ def index_studies(root: str) -> Tuple[List[DicomStudy], List[str]]:
             series.files.append(path)
             series.headers.append(ds)
     studies = []
+    folders = {uid: os.path.commonpath([os.path.dirname(p) for p in e["files"]]) for uid, e in by_study.items()}
     for study_uid, entry in by_study.items():
-        folder = os.path.commonpath([os.path.dirname(p) for p in entry["files"]])
+        folder = folders[study_uid]
+        parent = os.path.dirname(folder)
+        if (len(entry["series"]) == 1 and os.path.abspath(folder) != os.path.abspath(root)
+                and os.path.commonpath([os.path.abspath(root), os.path.abspath(parent)]) == os.path.abspath(root)
+                and os.path.abspath(parent) != os.path.abspath(root)
+                and not any(os.path.commonpath([parent, f]) == parent for u, f in folders.items() if u != study_uid)):
+            folder = parent  # a single series in its own folder: name the study by the folder above
         studies.append(DicomStudy(_case_id(root, folder), study_uid, folder, entry["series"]))
     _check_patients(studies)
     for s in studies:
