@@ -211,7 +211,8 @@ def load_dicom_case(study: DicomStudy, channel_names: Sequence[str], allow_missi
     record = dict(found.record, phases_not_used=unused, reference_phase=ref_phase,
                   reference_series_uid=found.series[ref_phase].uid)
     inputs = {p: (os.path.dirname(found.geometry[p].files[0]) if p in found.geometry else None) for p in names}
-    return DicomLoadedCase(case_id=study.case_id, data=data, spacing=tuple(float(s) for s in reversed(ref.GetSpacing())),
+    spacing = tuple(float(s) for s in reversed(ref.GetSpacing()))
+    return DicomLoadedCase(case_id=study.case_id, data=data, spacing=spacing,
                    reference=ref, reference_channel=names.index(ref_phase), phases_present=used,
                    phases_missing=missing, inputs=inputs, registration=registration, dicom=record,
                    reference_headers=list(found.geometry[ref_phase].headers))

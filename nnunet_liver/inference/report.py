@@ -100,9 +100,10 @@ def lesion_panels(images: Dict[str, np.ndarray], instances: np.ndarray, lesion_i
 
 
 def overview_png(image: np.ndarray, instances: np.ndarray, liver: Optional[np.ndarray], spacing,
-                 size_px: int = 480) -> bytes:
+                 types: Optional[Dict[int, str]] = None, size_px: int = 480) -> bytes:
     """PNG of the axial slice of ``image`` with the largest lesion area, cropped to the liver region, with every
-    lesion's outline projected along z and its number (lesion ids in ``instances``, (Z, Y, X))."""
+    lesion's outline projected along z and its number (lesion ids in ``instances``, (Z, Y, X)), in its type's colour
+    (``types``: lesion id -> type name)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,16 +123,17 @@ def overview_png(image: np.ndarray, instances: np.ndarray, liver: Optional[np.nd
     labels = []
     for lesion_id in np.unique(projected[projected > 0]):
         m = (projected == lesion_id).repeat(zy, 0).repeat(zx, 1)
-        rgb[_outline(m)] = _hex_rgb("#ffff00")
+        colour = _TYPE_COLOURS.get((types or {}).get(int(lesion_id), ""), "#ffff00")
+        rgb[_outline(m)] = _hex_rgb(colour)
         yy, xx = np.nonzero(m)
-        labels.append((int(lesion_id), float(xx.max()) + 2, float(yy.min())))
+        labels.append((int(lesion_id), float(xx.max()) + 2, float(yy.min()), colour))
     h, w = rgb.shape[:2]
     fig = Figure(figsize=(w / 100, h / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(rgb, interpolation="nearest")
-    for lesion_id, x, y in labels:
-        ax.text(min(x, w - 12), max(y, 12), str(lesion_id), color="#ffff00", fontsize=11, fontweight="bold",
-                va="top")
+    for lesion_id, x, y, colour in labels:
+        ax.text(min(x, w - 12), max(y, 12), str(lesion_id), color=colour, fontsize=11, fontweight="bold", va="top",
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
     ax.set_axis_off()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -157,7 +159,7 @@ def save_case_figures(result, output_dir: str) -> str:
         ref_phase = list(case.inputs)[case.reference_channel]
         with open(os.path.join(tmp, "overview.png"), "wb") as f:
             f.write(overview_png(images.get(ref_phase, next(iter(images.values()))), result.instance_map, liver,
-                                 case.spacing))
+                                 case.spacing, {les["id"]: les["type"] for les in result.record["lesions"]}))
         for les in lesions:
             if not (result.instance_map == les["id"]).any():
                 continue
@@ -229,8 +231,8 @@ def _case_section(output_dir: str, case_id: str) -> str:
              f"<p>Patient class: <b>{_fmt(patient['class'])}</b> (by factor: "
              + ", ".join(f"f={html.escape(k)}: {html.escape(str(v))}" for k, v in patient["class_by_factor"].items())
              + f"); malignant: <b>{_fmt(patient['malignant'])}</b>; phases: "
-             f"{html.escape(' '.join(rec['phases_present']))} (reference {html.escape(rec['geometry']['reference_phase'])})"
-             "</p>",
+             f"{html.escape(' '.join(rec['phases_present']))} "
+             f"(reference {html.escape(rec['geometry']['reference_phase'])})</p>",
              "<p>LiverMax: " + ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in patient["livermax"].items())
              + "</p>"] + _dicom_lines(rec)
     if not rec["settings"]["reclassification"]["enabled"]:
