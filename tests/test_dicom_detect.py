@@ -90,6 +90,11 @@ def test_dicom_matches_nifti_and_bad_studies_stay_apart(run):
     ra, rb = (json.loads((out / f"{c}.json").read_text()) for c in ("twin", "patient1"))
     assert len(rb["lesions"]) >= 2
     assert ra["lesions"] == rb["lesions"] and ra["patient"] == rb["patient"]
+    import jsonschema
+
+    from nnunet_liver.inference import schema_path
+
+    jsonschema.validate(rb, json.loads(open(schema_path(), encoding="utf-8").read()))
     acq = {x["phase"]: x["series_number"] for x in rb["dicom"]["acquisitions"]}
     assert acq == {p: n for p, (n, _) in SERIES.items()} and rb["dicom"]["outputs"]["seg"] == "patient1_seg.dcm"
 

@@ -215,3 +215,20 @@ def test_realdata_two_phase_study_as_dicom(tmp_path):
     found = identify_study(only_study(tmp_path / "study"))
     assert {p: s.number for p, s in found.series.items()} == numbers
     assert all(a["confidence"] >= 0.5 for a in found.record["acquisitions"])
+
+
+def test_gantry_tilt_refused_and_a_junk_file_listed(case, tmp_path):
+    folder = _single(tmp_path, case)
+    for f in os.listdir(folder):
+        ds = pydicom.dcmread(folder / f)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.2 * z, z]  # positions drift along y: a tilted gantry
+        ds.save_as(folder / f)
+    assert "gantry tilt of" in _error(tmp_path)
+    shutil.rmtree(folder)
+    folder = _single(tmp_path, case)
+    (folder / "junk.dcm").write_bytes(b"not a DICOM file at all" * 10)
+    study = only_study(tmp_path)
+    assert [os.path.basename(p) for p in study.unreadable] == ["junk.dcm"]
+    found = identify_study(study)
+    assert list(found.series) == ["V"] and found.record["unreadable_files"] == study.unreadable
