@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pytest.importorskip("pydicom")
+pydicom = pytest.importorskip("pydicom")
 
 from nnunet_liver.dataset_conversion.cli import main  # noqa: E402
 from nnunet_liver.testing.dicom_study import SERIES, expected_hu, phantom, write_study  # noqa: E402
@@ -17,7 +17,13 @@ def test_convert_dicom_studies(tmp_path, capsys):
     inp = tmp_path / "pacs"
     write_study(str(inp / "p1"), case, times=True)
     write_study(str(inp / "p2"), phantom(1, shape=(20, 96, 96)), times=False, extras=False)
-    (inp / "p2" / f"series{SERIES['D'][0]}").rename(inp / "p2" / "moved")  # still found: any depth
+    (inp / "p2" / "a" / "b").mkdir(parents=True)
+    (inp / "p2" / f"series{SERIES['D'][0]}").rename(inp / "p2" / "a" / "b" / "moved")  # still found: any depth
+    for f in (inp / "p2" / "a" / "b" / "moved").iterdir():  # D on another grid (2.5 mm higher): registered onto V
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1],
+                                   float(ds.ImagePositionPatient[2]) + 2.5]
+        ds.save_as(f)
     broken = phantom(2)
     write_study(str(inp / "broken"), broken, extras=False)
     os.remove(sorted((inp / "broken" / f"series{SERIES['V'][0]}").iterdir())[4])
@@ -37,9 +43,12 @@ def test_convert_dicom_studies(tmp_path, capsys):
         assert img.GetSpacing() == pytest.approx(case.spacing[::-1])
     record = json.loads((ds / "conversion.json").read_text())
     assert "error" in record["cases"]["broken"] and record["cases"]["p1"]["reference_phase"] == "V"
-    phases = {a["phase"]: a["series_number"] for a in json.loads((ds / "dicom" / "p2.json").read_text())
-              ["acquisitions"]}
-    assert phases == {p: n for p, (n, _) in SERIES.items()}
+    p2 = json.loads((ds / "dicom" / "p2.json").read_text())
+    assert {a["phase"]: a["series_number"] for a in p2["acquisitions"]} == {p: n for p, (n, _) in SERIES.items()}
+    assert list(p2["registration"]) == ["D"] and p2["registration"]["D"]["improved"]
+    d = sitk.ReadImage(str(ds / "imagesTs" / "p2_0003.nii.gz"))
+    v = sitk.ReadImage(str(ds / "imagesTs" / "p2_0002.nii.gz"))
+    assert d.GetSize() == v.GetSize() and d.GetOrigin() == pytest.approx(v.GetOrigin())
 
 
 def test_convert_dicom_nothing_found(tmp_path, capsys):

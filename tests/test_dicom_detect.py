@@ -106,9 +106,12 @@ def test_phase_map_rescues_the_ambiguous_study(run, tmp_path):
     inp = tmp_path / "in"
     shutil.copytree(run["in"] / "ambiguous", inp / "ambiguous")
     assert main(["-i", str(inp), "-o", str(tmp_path / "o1"), "-m", v_model, "--device", "cpu"]) == 1
-    assert main(["-i", str(inp), "-o", str(tmp_path / "o2"), "-m", v_model, "--device", "cpu",
-                 "--phase-map", "31=V"]) == 0
-    rec = json.loads((tmp_path / "o2" / "ambiguous.json").read_text())
+    out = inp / "o2"  # inside the input folder: its SEG and SR must not join the study on the next run
+    for _ in range(2):
+        assert main(["-i", str(inp), "-o", str(out), "-m", v_model, "--device", "cpu", "--phase-map", "31=V"]) == 0
+    assert (out / "ambiguous_sr.dcm").is_file() and sorted(p for p in os.listdir(out) if p.endswith(".json")) == \
+        ["ambiguous.json"]
+    rec = json.loads((out / "ambiguous.json").read_text())
     (acq,) = rec["dicom"]["acquisitions"]
     assert rec["phases_present"] == ["V"] and acq["phase"] == "V" and acq["reasons"] == ["--phase-map"]
 

@@ -67,17 +67,32 @@ def _is_dicom(path: str) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def has_dicom(folder: str, max_files: int = 10000) -> bool:
-    """Whether any file under ``folder`` (any depth) starts with the DICOM preamble (``DICM`` at byte 128)."""
-    seen = 0
+#: files never opened while looking for DICOM (images, tables and documents of other formats)
+_OTHER_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".png", ".jpg", ".json", ".csv", ".txt", ".md",
+                   ".html", ".pth", ".npz", ".npy", ".pkl", ".xml")
+
+
+def _walk(folder: str, exclude: Optional[str] = None):
+    """(folder, file name) under ``folder``, sorted, skipping hidden entries, ``exclude`` and other formats."""
+    exclude = os.path.abspath(exclude) if exclude else None
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.abspath(os.path.join(root, d)) != exclude)
         for name in sorted(files):
-            if _is_dicom(os.path.join(root, name)):
-                return True
-            seen += 1
-            if seen >= max_files:
-                return False
+            if not name.startswith(".") and not name.lower().endswith(_OTHER_SUFFIXES):
+                yield root, name
+
+
+def has_dicom(folder: str, max_files: int = 10000, exclude: Optional[str] = None) -> bool:
+    """Whether any file under ``folder`` (any depth; not under ``exclude``) starts with the DICOM preamble (``DICM``
+    at byte 128); gives up after ``max_files`` files."""
+    seen = 0
+    for root, name in _walk(folder, exclude):
+        if _is_dicom(os.path.join(root, name)):
+            return True
+        seen += 1
+        if seen >= max_files:
+            return False
     return False
 
 
@@ -87,8 +102,9 @@ def _case_id(root: str, folder: str) -> str:
     return name
 
 
-def index_studies(root: str) -> Tuple[List[DicomStudy], List[str]]:
-    """The DICOM studies under ``root`` (sorted by case id) and the files that could not be read as DICOM.
+def index_studies(root: str, exclude: Optional[str] = None) -> Tuple[List[DicomStudy], List[str]]:
+    """The DICOM studies under ``root`` (sorted by case id) and the files that could not be read as DICOM;
+    ``exclude``: a folder not to look into (the output folder, when it lies inside ``root``).
 
     A DICOM file whose header cannot be parsed counts as unreadable; it is attached to the studies whose folder
     holds it (their ``unreadable``), so that a missing slice it causes is explained.
@@ -97,27 +113,23 @@ def index_studies(root: str) -> Tuple[List[DicomStudy], List[str]]:
 
     by_study: Dict[str, dict] = {}
     unreadable: List[str] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = os.path.join(folder, name)
-            if not _is_dicom(path):
-                if name.lower().endswith(".dcm"):  # named as DICOM but without its preamble: corrupt
-                    unreadable.append(path)
-                continue
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-                study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
-            except Exception:  # noqa: BLE001 - any parse failure: the file is unreadable, the others go on
+    for folder, name in _walk(root, exclude):
+        path = os.path.join(folder, name)
+        if not _is_dicom(path):
+            if name.lower().endswith(".dcm"):  # named as DICOM but without its preamble: corrupt
                 unreadable.append(path)
-                continue
-            entry = by_study.setdefault(study_uid, {"series": {}, "files": []})
-            entry["files"].append(path)
-            series = entry["series"].setdefault(series_uid, SeriesHeaders(series_uid))
-            series.files.append(path)
-            series.headers.append(ds)
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        except Exception:  # noqa: BLE001 - any parse failure: the file is unreadable, the others go on
+            unreadable.append(path)
+            continue
+        entry = by_study.setdefault(study_uid, {"series": {}, "files": []})
+        entry["files"].append(path)
+        series = entry["series"].setdefault(series_uid, SeriesHeaders(series_uid))
+        series.files.append(path)
+        series.headers.append(ds)
     studies = []
     folders = {uid: os.path.commonpath([os.path.dirname(p) for p in e["files"]]) for uid, e in by_study.items()}
     for study_uid, entry in by_study.items():

@@ -65,9 +65,10 @@ def validate_case_id(case_id: str) -> str:
 
 
 def discover_cases(input_dir: str, num_channels: int, file_ending: str = ".nii.gz",
-                   phase_map: Optional[Dict[str, str]] = None) -> List[CaseFiles]:
+                   phase_map: Optional[Dict[str, str]] = None, exclude: Optional[str] = None) -> List[CaseFiles]:
     """Cases of ``input_dir`` named ``CASE_XXXX<file_ending>``, sorted by id; absent channels are ``None``; then the
-    DICOM studies found under ``input_dir`` (``phase_map``: ``--phase-map``, series number or UID -> phase).
+    DICOM studies found under ``input_dir`` but not under ``exclude`` (the output folder) (``phase_map``:
+    ``--phase-map``, series number or UID -> phase).
 
     Case ids are not validated here (:func:`load_case` does it, so a bad id fails that case only); nor are files
     whose channel index is beyond ``num_channels`` (the case carries an ``error`` that load_case raises).
@@ -90,8 +91,8 @@ def discover_cases(input_dir: str, num_channels: int, file_ending: str = ".nii.g
         cases.append(CaseFiles(case_id, files, error))
     from nnunet_liver.dicom.index import has_dicom, index_studies
 
-    if has_dicom(input_dir):
-        for study in index_studies(input_dir)[0]:
+    if has_dicom(input_dir, exclude=exclude):
+        for study in index_studies(input_dir, exclude)[0]:
             study.phase_map = dict(phase_map or {})
             clash = f"{study.folder}: DICOM study {study.case_id} has the id of a NIfTI case of {input_dir}"
             cases.append(CaseFiles(study.case_id, [None] * num_channels,

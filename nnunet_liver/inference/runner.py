@@ -66,7 +66,7 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
     """
     if os.path.abspath(input_dir) == os.path.abspath(output_dir):
         raise InputError(f"{output_dir}: the output folder must differ from the input folder")
-    all_cases = discover_cases(input_dir, len(detector.channel_names), detector.file_ending, phase_map)
+    all_cases = discover_cases(input_dir, len(detector.channel_names), detector.file_ending, phase_map, output_dir)
     if not all_cases:
         raise InputError(f"{input_dir}: no DICOM study and no case files named CASE_XXXX{detector.file_ending} "
                          f"(channels: {', '.join(f'{i:04d}={n}' for i, n in enumerate(detector.channel_names))})")
