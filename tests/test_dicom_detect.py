@@ -178,6 +178,7 @@ def test_privacy_of_every_output(run):
         ds = pydicom.dcmread(out / name)
         assert "InstitutionName" not in ds and not [e for e in ds if e.tag.is_private]
         assert ds.PatientID == PATIENT["id"]  # the Patient module, which PACS files the object by
+        assert ds.PatientBirthDate == "" and ds.PatientSex == ""
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")

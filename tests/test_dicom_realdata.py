@@ -41,6 +41,7 @@ def test_hcc048_end_to_end_with_the_demo_model(tmp_path):
         seg = hd.seg.segread(str(out / "hcc048_pv_dicom_seg.dcm"))
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
         assert len(seg.get_segment_numbers()) == len(rec["lesions"])
+        assert not [e for e in seg if e.tag.is_private]  # the source's private CTP tags stay behind
     if shutil.which("dciodvfy"):
         for name in os.listdir(out):
             if name.endswith(".dcm"):

@@ -12,8 +12,10 @@ diameter (mm), detection score, the LI-RADS features APHE and NPW (HU) and EC (H
 sensitivity (``same``/``diff``) as a qualitative evaluation; one more group (no segment) carries the patient result
 (class, malignancy). Concepts without a standard code use the local coding scheme ``99NNUNETLIVER``.
 
-Privacy: both objects take the Patient and Study modules from the source images (the IOD requires them and PACS files
-the objects by them) and nothing else from them but the references (UIDs, frame of reference, image positions).
+Privacy: both objects take the Patient and Study modules from the source images (the IODs require them and PACS files
+the objects by the patient's name and ID and the study's UID, date and accession number) with the patient's birth date
+and sex emptied (type 2: present, empty; nothing needs them to find the source), and nothing else from the source but
+the references (UIDs, frame of reference, image positions). No private attributes.
 """
 from __future__ import annotations
 
@@ -171,6 +173,7 @@ def write_dicom_outputs(result, output_dir: str) -> Dict[str, str]:
     for key, ds in (("seg", seg), ("sr", sr)):
         if ds is None:
             continue
+        ds.PatientBirthDate, ds.PatientSex = "", ""
         with atomic_path(os.path.join(output_dir, names[key])) as tmp:
             ds.save_as(tmp, enforce_file_format=True)
     stale = os.path.join(output_dir, f"{case_id}_seg.dcm")
