@@ -232,3 +232,17 @@ def test_gantry_tilt_refused_and_a_junk_file_listed(case, tmp_path):
     assert [os.path.basename(p) for p in study.unreadable] == ["junk.dcm"]
     found = identify_study(study)
     assert list(found.series) == ["V"] and found.record["unreadable_files"] == study.unreadable
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless", "JPEGLSLossless"])
+def test_compressed_transfer_syntaxes(case, tmp_path, syntax):
+    """Lossless compression round-trips through pydicom's encoders and the installed decoder plugins."""
+    import pydicom.uid
+
+    vol = case.images["A"][:8]
+    write_ct_series(str(tmp_path / "s"), vol, case.spacing, case.origin[::-1], new_uid(), 1,
+                    transfer_syntax=getattr(pydicom.uid, syntax), signed=syntax != "JPEGLSLossless")
+    study = only_study(tmp_path)
+    g = series_geometry(next(iter(study.series.values())))
+    assert str(pydicom.dcmread(g.files[0]).file_meta.TransferSyntaxUID) == getattr(pydicom.uid, syntax)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_series(g)), np.rint(vol))
