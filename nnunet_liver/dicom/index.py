@@ -79,7 +79,7 @@ def _walk(folder: str, exclude: Optional[str] = None):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and os.path.abspath(os.path.join(root, d)) != exclude)
         for name in sorted(files):
-            if not name.startswith(".") and not name.lower().endswith(_OTHER_SUFFIXES):
+            if not name.startswith(".") and not name.lower().endswith(_OTHER_SUFFIXES) and name.upper() != "DICOMDIR":
                 yield root, name
 
 
