@@ -154,9 +154,11 @@ def test_seg_and_sr_read_back(run):
         assert sens.value.value == les["sensitivity"]
         ref = group.referenced_segment
         assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID
-    patient_groups = sr.content.get_image_measurement_groups()
-    texts = str(sr)
-    assert rec["patient"]["class"] in texts and len(patient_groups) <= 1
+    (patient,) = sr.content.get_image_measurement_groups()
+    assert patient.tracking_identifier == "patient result"
+    assert {q.name.value: q.value.value for q in patient.get_qualitative_evaluations()} == {
+        "patient-class": rec["patient"]["class"], "malignant": str(rec["patient"]["malignant"]).lower()}
+    assert patient.get_measurements()[0].value == len(lesions)
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) not installed")

@@ -74,6 +74,8 @@ def test_ambiguous_study_refused_unless_phase_map(case, tmp_path):
     assert list(found.series) == ["D"] and found.record["acquisitions"][0]["reasons"] == ["--phase-map"]
     with pytest.raises(InputError, match="--phase-map"):
         parse_phase_map(["12=X"])
+    with pytest.raises(InputError, match="no axial CT image series.*--phase-map skip"):
+        identify_study(study, parse_phase_map(["12=skip"]))
 
 
 def test_hu_geometry_against_phantom_and_gdcm(case, study_no_times):

@@ -35,7 +35,7 @@ import numpy as np
 from nnunet_liver.labels import PHASES
 from nnunet_liver.utils.io import InputError
 
-__all__ = ["PROTOTYPES_HU", "MIN_CONFIDENCE", "Acquisition", "measure_enhancement", "assign_phases",
+__all__ = ["PROTOTYPES_HU", "MIN_CONFIDENCE", "SKIP", "Acquisition", "measure_enhancement", "assign_phases",
            "parse_phase_map"]
 
 #: (liver, aorta) HU per phase, and their spreads
@@ -158,7 +158,7 @@ def assign_phases(acquisitions: Sequence[Acquisition], phases: Sequence[str] = P
                 fixed[a.key] = phase_map[key]
     if len(acquisitions) > len(phases):
         raise InputError(f"{len(acquisitions)} contrast acquisitions but only {len(phases)} phases "
-                         f"({', '.join(phases)}); name them with --phase-map")
+                         f"({', '.join(phases)}); leave some out with --phase-map SERIES=skip")
     timed = all(a.time is not None for a in acquisitions) and len(acquisitions) > 1
     scored = []
     for perm in itertools.permutations(phases, len(acquisitions)):
@@ -213,14 +213,20 @@ def _time_gap_cost(acquisitions: Sequence[Acquisition], perm: Sequence[str]) -> 
     return cost
 
 
+#: the --phase-map value that leaves a series out
+SKIP = "skip"
+
+
 def parse_phase_map(items: Optional[Sequence[str]]) -> Dict[str, str]:
-    """``["4=A", "1.2.3=V"]`` -> ``{"4": "A", "1.2.3": "V"}`` (series number or SeriesInstanceUID = phase)."""
+    """``["4=A", "1.2.3=V", "9=skip"]`` -> ``{"4": "A", "1.2.3": "V", "9": "skip"}`` (series number or
+    SeriesInstanceUID = phase, or ``skip`` to leave that series out)."""
     out = {}
     for item in items or []:
         key, sep, phase = str(item).partition("=")
-        phase = phase.strip().upper()
-        if not sep or not key.strip() or phase not in PHASES:
+        phase = phase.strip()
+        phase = SKIP if phase.lower() == SKIP else phase.upper()
+        if not sep or not key.strip() or (phase not in PHASES and phase != SKIP):
             raise InputError(f"--phase-map {item!r}: use SERIES=PHASE with SERIES a series number or "
-                             f"SeriesInstanceUID and PHASE one of {', '.join(PHASES)}")
+                             f"SeriesInstanceUID and PHASE one of {', '.join(PHASES)} or {SKIP}")
         out[key.strip()] = phase
     return out

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from nnunet_liver.dicom.index import DicomStudy, SeriesHeaders
-from nnunet_liver.dicom.phase import MIN_CONFIDENCE, Acquisition, assign_phases, measure_enhancement
+from nnunet_liver.dicom.phase import MIN_CONFIDENCE, SKIP, Acquisition, assign_phases, measure_enhancement
 from nnunet_liver.dicom.series import SeriesGeometry, candidate_series, read_series, series_geometry
 from nnunet_liver.inference.cases import LoadedCase, _json_ready, _same_geometry, validate_case_id
 from nnunet_liver.labels import MISSING_PHASE_VALUE
@@ -96,6 +96,10 @@ def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None
     if study.error:
         raise InputError(study.error)
     candidates, left_out = candidate_series(study.series.values())
+    skipped = [c for c in candidates if SKIP in ((phase_map or {}).get(c.uid), (phase_map or {}).get(str(c.number)))]
+    candidates = [c for c in candidates if c not in skipped]
+    left_out += [{"series_uid": s.uid, "series_number": s.number, "description": str(s.get("SeriesDescription", "")),
+                  "reason": "--phase-map skip"} for s in skipped]
     if not candidates:
         kinds = "; ".join(f"series {l['series_number']}: {l['reason']}" for l in left_out) or "no series"
         raise InputError(f"{what}: no axial CT image series ({kinds})")
