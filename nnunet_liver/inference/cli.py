@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--phase-map", nargs="+", default=None, metavar="SERIES=PHASE",
-                   help="DICOM input: the phase of a series (series number or SeriesInstanceUID = NC, A, V, D, or skip to leave it out), "
-                        "for studies whose phases cannot be identified from the images and tags")
+                   help="DICOM input: the phase of a series (series number or SeriesInstanceUID = NC, A, V, D, or "
+                        "skip to leave it out), for studies whose phases cannot be identified from the images and "
+                        "tags")
     return p
 
 
