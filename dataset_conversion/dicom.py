@@ -111,7 +111,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--transform", default="rigid", choices=("rigid", "affine"),
                         help="registration transform (Mattes mutual information, multi-resolution)")
     parser.add_argument("--phase-map", nargs="+", default=None, metavar="SERIES=PHASE",
-                        help="the phase of a series (series number or SeriesInstanceUID = NC, A, V or D), for "
+                        help="the phase of a series (series number or SeriesInstanceUID = NC, A, V, D, or skip), for "
                              "studies whose phases cannot be identified from the images and tags")
 
 
