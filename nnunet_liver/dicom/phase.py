@@ -1,13 +1,13 @@
 """Which contrast phase (NC, A, V, D) each CT acquisition of a study is, with a confidence and the reasons.
 
-Evidence, strongest first:
+Evidence:
 
 1. **The image.** :func:`measure_enhancement` locates, crudely but without a model, the liver (the commonest soft-tissue
    value in the patient's right half of the body, away from the body wall and bone) and the aorta (the brightest
    homogeneous blood-sized spot in front of the spine near the midline, bone excluded) on a few slices, and reads their
    HU. Prototypes (liver, aorta) in HU: NC (50, 40), A (70, 280), V (105, 170), D (90, 120); with 15 HU of spread for
    the liver and 50 HU for the aorta (patients and protocols differ), each acquisition gets a squared distance to each
-   phase. The real portal-venous series of HCC-TACE-Seg case HCC_048 (liver about 100 HU, aorta about 228) lands on V.
+   phase. The real portal-venous series of HCC-TACE-Seg case HCC_048 (measured: liver about 114 HU, aorta about 235) lands on V.
 2. **Acquisition order.** When every acquisition has a time (AcquisitionTime, else ContentTime, else SeriesTime, with
    the date), phases must follow time order (NC before A before V before D): assignments breaking it are excluded.
    The gap after the arterial acquisition separates V from D, which the image alone often cannot (a real equilibrium
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -62,7 +62,6 @@ class Acquisition:
     contrast_agent: Optional[bool]  # ContrastBolusAgent present (None when no series of the study says)
     liver_hu: float
     aorta_hu: float
-    reasons: List[str] = field(default_factory=list)
 
     def image_cost(self, phase: str) -> float:
         lp, ap = PROTOTYPES_HU[phase]
