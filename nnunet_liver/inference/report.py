@@ -155,7 +155,9 @@ def save_case_figures(result, output_dir: str) -> str:
             return folder
         liver = None
         if result.label_maps:
-            liver = np.isin(np.asarray(result.label_maps[min(result.label_maps)]), LIVER_REGION_IDS)
+            labels = result.label_maps[min(result.label_maps)]
+            labels = labels.cpu().numpy() if hasattr(labels, "cpu") else np.asarray(labels)  # torch on any device
+            liver = np.isin(labels, LIVER_REGION_IDS)
         ref_phase = list(case.inputs)[case.reference_channel]
         with open(os.path.join(tmp, "overview.png"), "wb") as f:
             f.write(overview_png(images.get(ref_phase, next(iter(images.values()))), result.instance_map, liver,
