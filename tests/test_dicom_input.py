@@ -269,3 +269,11 @@ def test_partial_studies_never_get_a_wrong_phase(tmp_path):
             assert {p: s.uid for p, s in found.series.items()} == uids, subset
             outcomes.append("right")
     assert outcomes.count("right") >= 22  # measured: 23 of 27 (seed 31, weakly enhanced: its V is refused)
+
+
+def test_one_time_for_every_series_is_no_time(case, tmp_path):
+    """An anonymiser that set every acquisition time alike must not merge the phases into one acquisition."""
+    uids = write_study(str(tmp_path / "s"), case, times={p: "120000" for p in SERIES}, extras=True)
+    found = identify_study(only_study(tmp_path))
+    assert {p: s.uid for p, s in found.series.items()} == uids
+    assert all(a["time_s"] is None for a in found.record["acquisitions"])

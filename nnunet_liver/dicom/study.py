@@ -3,9 +3,11 @@
 :func:`identify_study` decides, from headers and a few slices per series, which series is which phase:
 
 - the axial CT image series (:func:`nnunet_liver.dicom.series.candidate_series`), each sorted and checked;
-- reconstructions of one acquisition are grouped: same frame of reference and the same acquisition time, or, without
-  times, liver and aorta HU within 8 and 25 HU of each other. Of a group, the **thinnest reconstruction with slices at
-  most 5 mm apart** is used (else the thinnest); ties go to the series with more slices, then the lower series number;
+- reconstructions of one acquisition are grouped: same frame of reference, the same acquisition time (when both have
+  one), and liver and aorta HU within 8 and 25 HU of each other. A study whose acquisitions all carry the same time
+  (as some anonymisers leave them) is treated as having no times. Of a group, the **thinnest reconstruction with
+  slices at most 5 mm apart** is used (else the thinnest); ties go to the series with more slices, then the lower
+  series number;
 - phases are assigned to the acquisitions jointly (:mod:`nnunet_liver.dicom.phase`).
 
 :func:`load_dicom_case` then reads the chosen series of the phases the model takes, in full, and puts every phase on
@@ -116,12 +118,10 @@ def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None
         for group in groups:
             s0, g0, f0, t0 = group[0]
             same_frame = str(m[0].get("FrameOfReferenceUID", "")) == str(s0.get("FrameOfReferenceUID", ""))
-            if m[3] is not None and t0 is not None:
-                same = abs(m[3] - t0) < 1.0
-            else:
-                same = (abs(m[2]["liver_hu"] - f0["liver_hu"]) <= _SAME_LIVER_HU
-                        and abs(m[2]["aorta_hu"] - f0["aorta_hu"]) <= _SAME_AORTA_HU)
-            if same and same_frame:
+            same_time = m[3] is None or t0 is None or abs(m[3] - t0) < 1.0
+            same_look = (abs(m[2]["liver_hu"] - f0["liver_hu"]) <= _SAME_LIVER_HU
+                         and abs(m[2]["aorta_hu"] - f0["aorta_hu"]) <= _SAME_AORTA_HU)
+            if same_frame and same_time and same_look:
                 group.append(m)
                 break
         else:
@@ -130,11 +130,14 @@ def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None
     agent_known = any(a is True for a in agents) and any(a is False for a in agents)
     chosen = [_pick_reconstruction(g) for g in groups]
     times = [c[3] for c in chosen]
+    if len(times) > 1 and None not in times and max(times) - min(times) < 1.0:
+        times = [None] * len(times)  # one time for every acquisition (an anonymiser's): no order to read
     t0 = min(t for t in times if t is not None) if any(t is not None for t in times) else None
     acquisitions = [Acquisition(key=s.uid, series_number=s.number, description=str(s.get("SeriesDescription", "")),
                                 time=None if t is None or t0 is None else t - t0,
                                 contrast_agent=_has_agent(s) if agent_known else None,
-                                liver_hu=f["liver_hu"], aorta_hu=f["aorta_hu"]) for s, g, f, t in chosen]
+                                liver_hu=f["liver_hu"], aorta_hu=f["aorta_hu"])
+                    for (s, g, f, _), t in zip(chosen, times)]
     try:
         assigned = assign_phases(acquisitions, phase_map=phase_map)
     except InputError as e:

@@ -36,6 +36,7 @@ def expected_hu(case) -> dict:
 def write_study(root, case, times=True, extras=True, study_uid=None, patient=None, series=None):
     """Write ``case`` as one DICOM study under ``root`` (a folder per series); returns {phase: series UID}.
 
+    ``times``: True for :data:`TIMES`, False for none, or {phase: "HHMMSS"}.
     NC unsigned, A RLE-compressed, V with pixel padding -2000 and a second 10 mm reconstruction, D JPEG 2000 lossless,
     file names scrambled; ``extras`` adds a scout and a dose report.
     """
@@ -43,13 +44,14 @@ def write_study(root, case, times=True, extras=True, study_uid=None, patient=Non
 
     study_uid = study_uid or new_uid()
     frame = new_uid()
+    times_ = times if isinstance(times, dict) else TIMES
     patient = patient or PATIENT
     series = series or SERIES
     uids = {}
     for phase, image in case.images.items():
         number, description = series[phase]
         kwargs = dict(study_uid=study_uid, series_number=number, description=description, frame_of_reference_uid=frame,
-                      acquisition_time=TIMES[phase] if times else None, patient=patient, scramble_names=True,
+                      acquisition_time=times_[phase] if times else None, patient=patient, scramble_names=True,
                       contrast_agent=None if phase == "NC" else "Iohexol")
         if phase == "NC":
             kwargs["signed"] = False
@@ -65,7 +67,7 @@ def write_study(root, case, times=True, extras=True, study_uid=None, patient=Non
         number = series["V"][0] + 100
         write_ct_series(os.path.join(root, f"series{number}"), case.images["V"][::2],
                         (case.spacing[0] * 2,) + tuple(case.spacing[1:]), case.origin[::-1], study_uid, number,
-                        "Recon 10mm", frame_of_reference_uid=frame, acquisition_time=TIMES["V"] if times else None,
+                        "Recon 10mm", frame_of_reference_uid=frame, acquisition_time=times_["V"] if times else None,
                         patient=patient, contrast_agent="Iohexol")
         write_localizer(os.path.join(root, "scout"), study_uid, patient=patient)
         write_dose_report(os.path.join(root, "dose"), study_uid, patient=patient)
