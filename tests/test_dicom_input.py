@@ -17,8 +17,9 @@ from nnunet_liver.testing.dicom_study import SERIES, expected_hu, phantom, write
 from nnunet_liver.labels import PHASES  # noqa: E402
 from nnunet_liver.utils.io import InputError  # noqa: E402
 
-REALDATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "realdata")
-REALDATA = os.environ.get("NNUNET_LIVER_REALDATA", REALDATA if os.path.isdir(REALDATA) else "/work/shared/realdata")
+# the repository's sibling shared/realdata (as the other real-data tests), or NNUNET_LIVER_REALDATA
+REALDATA = os.environ.get("NNUNET_LIVER_REALDATA",
+                          os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "realdata"))
 
 
 @pytest.fixture(scope="module")

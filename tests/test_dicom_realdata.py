@@ -11,7 +11,9 @@ pytest.importorskip("highdicom")
 
 from nnunet_liver.inference.model import bundled_demo_model  # noqa: E402
 
-REALDATA = os.environ.get("NNUNET_LIVER_REALDATA", "/work/shared/realdata")
+# the repository's sibling shared/realdata (as the other real-data tests), or NNUNET_LIVER_REALDATA
+REALDATA = os.environ.get("NNUNET_LIVER_REALDATA",
+                          os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "realdata"))
 FOLDER = os.path.join(REALDATA, "hcc048_pv_dicom")
 
 pytestmark = [pytest.mark.slow,
