@@ -82,8 +82,8 @@ def lesion_panels(images: Dict[str, np.ndarray], instances: np.ndarray, lesion_i
     areas = mask.reshape(mask.shape[0], -1).sum(1)
     z = int(np.argmax(areas))
     ys, xs = np.nonzero(mask[z])
-    half_y = max(int(np.ceil(20.0 / spacing[1])), int(1.5 * (np.ptp(ys) + 1)))  # at least 40 mm of context
-    half_x = max(int(np.ceil(20.0 / spacing[2])), int(1.5 * (np.ptp(xs) + 1)))
+    half_mm = max(20.0, 1.5 * (np.ptp(ys) + 1) * spacing[1], 1.5 * (np.ptp(xs) + 1) * spacing[2])  # square, >= 40 mm
+    half_y, half_x = int(np.ceil(half_mm / spacing[1])), int(np.ceil(half_mm / spacing[2]))
     cy, cx = int(np.mean(ys)), int(np.mean(xs))
     y0, y1 = max(cy - half_y, 0), min(cy + half_y, mask.shape[1])
     x0, x1 = max(cx - half_x, 0), min(cx + half_x, mask.shape[2])
