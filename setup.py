@@ -40,6 +40,12 @@ setup(
         "threadpoolctl>=3",
         "tqdm",
         "matplotlib>=3.6",
+        # DICOM in (pydicom + its decoders for compressed transfer syntaxes) and DICOM SEG/SR out (highdicom)
+        "pydicom>=3.0",
+        "highdicom>=0.23",
+        "pylibjpeg>=2.0",
+        "pylibjpeg-openjpeg>=2.0",
+        "pylibjpeg-libjpeg>=2.0",
     ],
     extras_require={"test": ["pytest>=7", "scikit-learn>=1.2", "jsonschema>=4", "blosc2"]},
     entry_points={

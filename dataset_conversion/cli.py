@@ -1,13 +1,13 @@
-"""``nnunet-liver-convert {msd,lits,multiphase,patches}``: public or own data -> nnU-Net raw datasets.
+"""``nnunet-liver-convert {msd,lits,multiphase,dicom,patches}``: public or own data -> nnU-Net raw datasets.
 
-Common options of msd / lits / multiphase::
+Common options of msd / lits / multiphase / dicom::
 
     -i INPUT        source folder; give -i several times to merge several sources of the same kind into one
                     dataset (e.g. two MSD tasks, or several folders of multi-phase cases)
-    -d DATASET_ID   nnU-Net dataset id (default per source: msd 520, lits 521, multiphase 522)
+    -d DATASET_ID   nnU-Net dataset id (default per source: msd 520, lits 521, multiphase 522, dicom 524)
     -n NAME         dataset name (DatasetXXX_NAME)
     -o RAW_ROOT     nnU-Net raw folder to write into (default: $nnUNet_raw)
-    --phases        channel layout written (msd/lits default V, multiphase default NC,A,V,D)
+    --phases        channel layout written (msd/lits default V, multiphase/dicom default NC,A,V,D)
     --append        add the cases to the existing DatasetXXX_NAME (same --phases): merges sources of
                     different kinds, e.g. `msd ... -d 530` then `multiphase ... -d 530 --append`
     --overwrite     replace an existing DatasetXXX_NAME
@@ -30,7 +30,9 @@ SOURCES = {"msd": ("Medical Segmentation Decathlon task folder(s) (Task03_Liver,
                    "Task09_Spleen, Task07_Pancreas)", "V"),
            "lits": ("LiTS folder(s) with volume-N / segmentation-N", "V"),
            "multiphase": ("folder(s) of multi-phase case folders (NC/A/V/D + optional label), registered to the "
-                          "reference phase", ",".join(L.PHASES))}
+                          "reference phase", ",".join(L.PHASES)),
+           "dicom": ("folder(s) of DICOM studies (any depth, one case per study), phases identified and registered "
+                     "to the reference phase; unlabelled, so imagesTs", ",".join(L.PHASES))}
 
 
 def _add_common(p: argparse.ArgumentParser, default_phases: str) -> None:
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Convert public single-phase datasets or multi-phase "
                                      "case folders into nnU-Net raw datasets in nnunet_liver's 13-class scheme.",
                                      epilog="see `nnunet-liver-convert SOURCE -h` for each source's options")
-    sub = parser.add_subparsers(dest="source", required=True, metavar="{msd,lits,multiphase,patches}")
+    sub = parser.add_subparsers(dest="source", required=True, metavar="{msd,lits,multiphase,dicom,patches}")
     for name, (help_text, phases) in SOURCES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_common(p, phases)

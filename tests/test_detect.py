@@ -128,7 +128,7 @@ def test_end_to_end_without_patch_model(models, tmp_path):
     rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
     assert [(r["case"], r["status"], r["num_lesions"], r["num_diff"]) for r in rows] == [("case_a", "done", "2", "1")]
     report = (out / "report.html").read_text()
-    assert report.count("<img") == 2 and "case_a" in report
+    assert report.count("<img") == 1 + 2 * 4 and "case_a" in report  # overview + each lesion in 4 phases
     assert not [p for p in os.listdir(out) if p.startswith(".tmp_")]
 
 

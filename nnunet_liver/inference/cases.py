@@ -5,6 +5,9 @@ dataset.json (for our models NC, A, V, D). A case may lack a phase file only whe
 phase is then filled with the constant :data:`nnunet_liver.labels.MISSING_PHASE_VALUE`. All present phases must share
 the reference phase's grid (venous if present, else the first present phase) unless registration is asked for, in
 which case every other phase is registered onto the reference grid with SimpleITK.
+
+DICOM studies under the input folder (any depth, one case per StudyInstanceUID) are cases too: their phases are
+identified and read by :mod:`nnunet_liver.dicom` (see its docs), which also registers them onto the reference phase.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class CaseFiles:
     case_id: str
     files: List[Optional[str]]
     error: Optional[str] = None  # a problem found during discovery, reported when the case is loaded
+    dicom: Optional[object] = None  # a nnunet_liver.dicom.DicomStudy: the case is read from DICOM
 
 
 @dataclass
@@ -60,8 +64,11 @@ def validate_case_id(case_id: str) -> str:
     return case_id
 
 
-def discover_cases(input_dir: str, num_channels: int, file_ending: str = ".nii.gz") -> List[CaseFiles]:
-    """Cases of ``input_dir`` named ``CASE_XXXX<file_ending>``, sorted by id; absent channels are ``None``.
+def discover_cases(input_dir: str, num_channels: int, file_ending: str = ".nii.gz",
+                   phase_map: Optional[Dict[str, str]] = None, exclude: Optional[str] = None) -> List[CaseFiles]:
+    """Cases of ``input_dir`` named ``CASE_XXXX<file_ending>``, sorted by id; absent channels are ``None``; then the
+    DICOM studies found under ``input_dir`` but not under ``exclude`` (the output folder) (``phase_map``:
+    ``--phase-map``, series number or UID -> phase).
 
     Case ids are not validated here (:func:`load_case` does it, so a bad id fails that case only); nor are files
     whose channel index is beyond ``num_channels`` (the case carries an ``error`` that load_case raises).
@@ -82,6 +89,14 @@ def discover_cases(input_dir: str, num_channels: int, file_ending: str = ".nii.g
         error = (f"{channels[extra[0]]}: channel {extra[0]:04d} is beyond the model's {num_channels} channels"
                  if extra else None)
         cases.append(CaseFiles(case_id, files, error))
+    from nnunet_liver.dicom.index import has_dicom, index_studies
+
+    if has_dicom(input_dir, exclude=exclude):
+        for study in index_studies(input_dir, exclude)[0]:
+            study.phase_map = dict(phase_map or {})
+            clash = f"{study.folder}: DICOM study {study.case_id} has the id of a NIfTI case of {input_dir}"
+            cases.append(CaseFiles(study.case_id, [None] * num_channels,
+                                   clash if study.case_id in by_case else None, dicom=study))
     return cases
 
 
@@ -136,6 +151,10 @@ def load_case(case: CaseFiles, channel_names: Sequence[str], allow_missing: bool
     files = list(case.files)
     if case.error:
         raise InputError(case.error)
+    if case.dicom is not None:
+        from nnunet_liver.dicom.study import load_dicom_case
+
+        return load_dicom_case(case.dicom, channel_names, allow_missing, registration_transform)
     if len(files) != len(channel_names):
         raise InputError(f"case {case.case_id}: {len(files)} files given for the model's {len(channel_names)} "
                          f"channels ({', '.join(channel_names)})")

@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Writes CASE.json, CASE_lesions.nii.gz, summary.csv and report.html.")
     p.add_argument("-i", required=True, metavar="CASES_DIR",
                    help="input folder, nnU-Net naming: CASE_0000.nii.gz ... in the model's channel order "
-                        "(NC, A, V, D)")
+                        "(NC, A, V, D), and/or DICOM studies at any depth (one case per study, phases identified; "
+                        "CASE_seg.dcm and CASE_sr.dcm written back)")
     p.add_argument("-o", required=True, metavar="OUT_DIR", help="output folder")
     p.add_argument("-m", required=True, metavar="WHOLE_MODEL_DIR",
                    help="UNet-whole's nnU-Net training output folder, or 'demo' for the bundled demo model")
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the paper's cascade exactly; by default two lesions that f = 1 separates stay two at f = 4)")
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    p.add_argument("--phase-map", nargs="+", default=None, metavar="SERIES=PHASE",
+                   help="DICOM input: the phase of a series (series number or SeriesInstanceUID = NC, A, V, D, or "
+                        "skip to leave it out), for studies whose phases cannot be identified from the images and "
+                        "tags")
     return p
 
 
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    from nnunet_liver.dicom.phase import parse_phase_map
     from nnunet_liver.inference.detector import LiverDetector
     from nnunet_liver.inference.runner import run_folder
 
@@ -67,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                              num_patches=args.num_patches, seed=args.seed, use_mirroring=not args.disable_tta,
                              split=not args.no_split)
     result = run_folder(detector, args.i, args.o, num_parts=args.num_parts, part_id=args.part_id,
-                        overwrite=args.overwrite, report=not args.no_report)
+                        overwrite=args.overwrite, report=not args.no_report,
+                        phase_map=parse_phase_map(args.phase_map))
     for case_id, message in result.failed.items():
         print(f"{PROG}: error: {message}", file=sys.stderr)
     print(f"{PROG}: {result} -> {args.o}", file=sys.stderr)

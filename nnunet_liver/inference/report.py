@@ -1,8 +1,15 @@
-"""report.html: per case, the patient result and, per lesion, an axial slice through it with its mask outlined.
+"""report.html: per case the patient result, an overview with every lesion numbered, each lesion in every present
+phase side by side, and the lesion table.
 
-Each figure is a matplotlib PNG embedded as base64, so the report is one self-contained file. The slice is the
-lesion's largest axial cross-section on the reference phase (liver window, W 400 / L 50 HU), cropped around the
-lesion; the lesion's outline is drawn in its type's colour and other lesions in grey.
+The figures are rendered when the case is detected, while its images are in memory (:func:`save_case_figures`,
+called by the runner), and stored as small PNGs in ``OUT/figures/CASE/``; :func:`write_report` only reads those and
+the JSON, so building the report never loads a volume again. Each lesion is shown at its centre slice (the axial
+slice with its largest cross-section) in every present phase (NC, A, V, D, on the reference grid), cropped around it,
+in the pipeline's one CT window (:data:`nnunet_liver.labels.CT_WINDOW_HU`), with its outline in its type's colour
+and other lesions in grey: the enhancement pattern its type rests on is visible at a glance. The overview is the
+reference phase's axial slice with the largest total lesion area, cropped to the liver region the model found, with
+the outlines of all lesions projected along z onto it and their numbers. The report is one self-contained file
+(PNGs embedded as base64).
 """
 from __future__ import annotations
 
@@ -11,15 +18,16 @@ import html
 import io
 import json
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from nnunet_liver.labels import CT_WINDOW_HU as _WINDOW_HU
-from nnunet_liver.utils.io import atomic_path
+from nnunet_liver.labels import CT_WINDOW_HU, LIVER_REGION_IDS, PHASES
+from nnunet_liver.utils.io import atomic_dir, atomic_path
 
-__all__ = ["write_report", "lesion_figure_png"]
+__all__ = ["write_report", "save_case_figures", "lesion_panels", "overview_png", "FIGURES_DIR"]
 
+FIGURES_DIR = "figures"
 _TYPE_COLOURS = {"HCC": "#e6194b", "ICC": "#f58231", "Meta": "#911eb4", "Hem": "#3cb44b", "Other": "#4363d8",
                  "Cyst": "#42d4f4"}
 _MAX_LESIONS_SHOWN = 40
@@ -41,39 +49,127 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def lesion_figure_png(image: np.ndarray, instances: np.ndarray, lesion: dict, spacing, size_px: int = 192) -> bytes:
-    """PNG bytes: the axial slice with the largest area of ``lesion`` (ids in ``instances``), outlined.
+def _grey_rgb(image2d: np.ndarray) -> np.ndarray:
+    lo, hi = CT_WINDOW_HU
+    grey = np.clip((image2d - lo) / (hi - lo), 0, 1)
+    return np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
 
-    Rendered with numpy and written by ``matplotlib.image.imsave`` (no figure machinery: a few ms per lesion).
 
-    Parameters
-    ----------
-    image : (Z, Y, X) HU. instances : (Z, Y, X) lesion ids. lesion : the lesion's JSON entry. spacing : (z, y, x) mm.
-    size_px : about the output's larger side in pixels (nearest-neighbour zoom, the in-plane aspect kept).
-    """
+def _zoom_factors(shape2d, spacing_yx, size_px: int):
+    """Integer nearest-neighbour zooms (y, x) giving about ``size_px`` pixels on the larger side, aspect kept."""
+    mm = (shape2d[0] * spacing_yx[0], shape2d[1] * spacing_yx[1])
+    scale = size_px / max(mm)
+    return max(1, int(round(scale * spacing_yx[0]))), max(1, int(round(scale * spacing_yx[1])))
+
+
+def _png(rgb: np.ndarray) -> bytes:
     from matplotlib.image import imsave
 
-    mask = instances == lesion["id"]
-    areas = mask.reshape(mask.shape[0], -1).sum(1)
-    z = int(np.argmax(areas))
-    ys, xs = np.nonzero(mask[z])
-    half = max(16, int(1.5 * max(np.ptp(ys) + 1, np.ptp(xs) + 1)))
-    cy, cx = int(np.mean(ys)), int(np.mean(xs))
-    y0, y1 = max(cy - half, 0), min(cy + half, image.shape[1])
-    x0, x1 = max(cx - half, 0), min(cx + half, image.shape[2])
-    grey = np.clip((image[z, y0:y1, x0:x1] - _WINDOW_HU[0]) / (_WINDOW_HU[1] - _WINDOW_HU[0]), 0, 1)
-    rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
-    # zoom first (nearest), then draw one-pixel outlines so they stay thin
-    zy = max(1, int(round(size_px / max(y1 - y0, 1) * min(1.0, spacing[1] / spacing[2]))))
-    zx = max(1, int(round(size_px / max(x1 - x0, 1) * min(1.0, spacing[2] / spacing[1]))))
-    rgb = rgb.repeat(zy, 0).repeat(zx, 1)
-    this = mask[z, y0:y1, x0:x1].repeat(zy, 0).repeat(zx, 1)
-    others = ((instances[z, y0:y1, x0:x1] > 0) & ~mask[z, y0:y1, x0:x1]).repeat(zy, 0).repeat(zx, 1)
-    rgb[_outline(others)] = _hex_rgb("#bbbbbb")
-    rgb[_outline(this)] = _hex_rgb(_TYPE_COLOURS.get(lesion["type"], "#ffff00"))
     buf = io.BytesIO()
     imsave(buf, rgb, format="png")
     return buf.getvalue()
+
+
+def lesion_panels(images: Dict[str, np.ndarray], instances: np.ndarray, lesion_id: int, lesion_type: str, spacing,
+                  size_px: int = 160) -> Dict[str, bytes]:
+    """{phase: PNG bytes} of lesion ``lesion_id`` at its centre slice, one per phase of ``images``.
+
+    Parameters
+    ----------
+    images : {phase: (Z, Y, X) HU} on the grid of ``instances`` (Z, Y, X lesion ids); spacing : (z, y, x) mm.
+    """
+    mask = instances == lesion_id
+    areas = mask.reshape(mask.shape[0], -1).sum(1)
+    z = int(np.argmax(areas))
+    ys, xs = np.nonzero(mask[z])
+    half_mm = max(20.0, 1.5 * (np.ptp(ys) + 1) * spacing[1], 1.5 * (np.ptp(xs) + 1) * spacing[2])  # square, >= 40 mm
+    half_y, half_x = int(np.ceil(half_mm / spacing[1])), int(np.ceil(half_mm / spacing[2]))
+    cy, cx = int(np.mean(ys)), int(np.mean(xs))
+    y0, y1 = max(cy - half_y, 0), min(cy + half_y, mask.shape[1])
+    x0, x1 = max(cx - half_x, 0), min(cx + half_x, mask.shape[2])
+    zy, zx = _zoom_factors((y1 - y0, x1 - x0), spacing[1:], size_px)
+    this = mask[z, y0:y1, x0:x1].repeat(zy, 0).repeat(zx, 1)
+    others = ((instances[z, y0:y1, x0:x1] > 0) & ~mask[z, y0:y1, x0:x1]).repeat(zy, 0).repeat(zx, 1)
+    out = {}
+    for phase, image in images.items():
+        rgb = _grey_rgb(image[z, y0:y1, x0:x1]).repeat(zy, 0).repeat(zx, 1)  # zoom first: one-pixel outlines
+        rgb[_outline(others)] = _hex_rgb("#bbbbbb")
+        rgb[_outline(this)] = _hex_rgb(_TYPE_COLOURS.get(lesion_type, "#ffff00"))
+        out[phase] = _png(rgb)
+    return out
+
+
+def overview_png(image: np.ndarray, instances: np.ndarray, liver: Optional[np.ndarray], spacing,
+                 types: Optional[Dict[int, str]] = None, size_px: int = 480) -> bytes:
+    """PNG of the axial slice of ``image`` with the largest lesion area, cropped to the liver region, with every
+    lesion's outline projected along z and its number (lesion ids in ``instances``, (Z, Y, X)), in its type's colour
+    (``types``: lesion id -> type name)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    lesion = instances > 0
+    z = int(np.argmax(lesion.reshape(lesion.shape[0], -1).sum(1)))
+    region = liver if liver is not None and liver.any() else (image > -500)
+    region2d = region.any(0) | lesion.any(0)
+    ys, xs = np.nonzero(region2d) if region2d.any() else (np.arange(image.shape[1]), np.arange(image.shape[2]))
+    pad = int(np.ceil(15.0 / spacing[1]))
+    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, image.shape[1])
+    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, image.shape[2])
+    zy, zx = _zoom_factors((y1 - y0, x1 - x0), spacing[1:], size_px)
+    rgb = _grey_rgb(image[z, y0:y1, x0:x1]).repeat(zy, 0).repeat(zx, 1)
+    projected = instances[:, y0:y1, x0:x1].max(0)
+    labels = []
+    for lesion_id in np.unique(projected[projected > 0]):
+        m = (projected == lesion_id).repeat(zy, 0).repeat(zx, 1)
+        colour = _TYPE_COLOURS.get((types or {}).get(int(lesion_id), ""), "#ffff00")
+        rgb[_outline(m)] = _hex_rgb(colour)
+        yy, xx = np.nonzero(m)
+        labels.append((int(lesion_id), float(xx.max()) + 2, float(yy.min()), colour))
+    h, w = rgb.shape[:2]
+    fig = Figure(figsize=(w / 100, h / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(rgb, interpolation="nearest")
+    for lesion_id, x, y, colour in labels:
+        ax.text(min(x, w - 12), max(y, 12), str(lesion_id), color=colour, fontsize=11, fontweight="bold", va="top",
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
+    ax.set_axis_off()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def save_case_figures(result, output_dir: str) -> str:
+    """Render a detected case's figures into ``output_dir/figures/CASE/`` (overview.png, lesionN_PHASE.png).
+
+    ``result`` is a :class:`~nnunet_liver.inference.detector.CaseResult`; only its in-memory arrays are used.
+    """
+    case = result.case
+    folder = os.path.join(output_dir, FIGURES_DIR, case.case_id)
+    images = case.images_by_phase()
+    images = {p: images[p] for p in PHASES if p in images} | {p: v for p, v in images.items() if p not in PHASES}
+    lesions = result.record.get("lesions", [])[:_MAX_LESIONS_SHOWN]
+    with atomic_dir(folder, overwrite=True) as tmp:
+        if not lesions:
+            return folder
+        liver = None
+        if result.label_maps:
+            labels = result.label_maps[min(result.label_maps)]
+            labels = labels.cpu().numpy() if hasattr(labels, "cpu") else np.asarray(labels)  # torch on any device
+            liver = np.isin(labels, LIVER_REGION_IDS)
+        ref_phase = list(case.inputs)[case.reference_channel]
+        with open(os.path.join(tmp, "overview.png"), "wb") as f:
+            f.write(overview_png(images.get(ref_phase, next(iter(images.values()))), result.instance_map, liver,
+                                 case.spacing, {les["id"]: les["type"] for les in result.record["lesions"]}))
+        for les in lesions:
+            if not (result.instance_map == les["id"]).any():
+                continue
+            for phase, png in lesion_panels(images, result.instance_map, les["id"], les["type"],
+                                            case.spacing).items():
+                with open(os.path.join(tmp, f"lesion{les['id']}_{phase}.png"), "wb") as f:
+                    f.write(png)
+    return folder
 
 
 def _fmt(v, digits=2) -> str:
@@ -84,51 +180,82 @@ def _fmt(v, digits=2) -> str:
     return html.escape(str(v))
 
 
-def _case_section(output_dir: str, case_id: str) -> str:
-    import SimpleITK as sitk
+def _img(path: str, alt: str, css: str = "") -> str:
+    if not os.path.isfile(path):
+        return "<span class='note'>(no figure)</span>"
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode()
+    return f"<img class='{css}' alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
 
+
+def _dicom_lines(rec: dict) -> List[str]:
+    dicom = rec.get("dicom")
+    if not dicom:
+        return []
+    rows = "".join(f"<tr><td>{html.escape(a['phase'])}</td><td>{_fmt(a.get('series_number'))}</td>"
+                   f"<td>{html.escape(a.get('description', ''))}</td><td>{_fmt(a.get('confidence'))}</td>"
+                   f"<td>{_fmt(a.get('liver_hu'), 0)} / {_fmt(a.get('aorta_hu'), 0)}</td>"
+                   f"<td class='uid'>{html.escape(a['series_uid'])}</td></tr>" for a in dicom.get("acquisitions", []))
+    out = dicom.get("outputs") or {}
+    return [f"<p>DICOM study <span class='uid'>{html.escape(dicom.get('study_uid', ''))}</span>; written back: "
+            f"{html.escape(', '.join(v for v in out.values() if v))}</p>",
+            "<table><tr><th>phase</th><th>series</th><th>description</th><th>confidence</th>"
+            f"<th>liver / aorta HU</th><th>series UID</th></tr>{rows}</table>"]
+
+
+def _lesion_table(lesions: List[dict]) -> str:
+    head = ("<tr><th>#</th><th>type</th><th>volume (cm3)</th><th>diameter (mm)</th><th>score</th>"
+            "<th>sensitivity</th><th>APHE (HU)</th><th>NPW (HU)</th><th>EC (HU&sup2;)</th><th>reclassification</th>"
+            "</tr>")
+    rows = []
+    for les in lesions:
+        feats = les.get("features") or {}
+        recls = les.get("reclassification") or {}
+        recls_text = "-"
+        if recls:
+            recls_text = (f"{_fmt(recls.get('type_before'))} &rarr; {_fmt(recls.get('type_after'))}"
+                          + (f" ({_fmt(recls.get('skipped'))})" if recls.get("skipped") else ""))
+        colour = _TYPE_COLOURS.get(les["type"], "#000")
+        rows.append(f"<tr><td>{les['id']}</td><td style='color:{colour}'><b>{html.escape(les['type'])}</b></td>"
+                    f"<td>{_fmt(les.get('volume_cm3'))}</td><td>{_fmt(les.get('diameter_mm'), 1)}</td>"
+                    f"<td>{_fmt(les.get('score'))}</td><td>{_fmt(les.get('sensitivity'))}</td>"
+                    f"<td>{_fmt(feats.get('APHE'), 0)}</td><td>{_fmt(feats.get('NPW'), 0)}</td>"
+                    f"<td>{_fmt(feats.get('EC'), 0)}</td><td>{recls_text}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _case_section(output_dir: str, case_id: str) -> str:
     with open(os.path.join(output_dir, f"{case_id}.json"), encoding="utf-8") as f:
         rec = json.load(f)
     patient = rec["patient"]
+    figures = os.path.join(output_dir, FIGURES_DIR, case_id)
     parts = [f"<section id='{html.escape(case_id)}'><h2>{html.escape(case_id)}</h2>",
              f"<p>Patient class: <b>{_fmt(patient['class'])}</b> (by factor: "
              + ", ".join(f"f={html.escape(k)}: {html.escape(str(v))}" for k, v in patient["class_by_factor"].items())
              + f"); malignant: <b>{_fmt(patient['malignant'])}</b>; phases: "
-             f"{html.escape(' '.join(rec['phases_present']))}</p>",
+             f"{html.escape(' '.join(rec['phases_present']))} "
+             f"(reference {html.escape(rec['geometry']['reference_phase'])})</p>",
              "<p>LiverMax: " + ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in patient["livermax"].items())
-             + "</p>"]
+             + "</p>"] + _dicom_lines(rec)
     if not rec["settings"]["reclassification"]["enabled"]:
         parts.append("<p class='note'>Reclassification skipped (no patch model).</p>")
     lesions = rec["lesions"]
     if not lesions:
         parts.append("<p>No lesion detected.</p></section>")
         return "\n".join(parts)
-    ref_phase = rec["geometry"]["reference_phase"]
-    image_path = rec.get("inputs", {}).get(ref_phase)
-    image = instances = None
-    try:
-        image = sitk.GetArrayFromImage(sitk.ReadImage(image_path)).astype(np.float32)
-        instances = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(output_dir, f"{case_id}_lesions.nii.gz")))
-        if image.shape != instances.shape:
-            image = None
-    except Exception:  # noqa: BLE001 - the input moved since: the table is still useful
-        image = None
-    parts.append("<div class='grid'>")
+    parts.append("<div class='overview'>" + _img(os.path.join(figures, "overview.png"), f"{case_id} overview",
+                                                 "overview")
+                 + "<p>Overview: all lesions outlined (projected along z) and numbered.</p></div>")
+    parts.append(_lesion_table(lesions))
+    phases = [p for p in PHASES if p in rec["phases_present"]]
+    lo, hi = CT_WINDOW_HU
+    parts.append(f"<p>Each lesion at its centre slice, every present phase, window {lo:g} to {hi:g} HU.</p>")
     for les in lesions[:_MAX_LESIONS_SHOWN]:
-        recls = les.get("reclassification") or {}
-        caption = (f"#{les['id']} <b>{html.escape(les['type'])}</b> {les['volume_cm3']:.2f} cm3, "
-                   f"{_fmt(les.get('diameter_mm'), 1)} mm<br>score {_fmt(les.get('score'))}, "
-                   f"{html.escape(les['sensitivity'])}")
-        if recls:
-            caption += (f"<br>ReCls {_fmt(recls.get('score_cm3'))} cm3 ({html.escape(str(recls.get('type_before')))}"
-                        f" &rarr; {html.escape(str(recls.get('type_after')))})"
-                        + (f", {html.escape(recls['skipped'])}" if recls.get("skipped") else ""))
-        img = ""
-        if image is not None and (instances == les["id"]).any():
-            png = lesion_figure_png(image, instances, les, rec["geometry"]["spacing_zyx_mm"])
-            img = f"<img alt='lesion {les['id']}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-        parts.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
-    parts.append("</div>")
+        files = {p: os.path.join(figures, f"lesion{les['id']}_{p}.png") for p in phases}
+        cells = "".join(f"<figure>{_img(files[p], p)}<figcaption>{p}</figcaption></figure>" for p in phases)
+        parts.append(f"<div class='lesion'><h3>#{les['id']} {html.escape(les['type'])} "
+                     f"({_fmt(les.get('volume_cm3'))} cm3, {_fmt(les.get('diameter_mm'), 1)} mm, "
+                     f"{_fmt(les.get('sensitivity'))})</h3><div class='row'>{cells}</div></div>")
     if len(lesions) > _MAX_LESIONS_SHOWN:
         parts.append(f"<p>{len(lesions) - _MAX_LESIONS_SHOWN} more lesions in {html.escape(case_id)}.json</p>")
     parts.append("</section>")
@@ -136,15 +263,17 @@ def _case_section(output_dir: str, case_id: str) -> str:
 
 
 def write_report(output_dir: str, case_ids: List[str], title: Optional[str] = None) -> str:
-    """Write ``output_dir/report.html`` for the finished cases ``case_ids`` (their JSON and lesion maps)."""
+    """Write ``output_dir/report.html`` for the finished cases ``case_ids`` (their JSON and saved figures)."""
     title = title or "nnunet-liver-detect report"
     body = [_case_section(output_dir, c) for c in case_ids]
     toc = " ".join(f"<a href='#{html.escape(c)}'>{html.escape(c)}</a>" for c in case_ids)
     doc = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:1.5em}} .grid{{display:flex;flex-wrap:wrap;gap:12px}}
-figure{{margin:0;width:220px;font-size:12px}} img{{width:208px}} .note{{color:#a60}}
-section{{border-top:1px solid #ccc;margin-top:1em}}</style></head>
+<style>body{{font-family:sans-serif;margin:1.5em}} .row{{display:flex;gap:6px}}
+figure{{margin:0;font-size:12px;text-align:center}} .row img{{width:160px;image-rendering:pixelated}}
+img.overview{{max-width:480px}} .note{{color:#a60}} .uid{{font-family:monospace;font-size:11px}}
+table{{border-collapse:collapse;margin:.5em 0}} td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}
+section{{border-top:1px solid #ccc;margin-top:1em}} h3{{font-size:14px;margin:.8em 0 .3em}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>{len(case_ids)} case(s). {toc}</p>
 {''.join(body)}
 </body></html>

@@ -56,17 +56,21 @@ def _is_done(output_dir: str, case_id: str) -> bool:
 
 
 def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_parts: int = 1, part_id: int = 0,
-               overwrite: bool = False, report: bool = True, progress: bool = True) -> RunResult:
+               overwrite: bool = False, report: bool = True, progress: bool = True,
+               phase_map: Optional[Dict[str, str]] = None) -> RunResult:
     """Detect every case of ``input_dir`` in this shard and write the outputs to ``output_dir``.
+
+    DICOM studies under ``input_dir`` are cases too (``phase_map``: series number or UID -> phase, for studies whose
+    phases cannot be identified); they also get ``CASE_seg.dcm`` and ``CASE_sr.dcm``.
 
     Inputs are never modified. Bad cases are recorded (``RunResult.failed``, ``CASE_error.txt``, summary.csv) and
     the other cases still run.
     """
     if os.path.abspath(input_dir) == os.path.abspath(output_dir):
         raise InputError(f"{output_dir}: the output folder must differ from the input folder")
-    all_cases = discover_cases(input_dir, len(detector.channel_names), detector.file_ending)
+    all_cases = discover_cases(input_dir, len(detector.channel_names), detector.file_ending, phase_map, output_dir)
     if not all_cases:
-        raise InputError(f"{input_dir}: no case files named CASE_XXXX{detector.file_ending} "
+        raise InputError(f"{input_dir}: no DICOM study and no case files named CASE_XXXX{detector.file_ending} "
                          f"(channels: {', '.join(f'{i:04d}={n}' for i, n in enumerate(detector.channel_names))})")
     mine = shard(all_cases, num_parts, part_id)
     os.makedirs(output_dir, exist_ok=True)
@@ -87,6 +91,7 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
             if os.path.exists(paths["json"]):  # the case is "done" again only once its new JSON lands
                 os.remove(paths["json"])
             write_image_like(res.instance_map, res.case.reference, paths["lesions"])
+            _write_extras(res, output_dir, report)
             write_json_atomic(res.record, paths["json"])
             if os.path.exists(paths["error"]):
                 os.remove(paths["error"])
@@ -108,6 +113,18 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
         write_report(output_dir, [c.case_id for c in all_cases if _safe_id(c.case_id)
                                   and _is_done(output_dir, c.case_id)])
     return result
+
+
+def _write_extras(res, output_dir: str, report: bool) -> None:
+    """The report's figures (rendered now, while the images are in memory) and, for a DICOM study, its SEG and SR."""
+    if report:
+        from nnunet_liver.inference.report import save_case_figures
+
+        save_case_figures(res, output_dir)
+    if getattr(res.case, "dicom", None):
+        from nnunet_liver.dicom.export import write_dicom_outputs
+
+        res.record["dicom"] = dict(res.case.dicom, outputs=write_dicom_outputs(res, output_dir))
 
 
 def _safe_id(case_id: str) -> bool:
