@@ -53,6 +53,6 @@ def test_convert_dicom_studies(tmp_path, capsys):
 
 def test_convert_dicom_nothing_found(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["dicom", "-i", str(tmp_path / "empty"), "-o", str(tmp_path / "raw")]) == 1
+    assert main(["dicom", "-i", str(tmp_path / "empty"), "-o", str(tmp_path / "raw")]) == 2  # bad input: the common exit code
     assert "no DICOM study found" in capsys.readouterr().err
     assert not (tmp_path / "raw").exists() or not os.listdir(tmp_path / "raw")

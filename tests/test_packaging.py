@@ -16,6 +16,9 @@ PACKAGE_DIRS = (ROOT / "nnunet_liver", ROOT / "dataset_conversion")
 #: declared but not imported by our code, and why
 DECLARED_NOT_IMPORTED = {
     "dynamic-network-architectures": "the bundled demo models' plans name its PlainConvUNet; nnU-Net builds it by name",
+    "pylibjpeg": "pydicom's pixel-data plugin framework, found by pydicom through entry points (compressed DICOM)",
+    "pylibjpeg-libjpeg": "pydicom decodes JPEG / JPEG-LS / lossless JPEG through it (entry point, never imported)",
+    "pylibjpeg-openjpeg": "pydicom decodes JPEG 2000 through it (entry point, never imported)",
 }
 
 
