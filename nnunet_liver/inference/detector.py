@@ -135,16 +135,16 @@ class LiverDetector:
 
     def detect_case(self, case: CaseFiles) -> CaseResult:
         """The cascade on one discovered case (see :func:`nnunet_liver.inference.cases.discover_cases`)."""
-        from nnunet_liver.inference.predict import predict_probabilities
-        from nnunet_liver.postprocessing.sensitivity import lesion_sensitivity_masks
+        from nnunet_liver.inference.predict import predict_maps
         from nnunet_liver.postprocessing.seg2det import instance_map, seg2det
 
         t0 = time.perf_counter()
         loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
-        probabilities = predict_probabilities(self.predictor, self.model, loaded.data, loaded.spacing)
+        # every factor's label map, LiverMax and the lesion voxels' probabilities, without the full-resolution
+        # (14, Z, Y, X) probabilities (see predict_maps)
+        predicted = predict_maps(self.predictor, self.model, loaded.data, loaded.spacing, self.factors)
         t_predict = time.perf_counter() - t0
-        maps = lesion_sensitivity_masks(probabilities, tuple(sorted(set(self.factors) | {1.0})))
-        maps = {float(f): m for f, m in maps.items()}
+        maps, probabilities = predicted.maps, predicted.lesion_probabilities
         ref = loaded.reference
         images = loaded.images_by_phase()
         shape = loaded.data.shape[1:]
@@ -165,15 +165,15 @@ class LiverDetector:
                     self.patch_model, prepared, detections[f], instance_map(detections[f], shape), maps[f], rng,
                     n=self.num_patches, max_volume_cm3=self.max_reclassify_volume_cm3,
                     min_score_cm3=self.min_score_cm3)
-        record, final = self._record(loaded, maps, probabilities, detections, reclassified, recls_results)
+        record, final = self._record(loaded, predicted.liver_max, detections, reclassified, recls_results)
         record["timing_s"] = {"load_and_predict": round(t_predict, 3),
                               "total": round(time.perf_counter() - t0, 3)}
         return CaseResult(record=record, instance_map=instance_map(final, shape), lesions=final, case=loaded,
                           label_maps=maps)
 
-    def _record(self, loaded, maps, probabilities, detections, reclassified, recls_results):
+    def _record(self, loaded, livermax, detections, reclassified, recls_results):
         from nnunet_liver.postprocessing.match import match
-        from nnunet_liver.postprocessing.patient import classify_patient, consensus, liver_max
+        from nnunet_liver.postprocessing.patient import classify_patient, consensus
 
         f_lo, f_hi = self.factors[0], self.factors[-1]
         same_ids = {l.id for l in reclassified[f_hi]}
@@ -196,7 +196,7 @@ class LiverDetector:
             patient_class = consensus(patient_class, c)
         malignant = None if patient_class == "uncertain" else (
             patient_class != "normal" and id_of(patient_class) in MALIGNANT_IDS)
-        livermax = {k: float(v) for k, v in liver_max(probabilities, maps[1.0]).items()}
+        livermax = {k: float(v) for k, v in livermax.items()}
         dropped = {factor_key(f): sorted(int(i) for i, r in recls_results[f].items() if not r.kept)
                    for f in self.factors}
         ref = loaded.reference
