@@ -150,11 +150,16 @@ def main(argv=None) -> int:
         results.append(row)
     summary = {"model": args.model, "folds": args.f, "threads": args.threads, "cases": results,
                "targets": {"rss_ratio": 1.0, "time_ratio": 1.15, "600_slices_peak_rss_gb": 12}}
-    print(json.dumps(summary, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+    write_summary(summary, args.json)
     return 0
+
+
+def write_summary(summary: dict, path=None) -> None:
+    """Print a benchmark's summary as JSON and write it to ``path`` (if given)."""
+    print(json.dumps(summary, indent=2))
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
 
 
 if __name__ == "__main__":

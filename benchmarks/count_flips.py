@@ -145,7 +145,9 @@ def main(argv=None) -> int:
     total = {f"flips_f{f:g}": sum(r[f"flips_f{f:g}"] for r in rows) for f in FACTORS}
     summary = {"model": args.model, "cases": rows, "total": total,
                "all_lesions_same": all(r[f"same_lesions_f{f:g}"] for r in rows for f in FACTORS)}
-    print(json.dumps({"total": total, "all_lesions_same": summary["all_lesions_same"]}))
+    from bench_detect_clinical import write_summary
+
+    write_summary({"total": total, "all_lesions_same": summary["all_lesions_same"]})
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
