@@ -70,10 +70,11 @@ def _reference(logits, pm, cm, lm, props):
 
 
 def _check(logits, pm, cm, lm, props, spacing, as_torch=False, expect_mode=None, min_lesions=1):
+    """``as_torch``: torch logits, and the slabs kept as torch tensors (the code path of a CUDA device)."""
     probs = _reference(logits, pm, cm, lm, props)
     ref_maps = lesion_sensitivity_masks(probs, FACTORS)
     inp = torch.from_numpy(logits) if as_torch else logits
-    got = maps_from_logits(inp, pm, cm, lm, copy.deepcopy(props), FACTORS)
+    got = maps_from_logits(inp, pm, cm, lm, copy.deepcopy(props), FACTORS, numpy_on_host=not as_torch)
     if expect_mode:
         assert got.slab_mode == expect_mode
     for f in FACTORS:
@@ -107,7 +108,8 @@ def test_separate_z_equals_nnunet(small_slabs, order_z):
     spacing = (2.5, 0.8, 0.8)  # anisotropic input: nnU-Net resamples in-plane per slice, then along z
     pm, cm, lm = _managers(kwargs={"is_seg": False, "order": 1, "order_z": order_z, "force_separate_z": None})
     logits, props = _case((21, 12, 14), spacing, (9, 5, 6))
-    got, _ = _check(logits, pm, cm, lm, props, spacing, expect_mode="separate_z")
+    for as_torch in (False, True):
+        _check(logits, pm, cm, lm, props, spacing, as_torch=as_torch, expect_mode="separate_z")
 
 
 @pytest.mark.parametrize("order", [1, 3])
@@ -137,6 +139,7 @@ def test_transposed_plan(small_slabs, transpose):
     net = (4, 5, 6)
     logits, props = _case((17, 13, 12), spacing, net, transpose=transpose, bbox=bbox, seed=3)
     _check(logits, pm, cm, lm, props, spacing)
+    _check(logits, pm, cm, lm, props, spacing, as_torch=True)
 
 
 def test_identity_and_torch_resampler(small_slabs):

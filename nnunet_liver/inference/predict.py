@@ -134,7 +134,7 @@ def predict_maps(predictor, model: LoadedModel, data: np.ndarray, spacing, facto
 
 
 def maps_from_logits(logits, plans_manager, configuration_manager, label_manager, properties,
-                     factors: Sequence[float]) -> CaseMaps:
+                     factors: Sequence[float], numpy_on_host: bool = True) -> CaseMaps:
     """The sensitivity label maps, LiverMax and lesion probabilities from the network-grid logits, slab by slab.
 
     The logits are resampled to the input grid one slab of output rows at a time, exactly as nnU-Net's export does
@@ -146,7 +146,8 @@ def maps_from_logits(logits, plans_manager, configuration_manager, label_manager
 
     On a CUDA predictor with a torch resampler the slabs stay on the device and only the uint8 maps and the few
     lesion values come back; nnU-Net's default resampler is numpy/scipy, so its slabs are resampled on the host
-    (as nnU-Net's own export does) and only one slab at a time exists there.
+    (as nnU-Net's own export does) and only one slab at a time exists there. ``numpy_on_host``: slabs on the CPU
+    go through numpy (faster there); ``False`` keeps them torch tensors, the code path of a CUDA device (tests).
     """
     import torch
     from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
@@ -174,21 +175,25 @@ def maps_from_logits(logits, plans_manager, configuration_manager, label_manager
             slab = resampler.resample(k0, k1)
             probs = label_manager.apply_inference_nonlin(slab)  # nnU-Net's softmax, on the slab's device
             del slab
+            if probs.device.type == "cpu" and numpy_on_host:
+                probs = probs.numpy()  # the same memory; numpy's scaled argmax is the faster one on the host
             masks = lesion_sensitivity_masks(probs, factors)
             lm1 = masks[1.0]
             liver = (lm1 >= v0) & (lm1 <= v1)
             if bool(liver.any()):
-                m = torch.amax(probs[l0:l1][:, liver], dim=1)
-                livermax = m if livermax is None else torch.maximum(livermax, m)
+                inside = probs[l0:l1][:, liver]
+                m = _to_host(inside.max(axis=1) if isinstance(inside, np.ndarray) else torch.amax(inside, dim=1))
+                livermax = m if livermax is None else np.maximum(livermax, m)
+                del inside
             lesion = (masks[f_hi] >= l0) & (masks[f_hi] < l1)
             if bool(lesion.any()):
-                where = torch.nonzero(lesion).cpu().numpy()  # raster order of the slab
-                kept_values.append(probs[l0:l1][:, lesion].cpu().numpy())
-                coords_t = [where[:, 0] + k0 + offset[0], where[:, 1] + offset[1], where[:, 2] + offset[2]]
+                kept_values.append(_to_host(probs[l0:l1][:, lesion]))
+                where = np.nonzero(_to_host(lesion))  # raster order of the slab
+                coords_t = [where[0] + k0 + offset[0], where[1] + offset[1], where[2] + offset[2]]
                 kept_index.append(np.ravel_multi_index(tuple(coords_t[i] for i in back), shape))
             del probs, liver, lesion
             for f in factors:
-                maps_t[f][crop][k0:k1] = masks[f].cpu().numpy()
+                maps_t[f][crop][k0:k1] = _to_host(masks[f])
             del masks
     maps = {f: np.ascontiguousarray(m.transpose(back)) for f, m in maps_t.items()}
     del maps_t
@@ -200,6 +205,11 @@ def maps_from_logits(logits, plans_manager, configuration_manager, label_manager
             index, values = index[order], values[:, order]
     else:
         index, values = np.zeros(0, dtype=np.int64), np.zeros((l1 - l0, 0), dtype=np.float32)
-    lmax = [0.0] * (l1 - l0) if livermax is None else [float(v) for v in livermax.cpu().numpy()]
+    lmax = [0.0] * (l1 - l0) if livermax is None else [float(v) for v in livermax]
     return CaseMaps(maps=maps, lesion_probabilities=LesionProbabilities(shape, index, values),
                     liver_max={name_of(i): v for i, v in zip(LESION_IDS, lmax)}, slab_mode=resampler.mode)
+
+
+def _to_host(x) -> np.ndarray:
+    """A numpy array of ``x`` (a torch tensor on any device, or numpy already)."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)

@@ -115,6 +115,7 @@ class SlabResampler:
                 self._clip.append((np.asarray(lo), np.asarray(hi)))
         else:  # separate_z, axis 0
             self._row_scale = float(in_shape[0]) / self.out_shape[0]
+            self._resized = {}
 
     # ---- slabs ----------------------------------------------------------------------------------------------
     def slabs(self, voxels: int = None) -> Iterator[Tuple[int, int]]:
@@ -166,6 +167,13 @@ class SlabResampler:
             z_lo = max(0, int(math.floor(coords.min())) - 1)
             z_hi = min(Zi, int(math.floor(coords.max())) + 3)
         out = np.empty((self._data64.shape[0], k1 - k0, Y, X), dtype=self.out_dtype)
+        # input slices resized in-plane, (C, Y, X) float64 each; those the next slab reads again are kept
+        cache = {s: v for s, v in self._resized.items() if z_lo <= s < z_hi}
+        for s in range(z_lo, z_hi):
+            if s not in cache:
+                cache[s] = np.stack([resize(self._data64[c, s], np.array([Y, X]), self.order, mode="edge",
+                                            anti_aliasing=False) for c in range(self._data64.shape[0])])
+        self._resized = cache
         here = np.empty((z_hi - z_lo, Y, X), dtype=np.float64)
         if not same_z:
             map_rows = np.broadcast_to(coords[:, None, None] - z_lo, (k1 - k0, Y, X))
@@ -174,8 +182,7 @@ class SlabResampler:
             coord_map = np.array([map_rows, map_cols, map_dims])
         for c in range(self._data64.shape[0]):
             for s in range(z_lo, z_hi):
-                here[s - z_lo] = resize(self._data64[c, s], np.array([Y, X]), self.order, mode="edge",
-                                        anti_aliasing=False)
+                here[s - z_lo] = cache[s][c]
             if same_z:
                 out[c] = here
             else:
