@@ -32,13 +32,13 @@ import numpy as np
 FACTORS = (1.0, 4.0)
 
 
-def _real_cases(realdata: str, stacked):
+def _real_cases(realdata: str, stacked, only=None):
     import SimpleITK as sitk
 
     out = []
     for name in sorted(os.listdir(realdata)):
         folder = os.path.join(realdata, name)
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder) or (only is not None and name not in only):
             continue
         if name.endswith("_dicom"):
             reader = sitk.ImageSeriesReader()
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--phantoms", type=int, default=4)
     p.add_argument("--realdata", default=os.path.join(here, "..", "..", "..", "shared", "realdata"))
     p.add_argument("--stacked", type=int, nargs="*", default=[])
+    p.add_argument("--only", nargs="*", default=None, help="real studies (folder names) to use (default: all)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     sys.path.insert(0, here)
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
                                                                           loaded.spacing)})
                 print(json.dumps(rows[-1]), flush=True)
     if args.realdata and os.path.isdir(args.realdata):
-        for name, image in _real_cases(args.realdata, args.stacked):
+        for name, image in _real_cases(args.realdata, args.stacked, args.only):
             data, spacing = _array_case(image, len(model.channel_names))
             rows.append({"case": f"real/{name}", **compare(predictor, model, data, spacing)})
             print(json.dumps(rows[-1]), flush=True)
