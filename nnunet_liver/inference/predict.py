@@ -129,6 +129,9 @@ def predict_maps(predictor, model: LoadedModel, data: np.ndarray, spacing, facto
     and ``liver_max``, without holding the (14, Z, Y, X) probabilities: see :func:`maps_from_logits`.
     """
     logits, properties = predict_logits(predictor, model, data, spacing)
+    resampler = getattr(model.configuration_manager.resampling_fn_probabilities, "func", None)
+    if "torch" in getattr(resampler, "__name__", "") and predictor.device.type != "cpu":
+        logits = logits.to(predictor.device)  # nnU-Net's torch resamplers return their input's device
     return maps_from_logits(logits, model.plans_manager, model.configuration_manager, predictor.label_manager,
                             properties, factors)
 
