@@ -329,6 +329,7 @@ def detect_runs(input_dir, out_root, runs=None, model="demo", patch="demo", prog
     runs = SPLIT_RUNS if runs is None else runs
     dets = {name: LiverDetector(model, **{"patch_model_dir": patch, **kw}) for name, kw in runs.items()}
     first = next(iter(dets.values()))
+    all_factors = sorted({f for det in dets.values() for f in det.factors})  # one prediction serves every run
     folders = {name: Path(out_root) / f"det_{name}" for name in runs}
     for f in folders.values():
         f.mkdir(parents=True, exist_ok=True)
@@ -337,7 +338,7 @@ def detect_runs(input_dir, out_root, runs=None, model="demo", patch="demo", prog
         paths = {name: output_paths(str(folders[name]), case.case_id) for name in runs}
         if all(Path(p["json"]).exists() for p in paths.values()):
             continue
-        prediction = first.predict_case(case)
+        prediction = first.predict_case(case, factors=all_factors)
         for name, det in dets.items():
             res = det.detect_case(case, prediction=prediction)
             write_image_like(res.instance_map, res.case.reference, paths[name]["lesions"])

@@ -167,32 +167,33 @@ def load_case(case: CaseFiles, channel_names: Sequence[str], allow_missing: bool
         first = missing[0]
         raise InputError(f"case {case.case_id}: phase {names[first]} file {case.case_id}_{first:04d} is missing and "
                          f"the model is not an IFM model (only IFM models accept missing phases)")
-    arrays: Dict[int, np.ndarray] = {}
-    images = {}
-    for c in present:
-        arrays[c], _, images[c] = read_image(files[c], what=f"phase {names[c]} image")
     ref_c = names.index("V") if "V" in names and files[names.index("V")] is not None else present[0]
-    ref = images[ref_c]
+    # the reference phase first: its grid sizes the (C, Z, Y, X) float32 array, which every phase fills as soon as
+    # it is read (each file read once; no second copy of the case)
+    array, _, ref = read_image(files[ref_c], what=f"phase {names[ref_c]} image")
+    data = np.empty((len(names),) + tuple(array.shape), dtype=np.float32)
+    data[ref_c] = array
+    del array
     registration = {}
     for c in present:
         if c == ref_c:
             continue
-        problem = _same_geometry(images[c], ref)
-        if problem is None:
-            continue
-        if not register:
-            raise InputError(f"{files[c]}: phase {names[c]} is on a different grid than phase {names[ref_c]} "
-                             f"({problem}); resample it or pass --register")
-        from nnunet_liver.registration import register_to_reference
+        array, _, image = read_image(files[c], what=f"phase {names[c]} image")
+        problem = _same_geometry(image, ref)
+        if problem is not None:
+            if not register:
+                raise InputError(f"{files[c]}: phase {names[c]} is on a different grid than phase {names[ref_c]} "
+                                 f"({problem}); resample it or pass --register")
+            from nnunet_liver.registration import register_to_reference
 
-        moved, report = register_to_reference(sitk.Cast(images[c], sitk.sitkFloat32),
-                                              sitk.Cast(ref, sitk.sitkFloat32), transform=registration_transform)
-        arrays[c] = sitk.GetArrayFromImage(moved)
-        registration[names[c]] = _json_ready(report)
-    shape = arrays[ref_c].shape
-    data = np.empty((len(names),) + tuple(shape), dtype=np.float32)
-    for c in range(len(names)):
-        data[c] = arrays[c] if c in arrays else MISSING_PHASE_VALUE
+            moved, report = register_to_reference(sitk.Cast(image, sitk.sitkFloat32),
+                                                  sitk.Cast(ref, sitk.sitkFloat32), transform=registration_transform)
+            array = sitk.GetArrayViewFromImage(moved)
+            registration[names[c]] = _json_ready(report)
+        data[c] = array
+        del array, image
+    for c in missing:
+        data[c] = MISSING_PHASE_VALUE
     spacing = tuple(float(s) for s in reversed(ref.GetSpacing()))
     return LoadedCase(case_id=case.case_id, data=data, spacing=spacing, reference=ref, reference_channel=ref_c,
                       phases_present=[names[c] for c in present], phases_missing=[names[c] for c in missing],

@@ -137,28 +137,36 @@ class LiverDetector:
             files = [files.get(n) for n in self.channel_names]
         return self.detect_case(CaseFiles(case_id, list(files)))
 
-    def predict_case(self, case: CaseFiles):
-        """Load ``case`` and run UNet-whole: ``(LoadedCase, probabilities)``, the first step of :meth:`detect_case`."""
-        from nnunet_liver.inference.predict import predict_probabilities
+    def predict_case(self, case: CaseFiles, factors: Optional[Sequence[float]] = None):
+        """Load ``case`` and run UNet-whole: ``(LoadedCase, CaseMaps)``, the first step of :meth:`detect_case`.
+
+        ``CaseMaps`` holds the label map of every factor of ``factors`` (default: this detector's) and 1.0, LiverMax
+        and the lesion voxels' probabilities, never the full-resolution probabilities (see ``predict_maps``).
+        """
+        from nnunet_liver.inference.predict import predict_maps
 
         loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
-        return loaded, predict_probabilities(self.predictor, self.model, loaded.data, loaded.spacing)
+        factors = self.factors if factors is None else tuple(sorted({float(f) for f in factors}))
+        return loaded, predict_maps(self.predictor, self.model, loaded.data, loaded.spacing, factors)
 
     def detect_case(self, case: CaseFiles, prediction=None) -> CaseResult:
         """The cascade on one discovered case (see :func:`nnunet_liver.inference.cases.discover_cases`).
 
         ``prediction``: :meth:`predict_case`'s result for this case from a detector with the same UNet-whole and
-        registration, to post-process one prediction under several settings (it is not modified).
+        registration, computed for (at least) this detector's factors, to post-process one prediction under several
+        settings (it is not modified).
         """
-        from nnunet_liver.postprocessing.sensitivity import lesion_sensitivity_masks
         from nnunet_liver.postprocessing.seg2det import instance_map, seg2det
         from nnunet_liver.postprocessing.split import split_lesions
 
         t0 = time.perf_counter()
-        loaded, probabilities = self.predict_case(case) if prediction is None else prediction
+        loaded, predicted = self.predict_case(case) if prediction is None else prediction
         t_predict = time.perf_counter() - t0
-        maps = lesion_sensitivity_masks(probabilities, tuple(sorted(set(self.factors) | {1.0})))
-        maps = {float(f): m for f, m in maps.items()}
+        maps, probabilities = predicted.maps, predicted.lesion_probabilities
+        missing = [f for f in self.factors if f not in maps]
+        if missing:
+            raise ValueError(f"the prediction passed to detect_case has no label map for factors {missing}; "
+                             f"compute it with predict_case(case, factors) covering {list(self.factors)}")
         ref = loaded.reference
         images = loaded.images_by_phase()
         shape = loaded.data.shape[1:]
@@ -182,13 +190,13 @@ class LiverDetector:
                     self.patch_model, prepared, detections[f], instance_map(detections[f], shape), maps[f], rng,
                     n=self.num_patches, max_volume_cm3=self.max_reclassify_volume_cm3,
                     min_score_cm3=self.min_score_cm3)
-        record, final = self._record(loaded, maps, probabilities, detections, reclassified, recls_results)
+        record, final = self._record(loaded, predicted.liver_max, detections, reclassified, recls_results)
         record["timing_s"] = {"load_and_predict": round(t_predict, 3),
                               "total": round(time.perf_counter() - t0, 3)}
         return CaseResult(record=record, instance_map=instance_map(final, shape), lesions=final, case=loaded,
                           label_maps=maps)
 
-    def _record(self, loaded, maps, probabilities, detections, reclassified, recls_results):
+    def _record(self, loaded, livermax, detections, reclassified, recls_results):
         """CASE.json's content and the final lesions (renumbered 1..n) from the per-factor results."""
         same_ids = self._same_ids(reclassified)
         final, lesions_json = _final_lesions(reclassified[self.factors[-1]], recls_results[self.factors[-1]],
@@ -215,7 +223,7 @@ class LiverDetector:
                                                      "dropped_detection_ids": dropped[factor_key(f)]}
                                      for f in self.factors},
             "lesions": lesions_json,
-            "patient": self._patient(reclassified, probabilities, maps[1.0]),
+            "patient": self._patient(reclassified, livermax),
         }
         return record, final
 
@@ -229,16 +237,17 @@ class LiverDetector:
         result = match(reclassified[f_lo], reclassified[f_hi], min_ref_volume_cm3=0, min_pred_volume_cm3=0)
         return {int(p) for _, p in result.pairs}
 
-    def _patient(self, reclassified, probabilities, label_map_f1) -> dict:
-        """The patient class per factor, their consensus, its malignancy and LiverMax (on the f = 1 label map)."""
-        from nnunet_liver.postprocessing.patient import classify_patient, consensus, is_malignant_class, liver_max
+    def _patient(self, reclassified, livermax) -> dict:
+        """The patient class per factor, their consensus, its malignancy and LiverMax (computed by ``predict_maps``
+        on the f = 1 label map)."""
+        from nnunet_liver.postprocessing.patient import classify_patient, consensus, is_malignant_class
 
         class_by_factor = {factor_key(f): classify_patient(reclassified[f]) for f in self.factors}
         classes = list(class_by_factor.values())
         patient_class = classes[0]
         for c in classes[1:]:
             patient_class = consensus(patient_class, c)
-        livermax = {k: float(v) for k, v in liver_max(probabilities, label_map_f1).items()}
+        livermax = {k: float(v) for k, v in livermax.items()}
         return {"class_by_factor": class_by_factor, "class": patient_class,
                 "malignant": is_malignant_class(patient_class), "livermax": livermax}
 

@@ -242,8 +242,10 @@ def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, n
         liver, the LI-RADS features (see :mod:`nnunet_liver.postprocessing.features`).
     liver_mask : bool (Z, Y, X), optional
         the liver (lesions included or not); default: labels 1..8 of ``label_map`` when images are given.
-    probabilities : (14, Z, Y, X) numpy or torch, optional
-        gives ``score`` (max probability of the lesion's own type inside it) and ``mean_probability`` per type.
+    probabilities : (14, Z, Y, X) numpy or torch, or a ``LesionProbabilities``, optional
+        gives ``score`` (max probability of the lesion's own type inside it) and ``mean_probability`` per type;
+        a :class:`nnunet_liver.postprocessing.sensitivity.LesionProbabilities` holds only the lesion voxels' values
+        (the detector's clinical-size path) and gives the same numbers.
     origin, direction : SimpleITK-style (x, y, z) origin and 9-element direction, optional (world centroids).
     ring_mm : width of the border ring for the EC feature (mm).
     instances : integer (Z, Y, X), optional
@@ -329,9 +331,12 @@ def _instance_components(instances, fg: np.ndarray) -> List[Tuple[Tuple[slice, s
 
 
 def _add_probabilities(les: Lesion, probabilities) -> None:
-    sub = probabilities[(slice(LESION_IDS[0], LESION_IDS[-1] + 1),) + les.slices]
-    sub = sub.detach().float().cpu().numpy() if hasattr(sub, "detach") else np.asarray(sub, dtype=np.float32)
-    inside = sub[:, les.mask]  # (6, n)
+    if hasattr(probabilities, "lesion_values"):  # LesionProbabilities: only the lesion voxels were kept
+        inside = probabilities.lesion_values(les.slices, les.mask)  # (6, n), the dense array's values and order
+    else:
+        sub = probabilities[(slice(LESION_IDS[0], LESION_IDS[-1] + 1),) + les.slices]
+        sub = sub.detach().float().cpu().numpy() if hasattr(sub, "detach") else np.asarray(sub, dtype=np.float32)
+        inside = sub[:, les.mask]  # (6, n)
     les.mean_probability = {nm: float(v) for nm, v in zip(LESION_NAMES, inside.mean(axis=1))}
     les.score = float(inside[LESION_IDS.index(les.label)].max())
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from nnunet_liver.labels import LESION_IDS, NUM_CLASSES
 
-__all__ = ["lesion_sensitivity_masks", "scaled_argmax_reference"]
+__all__ = ["lesion_sensitivity_masks", "scaled_argmax_reference", "LesionProbabilities"]
 
 _L0, _L1 = min(LESION_IDS), max(LESION_IDS) + 1  # lesion channels 1..6 (a contiguous block)
 _CHUNK_VOXELS_CPU = 1 << 20  # voxels per z-chunk on the CPU (a few MB of temporaries)
@@ -180,3 +180,47 @@ def scaled_argmax_reference(probabilities, factor: float):
     scaled = np.array(probabilities, copy=True)
     scaled[_L0:_L1] = scaled[_L0:_L1] * np.asarray(factor, dtype=scaled.dtype)
     return np.argmax(scaled, axis=0).astype(np.uint8)
+
+
+class LesionProbabilities:
+    """The six lesion channels' probabilities (1..6) kept only where a label map has a lesion, in raster order.
+
+    It stands for a dense (14, Z, Y, X) probability array wherever seg2det reads one (each lesion's voxels):
+    :func:`nnunet_liver.postprocessing.seg2det.seg2det` accepts it as ``probabilities``. Built slab by slab by
+    :func:`nnunet_liver.inference.predict.predict_maps`, which keeps the voxels the highest sensitivity factor
+    labels as lesion (every lower factor's lesions lie inside them: scaling the lesion channels by a larger factor
+    can only make more voxels lesion).
+
+    Parameters
+    ----------
+    shape : (Z, Y, X) of the label maps.
+    flat_index : int64 (n,) raster indices into ``shape``, strictly increasing.
+    values : float32 (6, n) the lesion channels' probabilities at those voxels.
+    """
+
+    def __init__(self, shape, flat_index: np.ndarray, values: np.ndarray):
+        self.grid_shape = tuple(int(s) for s in shape)
+        self.flat_index = np.asarray(flat_index, dtype=np.int64)
+        self.values = np.ascontiguousarray(values, dtype=np.float32)
+        if self.values.shape != (_L1 - _L0, self.flat_index.size):
+            raise ValueError(f"values must have shape ({_L1 - _L0}, {self.flat_index.size}), got {self.values.shape}")
+        if self.flat_index.size > 1 and not bool(np.all(np.diff(self.flat_index) > 0)):
+            raise ValueError("flat_index must be strictly increasing (raster order)")
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        """(14, Z, Y, X): the shape of the dense probability array this stands for."""
+        return (NUM_CLASSES,) + self.grid_shape
+
+    def lesion_values(self, box, mask: np.ndarray) -> np.ndarray:
+        """(6, n) float32 lesion-channel probabilities at ``mask``'s voxels (bool, the shape of the ``box`` slices),
+        in raster order: the same array as ``dense[1:7][(slice(None),) + box][:, mask]``."""
+        local = np.nonzero(mask)
+        coords = tuple(c + sl.start for c, sl in zip(local, box))
+        wanted = np.ravel_multi_index(coords, self.grid_shape)
+        pos = np.searchsorted(self.flat_index, wanted)
+        pos_ok = np.minimum(pos, max(self.flat_index.size - 1, 0))
+        if self.flat_index.size == 0 or not np.array_equal(self.flat_index[pos_ok], wanted):
+            raise ValueError("a lesion voxel has no stored probability (the lesion lies outside the label map the "
+                             "probabilities were kept for)")
+        return self.values[:, pos]

@@ -1,0 +1,193 @@
+"""The slab path (predict.maps_from_logits) against nnU-Net's whole-volume export followed by the dense cascade.
+
+Reference: ``convert_predicted_logits_to_segmentation_with_correct_shape(return_probabilities=True)`` (nnU-Net's
+own resampling, softmax, cropping reversal and transpose), then ``lesion_sensitivity_masks``, seg2det on the dense
+probabilities and ``liver_max``. Plans are the demo model's, with spacing, transpose and resampling settings changed
+per case, so nnU-Net's separate-z, 3D (orders 1 and 3), identity and torch resamplers all run.
+"""
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_liver.inference import slab_resampling
+from nnunet_liver.inference.model import DEMO_MODELS_DIR
+from nnunet_liver.inference.predict import maps_from_logits
+from nnunet_liver.inference.slab_resampling import SlabResampler
+from nnunet_liver.postprocessing.patient import liver_max
+from nnunet_liver.postprocessing.seg2det import seg2det
+from nnunet_liver.postprocessing.sensitivity import LesionProbabilities, lesion_sensitivity_masks
+
+FACTORS = (1.0, 4.0)
+
+
+def _managers(spacing=(6.0, 4.0, 4.0), transpose=(0, 1, 2), fn="resample_data_or_seg_to_shape", kwargs=None):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    with open(os.path.join(DEMO_MODELS_DIR, "whole", "plans.json"), encoding="utf-8") as f:
+        plans = json.load(f)
+    with open(os.path.join(DEMO_MODELS_DIR, "whole", "dataset.json"), encoding="utf-8") as f:
+        dataset_json = json.load(f)
+    plans = copy.deepcopy(plans)
+    plans["transpose_forward"] = list(transpose)
+    plans["transpose_backward"] = [int(i) for i in np.argsort(transpose)]
+    cfg = plans["configurations"]["3d_fullres"]
+    cfg["spacing"] = list(spacing)
+    cfg["resampling_fn_probabilities"] = fn
+    cfg["resampling_fn_probabilities_kwargs"] = kwargs if kwargs is not None else \
+        {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}
+    pm = PlansManager(plans)
+    return pm, pm.get_configuration("3d_fullres"), pm.get_label_manager(dataset_json)
+
+
+def _case(shape, spacing, net_shape, transpose=(0, 1, 2), bbox=None, seed=0):
+    """Random logits on the network grid (lesion channels boosted so lesions of both factors appear) + properties.
+
+    ``shape``/``spacing`` are the input's (z, y, x); ``bbox`` is the cropping box in the input's axis order.
+    """
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(14,) + tuple(net_shape)).astype(np.float32) * 2
+    logits[7] += 1.5  # liver everywhere-ish
+    logits[1:7] -= 0.5
+    if bbox is None:
+        bbox = [[0, s] for s in shape]
+    t = list(transpose)
+    props = {"spacing": list(spacing), "shape_before_cropping": [shape[i] for i in t],
+             "bbox_used_for_cropping": [list(bbox[i]) for i in t],
+             "shape_after_cropping_and_before_resampling": [bbox[i][1] - bbox[i][0] for i in t]}
+    return logits, props
+
+
+def _reference(logits, pm, cm, lm, props):
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    _, probs = convert_predicted_logits_to_segmentation_with_correct_shape(
+        torch.from_numpy(logits.copy()), pm, cm, lm, copy.deepcopy(props), return_probabilities=True)
+    return np.ascontiguousarray(probs, dtype=np.float32)
+
+
+def _check(logits, pm, cm, lm, props, spacing, as_torch=False, expect_mode=None, min_lesions=1):
+    """``as_torch``: torch logits, and the slabs kept as torch tensors (the code path of a CUDA device)."""
+    probs = _reference(logits, pm, cm, lm, props)
+    ref_maps = lesion_sensitivity_masks(probs, FACTORS)
+    inp = torch.from_numpy(logits) if as_torch else logits
+    got = maps_from_logits(inp, pm, cm, lm, copy.deepcopy(props), FACTORS, numpy_on_host=not as_torch)
+    if expect_mode:
+        assert got.slab_mode == expect_mode
+    for f in FACTORS:
+        assert got.maps[f].dtype == np.uint8 and got.maps[f].shape == probs.shape[1:]
+        np.testing.assert_array_equal(got.maps[f], ref_maps[f], err_msg=f"factor {f}")
+    # probabilities: torch's softmax of a slab may differ from the whole volume's in the last bit (its vectorised
+    # and scalar loops split the voxels differently), hence a relative tolerance of a few float32 ulps
+    assert got.liver_max == pytest.approx(liver_max(probs, ref_maps[1.0]), rel=1e-6, abs=1e-12)
+    n = 0
+    for f in FACTORS:
+        dense = [l.to_dict() for l in seg2det(ref_maps[f], spacing, probabilities=probs)]
+        sparse = [l.to_dict() for l in seg2det(got.maps[f], spacing, probabilities=got.lesion_probabilities)]
+        assert len(dense) == len(sparse)
+        for a, b in zip(dense, sparse):
+            assert b.pop("score") == pytest.approx(a.pop("score"), rel=1e-6)
+            assert b.pop("mean_probability") == pytest.approx(a.pop("mean_probability"), rel=1e-6)
+            assert a == b  # every other field exactly
+        n += len(dense)
+    assert n >= min_lesions
+    return got, probs
+
+
+@pytest.fixture
+def small_slabs(monkeypatch):
+    """Slabs of a few rows, so every case crosses many slab boundaries."""
+    monkeypatch.setattr(slab_resampling, "_SLAB_VOXELS_CPU", 3 * 64)
+
+
+@pytest.mark.parametrize("order_z", [0, 1])
+def test_separate_z_equals_nnunet(small_slabs, order_z):
+    spacing = (2.5, 0.8, 0.8)  # anisotropic input: nnU-Net resamples in-plane per slice, then along z
+    pm, cm, lm = _managers(kwargs={"is_seg": False, "order": 1, "order_z": order_z, "force_separate_z": None})
+    logits, props = _case((21, 12, 14), spacing, (9, 5, 6))
+    for as_torch in (False, True):
+        _check(logits, pm, cm, lm, props, spacing, as_torch=as_torch, expect_mode="separate_z")
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_3d_zoom_equals_nnunet(small_slabs, order):
+    spacing = (1.0, 0.75, 0.75)  # isotropic enough: one 3D resize
+    pm, cm, lm = _managers(kwargs={"is_seg": False, "order": order, "order_z": 0, "force_separate_z": None})
+    logits, props = _case((19, 13, 11), spacing, (6, 5, 4), seed=1)
+    _check(logits, pm, cm, lm, props, spacing, expect_mode="zoom")
+
+
+def test_cropping_box_and_torch_input(small_slabs):
+    spacing = (1.0, 0.75, 0.75)
+    pm, cm, lm = _managers()
+    bbox = [[2, 15], [3, 12], [1, 10]]
+    logits, props = _case((18, 14, 12), spacing, (5, 4, 4), bbox=bbox, seed=2)
+    got, probs = _check(logits, pm, cm, lm, props, spacing, as_torch=True, expect_mode="zoom")
+    outside = np.ones(probs.shape[1:], bool)
+    outside[2:15, 3:12, 1:10] = False
+    assert not got.maps[4.0][outside].any()  # background outside the cropping box
+
+
+@pytest.mark.parametrize("transpose", [(2, 0, 1), (1, 2, 0)])
+def test_transposed_plan(small_slabs, transpose):
+    spacing = (1.0, 0.75, 0.8)
+    pm, cm, lm = _managers(spacing=(4.0, 6.0, 4.0), transpose=transpose)
+    bbox = [[1, 16], [0, 13], [2, 11]]
+    net = (4, 5, 6)
+    logits, props = _case((17, 13, 12), spacing, net, transpose=transpose, bbox=bbox, seed=3)
+    _check(logits, pm, cm, lm, props, spacing)
+    _check(logits, pm, cm, lm, props, spacing, as_torch=True)
+
+
+def test_identity_and_torch_resampler(small_slabs):
+    spacing = (6.0, 4.0, 4.0)  # the network's own grid: nnU-Net returns the logits unchanged
+    pm, cm, lm = _managers()
+    logits, props = _case((7, 9, 8), spacing, (7, 9, 8), seed=4)
+    _check(logits, pm, cm, lm, props, spacing, expect_mode="identity")
+    spacing = (1.0, 0.75, 0.75)
+    pm, cm, lm = _managers(fn="resample_torch_fornnunet", kwargs={"is_seg": False, "force_separate_z": None,
+                                                                  "memefficient_seg_resampling": False})
+    logits, props = _case((15, 12, 10), spacing, (5, 4, 4), seed=5)
+    _check(logits, pm, cm, lm, props, spacing, as_torch=True, expect_mode="whole")
+
+
+def test_slab_resampler_bitwise(small_slabs):
+    """Each resampled slab is bit-for-bit nnU-Net's whole-volume resampling (before any softmax)."""
+    for spacing, kwargs, shape, net in [((2.5, 0.8, 0.8), {"order": 3, "order_z": 1}, (23, 11, 9), (10, 5, 4)),
+                                        ((3.1, 0.9, 0.9), {"order": 1, "order_z": 0}, (8, 10, 10), (11, 5, 4)),
+                                        ((1.0, 1.0, 1.0), {"order": 3, "order_z": 0}, (14, 9, 10), (5, 4, 4))]:
+        kw = {"is_seg": False, "force_separate_z": None, **kwargs}
+        pm, cm, lm = _managers(kwargs=kw)
+        logits, props = _case(shape, spacing, net)
+        whole = cm.resampling_fn_probabilities(logits.copy(), props["shape_after_cropping_and_before_resampling"],
+                                               list(cm.spacing), list(spacing))
+        res = SlabResampler(logits, pm, cm, props)
+        assert res.mode in ("separate_z", "zoom")
+        got = np.concatenate([res.resample(k0, k1) for k0, k1 in res.slabs()], axis=1)
+        assert got.dtype == whole.dtype
+        np.testing.assert_array_equal(got, whole)
+
+
+def test_no_lesion_and_no_liver(small_slabs):
+    spacing = (1.0, 0.75, 0.75)
+    pm, cm, lm = _managers()
+    logits = np.zeros((14, 4, 4, 4), np.float32)
+    logits[0] = 5.0  # background everywhere
+    _, props = _case((9, 8, 8), spacing, (4, 4, 4))
+    got = maps_from_logits(logits, pm, cm, lm, props, FACTORS)
+    assert all(not m.any() for m in got.maps.values())
+    assert set(got.liver_max.values()) == {0.0}
+    assert got.lesion_probabilities.flat_index.size == 0
+    assert seg2det(got.maps[4.0], spacing, probabilities=got.lesion_probabilities) == []
+
+
+def test_lesion_probabilities_rejects_missing_voxels():
+    lp = LesionProbabilities((2, 3, 3), np.array([0, 4]), np.zeros((6, 2), np.float32))
+    mask = np.ones((1, 2, 2), bool)
+    with pytest.raises(ValueError, match="no stored probability"):
+        lp.lesion_values((slice(0, 1), slice(0, 2), slice(0, 2)), mask)
+    with pytest.raises(ValueError, match="increasing"):
+        LesionProbabilities((2, 3, 3), np.array([4, 0]), np.zeros((6, 2), np.float32))
