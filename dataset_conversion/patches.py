@@ -218,7 +218,7 @@ def _hard_case_map(case: str, lab_path: str, lab: np.ndarray, spacing, lab_img, 
     when ``pred_dir`` has no prediction for it."""
     from nnunet_liver.evaluation.evaluate import has_prediction, read_prediction
     from nnunet_liver.postprocessing import seg2det
-    from nnunet_liver.postprocessing.hard_cases import hard_cases
+    from nnunet_liver.training.hard_cases import hard_cases
 
     if not has_prediction(pred_dir, case):
         return None

@@ -10,8 +10,8 @@ import torch
 from nnunet_liver import labels as L
 from nnunet_liver.dataset_conversion.patches import HARD_CASES_DIR, convert_patch_dataset, main as patches_main
 from nnunet_liver.postprocessing import seg2det
-from nnunet_liver.postprocessing.hard_cases import hard_cases
-from nnunet_liver.postprocessing.shuffle import sample_hard_case_patch
+from nnunet_liver.training.hard_cases import hard_cases
+from nnunet_liver.training.shuffle import sample_hard_case_patch
 from nnunet_liver.trainers.liver_dataloading import LesionShuffleDataLoader, hard_cases_to_preprocessed
 from nnunet_liver.utils.io import InputError
 

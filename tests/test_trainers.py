@@ -367,7 +367,7 @@ def test_tiny_ifm_model_trains_and_predicts_with_missing_delayed_phase(tiny_whol
 
 @pytest.mark.slow
 def test_tiny_patch_model_trains_and_predicts_reclassification_patches(tiny_patch_model, monkeypatch):
-    from nnunet_liver.postprocessing.shuffle import make_reclassification_patches
+    from nnunet_liver.training.shuffle import make_reclassification_patches
 
     ds = json.loads((tiny_patch_model.raw_dataset / "dataset.json").read_text())
     assert ds["labels"] == patch_dataset_json_labels()

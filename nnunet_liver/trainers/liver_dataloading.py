@@ -7,14 +7,14 @@
   With ``class_balanced`` the lesion type is drawn first, uniformly among the types of the loader's cases, and then
   a case holding it (instead of a case first and then one of its types), for the same reason as below.
 - :class:`LesionShuffleDataLoader`: UNet-patch's loader. Each patch is made on the fly from a liver-cropped case by
-  :func:`nnunet_liver.postprocessing.shuffle.sample_training_patch` (four lesion-shuffle schemes, outside-liver
+  :func:`nnunet_liver.training.shuffle.sample_training_patch` (four lesion-shuffle schemes, outside-liver
   voxels masked), then nnU-Net's transforms run on it as usual. With ``class_balanced`` each patch first draws a
   lesion type uniformly among the types of the training cases, then a case holding that type, then one of its
   lesions of that type (nnU-Net's uniform draw of cases otherwise: rare types such as metastases, a few percent of
   the lesions, would be seen a few percent of the time). With hard cases (UNet-whole's FN and FP on the training
   cases, ``nnunet-liver-convert patches --hard-cases``) a share ``hard_case_rate`` of the patches is cut around one
   of them, drawn uniformly over all of them, original or shuffled at even odds
-  (:func:`nnunet_liver.postprocessing.shuffle.sample_hard_case_patch`; seed 003, III-B).
+  (:func:`nnunet_liver.training.shuffle.sample_hard_case_patch`; seed 003, III-B).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from nnunet_liver.labels import LESION_IDS, PATCH_MASKED
-from nnunet_liver.postprocessing.shuffle import sample_hard_case_patch, sample_training_patch
+from nnunet_liver.training.shuffle import sample_hard_case_patch, sample_training_patch
 
 __all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader", "hard_cases_to_preprocessed"]
 
@@ -135,7 +135,7 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     """Patches by lesion shuffle from liver-cropped cases (labels 0 masked, 1..6 lesions, 7 liver).
 
     ``scheme_rates`` ({scheme: weight}) and ``masked_value`` (normalised intensity outside the liver) are passed to
-    :func:`~nnunet_liver.postprocessing.shuffle.sample_training_patch`. ``class_balanced``: draw a lesion type
+    :func:`~nnunet_liver.training.shuffle.sample_training_patch`. ``class_balanced``: draw a lesion type
     first (uniform over the types present in the loader's cases, from the class locations nnU-Net's preprocessing
     stores in each case's properties), then a case that holds it, then one of its lesions of that type; cases
     without lesions are then never drawn (negative patches come from the lesion-free liver of the drawn cases). The

@@ -6,7 +6,7 @@ the reference lesions UNet-whole misses (FN: lesions to be learnt as lesions). :
 :func:`~nnunet_liver.postprocessing.match.match` (the evaluation's rules and volume floors) and paints them into
 one instance map; ``nnunet-liver-convert patches --hard-cases`` writes that map beside each case of the UNet-patch
 dataset, and ``LesionShufflePatchTrainer`` draws a share of its patches around them
-(:func:`~nnunet_liver.postprocessing.shuffle.sample_hard_case_patch`). The labels of a hard case's patch are always
+(:func:`~nnunet_liver.training.shuffle.sample_hard_case_patch`). The labels of a hard case's patch are always
 the reference's: an FP region stays liver, an FN lesion keeps its type.
 """
 from __future__ import annotations
