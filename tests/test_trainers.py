@@ -179,7 +179,6 @@ def test_class_balanced_oversampling_loader_centres_lesion_types_uniformly():
     n, icc = 60, 0
     for _ in range(n):
         batch = dl.generate_train_batch()
-        assert not dl._planned  # every planned type was used by its own patch
         for key, y in zip(batch["keys"], batch["target"]):
             assert key != "free"
             lesion = 2 if key == "icc" else 6
@@ -188,13 +187,13 @@ def test_class_balanced_oversampling_loader_centres_lesion_types_uniformly():
     share = icc / (4 * n)
     assert abs(share - 0.5) < 4 * np.sqrt(0.25 / (4 * n)), share
     assert sum(dl.class_counts.values()) == 4 * n and set(dl.class_counts) == {2, 6}
-    # lesion_fraction 0: nnU-Net's uniform draw of cases (the lesion-free one too), no type planned
+    # lesion_fraction 0: nnU-Net's uniform draw of cases (the lesion-free one too), no lesion type
     dl.lesion_fraction = 0.0
     keys = [k for _ in range(40) for k in dl.get_indices()]
-    assert "free" in keys and dl._planned == [None] * 4
-    # get_bbox outside a planned batch falls back to the per-case draw; it still returns a valid box
-    dl._planned = []
+    assert "free" in keys
     _, _, _, props = dl._data.load_case("icc")
+    assert all(dl.choose_lesion_class(props["class_locations"]) is None for _ in range(20))
+    # get_bbox on its own (any order of calls) centres a forced patch on the case's type
     dl.lesion_fraction = 1.0
     lbs, ubs = dl.get_bbox(np.array((12, 40, 40)), True, props["class_locations"])
     box = tuple(slice(max(lo, 0), hi) for lo, hi in zip(lbs, ubs))
@@ -202,7 +201,74 @@ def test_class_balanced_oversampling_loader_centres_lesion_types_uniformly():
     # no lesion in the loader's cases: the plain loader
     plain = LesionOversamplingDataLoader(FakeDataset(_type_cases({"free": 0})), 2, (4, 16, 16), (4, 16, 16), lm,
                                          class_balanced=True)
-    assert not plain.class_balanced and list(plain.get_indices()) == ["free", "free"] and plain._planned == []
+    assert not plain.class_balanced and list(plain.get_indices()) == ["free", "free"]
+
+
+def test_class_balanced_two_step_draw_is_the_joint_draw():
+    """get_indices' marginal of the cases and get_bbox's type given the case multiply to the joint draw "a lesion
+    type uniform over the types, then a case holding it" (probability lesion_fraction) or "a case, uniform" (the
+    rest), enumerated here by brute force."""
+    lm = LabelManager(dataset_json_labels(), None)
+    cases = _type_cases({"icc": 2, "cyst1": 6, "cyst2": 6, "both": 6, "free": 0})
+    cases["both"][1][0, 2:4, 6:9, 20:23] = 2  # a case holding ICC and cyst
+    lf = 0.6
+    dl = LesionOversamplingDataLoader(FakeDataset(cases), 4, (4, 16, 16), (4, 16, 16), lm,
+                                      oversample_foreground_percent=1.0, lesion_fraction=lf, class_balanced=True)
+    joint = {}
+    for c, keys in dl.cases_by_class.items():
+        for key in keys:
+            joint[key, c] = joint.get((key, c), 0.0) + lf / len(dl.cases_by_class) / len(keys)
+    for key in dl.indices:
+        joint[key, None] = joint.get((key, None), 0.0) + (1 - lf) / len(dl.indices)
+    marginal = {key: sum(v for (k, _), v in joint.items() if k == key) for key in dl.indices}
+    np.testing.assert_allclose(dl.case_probabilities(), [marginal[k] for k in dl.indices])
+    assert abs(sum(marginal.values()) - 1) < 1e-12
+    np.random.seed(1)
+    _, _, _, props = dl._data.load_case("both")
+    n = 4000
+    draws = [dl.choose_lesion_class(props["class_locations"]) for _ in range(n)]
+    for c in (2, 6, None):
+        p = joint["both", c] / marginal["both"]
+        assert abs(draws.count(c) / n - p) < 4 * np.sqrt(p * (1 - p) / n), (c, draws.count(c) / n, p)
+
+
+def test_get_dataloaders_mirrors_nnunets(tmp_path, monkeypatch):
+    """LiverWholeTrainer.get_dataloaders is nnU-Net's with the loader made by make_dataloader (nnU-Net has no hook
+    for the loader class). With make_dataloader returning nnU-Net's own loader, both must give the same batches
+    from the same random state: this fails when nnU-Net's get_dataloaders changes what it builds, and then the
+    mirror in liver_trainers.py must follow it."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class Mirror(LiverWholeTrainer):
+        def make_dataloader(self, dataset, patch_size, final_patch_size, transforms, train):
+            return nnUNetDataLoader(dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
+                                    oversample_foreground_percent=self.oversample_foreground_percent,
+                                    sampling_probabilities=None, pad_sides=None, transforms=transforms,
+                                    probabilistic_oversampling=self.probabilistic_oversampling)
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    p = plans()
+    p["continue_training"] = False
+    p["configurations"]["3d_fullres"].update(patch_size=[8, 16, 16], use_mask_for_norm=[False] * 4)
+    trainer = Mirror(p, "3d_fullres", 0, whole_json(), torch.device("cpu"))
+    trainer.batch_size = 2
+    trainer.dataset_class = FakeDataset
+    cases = {"a": whole_case(0), "b": whole_case(1)}
+    trainer.get_tr_and_val_datasets = lambda: (FakeDataset(cases), FakeDataset({"b": cases["b"]}))
+    batches = []
+    for get_dataloaders in (nnUNetTrainer.get_dataloaders, LiverWholeTrainer.get_dataloaders):
+        np.random.seed(0)
+        torch.manual_seed(0)
+        tr, val = get_dataloaders(trainer)
+        batches.append([next(tr), next(val)])
+    for ours, theirs in zip(batches[1], batches[0]):
+        assert list(ours["keys"]) == list(theirs["keys"])
+        torch.testing.assert_close(ours["data"], theirs["data"])
+        for a, b in zip(ours["target"], theirs["target"]):
+            torch.testing.assert_close(a, b)
 
 
 def test_whole_trainers_hand_class_balance_to_their_loader(tmp_path, monkeypatch):

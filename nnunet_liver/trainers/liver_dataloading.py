@@ -31,9 +31,6 @@ from nnunet_liver.training.shuffle import sample_hard_case_patch, sample_trainin
 
 __all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader", "hard_cases_to_preprocessed"]
 
-_UNPLANNED = object()  # get_bbox called outside a class-balanced batch: the per-case draw of a lesion type
-
-
 class _LesionTypeIndex:
     """Mixin for ``nnUNetDataLoader`` subclasses: class-balanced draws of lesion types and of cases holding them."""
 
@@ -48,9 +45,8 @@ class _LesionTypeIndex:
         index: Dict[int, List[str]] = {}
         for key in self.indices:
             locations = self._data.load_case(key)[3].get("class_locations") or {}
-            for c in LESION_IDS:
-                if c in locations and len(locations[c]) > 0:
-                    index.setdefault(c, []).append(key)
+            for c in present_lesion_types(locations):
+                index.setdefault(c, []).append(key)
         return index
 
     def draw_lesion_type(self) -> Tuple[str, int]:
@@ -62,14 +58,23 @@ class _LesionTypeIndex:
         return keys[np.random.randint(len(keys))], c
 
 
+def present_lesion_types(class_locations: Optional[dict], lesion_classes: Sequence[int] = LESION_IDS) -> List[int]:
+    """The lesion classes with at least one location in a case's ``class_locations`` (nnU-Net's property)."""
+    if not class_locations:
+        return []
+    return [c for c in lesion_classes if c in class_locations and len(class_locations[c]) > 0]
+
+
 class LesionOversamplingDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     """nnU-Net's loader whose foreground-forced patches are centred on lesions with probability ``lesion_fraction``.
 
-    ``class_balanced``: for each patch of a batch, with probability ``lesion_fraction`` a lesion type is drawn
-    (uniform over the types present in the loader's cases) and then a case holding it; if nnU-Net forces that patch
-    onto foreground, it is centred on a voxel of that type. The other patches are nnU-Net's uniform draw of cases
-    (and, when forced, its uniform draw of foreground classes). The types drawn are counted in ``class_counts``.
-    Without lesions in the loader's cases it is the plain loader.
+    ``class_balanced``: each patch is, with probability ``lesion_fraction``, a lesion type drawn uniformly over the
+    types present in the loader's cases and then a case holding it (centred on a voxel of that type when nnU-Net
+    forces the patch onto foreground), otherwise nnU-Net's uniform draw of a case (and, when forced, its uniform
+    draw of foreground classes). The loader draws that joint distribution in nnU-Net's two steps, each complete on
+    its own: ``get_indices`` draws the cases from their marginal probability and ``get_bbox`` the lesion type (or
+    none) from its probability given the case's lesion types, so no state passes from one call to the other. The
+    types drawn are counted in ``class_counts``. Without lesions in the loader's cases it is the plain loader.
     """
 
     def __init__(self, *args, lesion_fraction: float = 0.5, lesion_classes: Tuple[int, ...] = LESION_IDS,
@@ -80,34 +85,47 @@ class LesionOversamplingDataLoader(_LesionTypeIndex, nnUNetDataLoader):
         self.lesion_fraction = lesion_fraction
         self.lesion_classes = tuple(lesion_classes)
         self._init_lesion_types(class_balanced)
-        self._planned: List[Optional[int]] = []  # lesion type per patch of the batch being made, in order
+
+    def _type_weights(self, types: Sequence[int]) -> np.ndarray:
+        """Joint probabilities of (a case holding ``types``, each of its types), then of (that case, no type)."""
+        lesion = [self.lesion_fraction / (len(self.cases_by_class) * len(self.cases_by_class[c])) for c in types]
+        return np.array(lesion + [(1.0 - self.lesion_fraction) / len(self.indices)])
+
+    def case_probabilities(self) -> np.ndarray:
+        """Marginal probability of each case (``self.indices`` order) under the class-balanced draw."""
+        types = {key: [c for c, keys in self.cases_by_class.items() if key in keys] for key in self.indices}
+        return np.array([self._type_weights(types[key]).sum() for key in self.indices])
 
     def choose_lesion_class(self, class_locations: Optional[dict]) -> Optional[int]:
-        """A lesion class present in the case (uniform), or None (no lesion, or the draw says organ foreground)."""
-        if not class_locations or np.random.uniform() >= self.lesion_fraction:
+        """The lesion class a foreground-forced patch of this case is centred on, or None (organ foreground).
+
+        Class-balanced: drawn given the case from the joint draw (a present type with probability in proportion to
+        ``lesion_fraction / (number of types x cases holding it)``, none in proportion to ``(1 - lesion_fraction) /
+        number of cases``). Otherwise: with probability ``lesion_fraction`` a present type, uniformly.
+        """
+        present = present_lesion_types(class_locations, self.lesion_classes)
+        if self.class_balanced:
+            present = [c for c in present if c in self.cases_by_class]
+            w = self._type_weights(present)
+            i = int(np.random.choice(len(w), p=w / w.sum()))
+            if i == len(present):
+                return None
+            self.class_counts[present[i]] = self.class_counts.get(present[i], 0) + 1
+            return present[i]
+        if not present or np.random.uniform() >= self.lesion_fraction:
             return None
-        present = [c for c in self.lesion_classes if c in class_locations and len(class_locations[c]) > 0]
-        return present[np.random.randint(len(present))] if present else None
+        return present[np.random.randint(len(present))]
 
     def get_indices(self):
         if not self.class_balanced:
             return super().get_indices()
-        keys, self._planned = [], []
-        for _ in range(self.batch_size):
-            if np.random.uniform() < self.lesion_fraction:
-                key, c = self.draw_lesion_type()
-            else:
-                key, c = self.indices[np.random.randint(len(self.indices))], None
-            keys.append(key)
-            self._planned.append(c)
-        return keys
+        p = self.case_probabilities()
+        return [self.indices[i] for i in np.random.choice(len(self.indices), self.batch_size, p=p / p.sum())]
 
     def get_bbox(self, data_shape: np.ndarray, force_fg: bool, class_locations: Union[dict, None],
                  overwrite_class: Union[int, Tuple[int, ...]] = None, verbose: bool = False):
-        # nnU-Net's generate_train_batch calls get_bbox once per patch, in the order of get_indices' keys
-        planned = self._planned.pop(0) if self._planned else _UNPLANNED
         if force_fg and overwrite_class is None:
-            overwrite_class = (self.choose_lesion_class(class_locations) if planned is _UNPLANNED else planned)
+            overwrite_class = self.choose_lesion_class(class_locations)
         return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
 
 

@@ -100,7 +100,9 @@ class LiverWholeTrainer(nnUNetTrainer):
             lesion_fraction=self.lesion_fraction, class_balanced=self.class_balanced)
 
     def get_dataloaders(self):
-        # nnU-Net's get_dataloaders with the loader class behind make_dataloader
+        # nnU-Net's get_dataloaders (2.8), the one change: the loaders come from make_dataloader, because nnU-Net
+        # names nnUNetDataLoader inside the function. tests/test_trainers.py::test_get_dataloaders_mirrors_nnunets
+        # fails when nnU-Net's version builds something else; follow it here then.
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         patch_size = self.configuration_manager.patch_size
@@ -172,8 +174,8 @@ class LiverIFMTrainer(LiverWholeTrainer):
 
 class LiverIFMTrainer_classBalanced(LiverIFMTrainer):
     """``LiverIFMTrainer`` whose lesion-centred patches draw a lesion type first (uniform over the types of the
-    training cases), then a case holding it: rare types (metastases, ICC) are centred as often as cysts. The demo's
-    UNet-whole uses it since run 7."""
+    training cases), then a case holding it: rare types (metastases, ICC) are centred as often as cysts (the demo's
+    UNet-whole samples this way)."""
 
     class_balanced = True
 
