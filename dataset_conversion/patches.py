@@ -48,13 +48,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from nnunet_liver import labels as L
+from nnunet_liver.training.hard_cases import HARD_CASES_DIR
 from nnunet_liver.utils.io import InputError, atomic_dir, read_image, write_json_atomic
 
 __all__ = ["add_arguments", "run", "convert_patch_dataset", "patch_case", "HARD_CASES_DIR"]
 
 DEFAULT_MARGIN_MM = 10.0
-#: sub-folder of the UNet-patch dataset holding the hard-case maps
-HARD_CASES_DIR = "hardCasesTr"
 
 
 def patch_case(images: Sequence[np.ndarray], label: np.ndarray, spacing: Sequence[float],

@@ -14,7 +14,7 @@
   the lesions, would be seen a few percent of the time). With hard cases (UNet-whole's FN and FP on the training
   cases, ``nnunet-liver-convert patches --hard-cases``) a share ``hard_case_rate`` of the patches is cut around one
   of them, drawn uniformly over all of them, original or shuffled at even odds
-  (:func:`nnunet_liver.training.shuffle.sample_hard_case_patch`; seed 003, III-B).
+  (:func:`nnunet_liver.training.shuffle.sample_hard_case_patch`; Wang et al., the cascade, Sec. III-B).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunet_liver.labels import LESION_IDS, PATCH_MASKED
 from nnunet_liver.training.shuffle import sample_hard_case_patch, sample_training_patch
 
-__all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader", "hard_cases_to_preprocessed"]
+__all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader", "present_lesion_types"]
 
 class _LesionTypeIndex:
     """Mixin for ``nnUNetDataLoader`` subclasses: class-balanced draws of lesion types and of cases holding them."""
@@ -129,26 +129,6 @@ class LesionOversamplingDataLoader(_LesionTypeIndex, nnUNetDataLoader):
         return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
 
 
-def hard_cases_to_preprocessed(hard_map: np.ndarray, properties: dict, transpose_forward: Sequence[int],
-                               shape: Sequence[int]) -> np.ndarray:
-    """Put a raw-grid hard-case map (Z, Y, X as nnU-Net's reader returns it) on a preprocessed case's grid: the
-    plans' axis transpose, nnU-Net's crop (``bbox_used_for_cropping``), then nearest-neighbour resampling to
-    ``shape`` (voxel centres) when the spacing changed. Raises ValueError when the map does not fit the case."""
-    m = np.asarray(hard_map).transpose([int(t) for t in transpose_forward])
-    before = properties.get("shape_before_cropping")
-    if before is not None and tuple(m.shape) != tuple(int(v) for v in before):
-        raise ValueError(f"hard-case map shape {tuple(m.shape)} differs from the case's {tuple(before)}")
-    bbox = properties.get("bbox_used_for_cropping")
-    if bbox is not None:
-        m = m[tuple(slice(int(a), int(b)) for a, b in bbox)]
-    shape = tuple(int(v) for v in shape)
-    if m.shape != shape:
-        idx = [np.minimum(((np.arange(n) + 0.5) * m.shape[i] / n).astype(int), m.shape[i] - 1)
-               for i, n in enumerate(shape)]
-        m = m[np.ix_(*idx)]
-    return m
-
-
 class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     """Patches by lesion shuffle from liver-cropped cases (labels 0 masked, 1..6 lesions, 7 liver).
 
@@ -159,16 +139,15 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     without lesions are then never drawn (negative patches come from the lesion-free liver of the drawn cases). The
     schemes drawn are counted in ``self.scheme_counts``, the lesion types drawn in ``self.class_counts``.
 
-    ``hard_cases``: {case key: (hard-case map on the raw grid, [{"id", "kind"}, ...])} (``nnunet-liver-convert
-    patches --hard-cases``), put on each preprocessed case's grid with ``transpose_forward``
-    (:func:`hard_cases_to_preprocessed`); cases not in the loader are left out. With probability ``hard_case_rate``
+    ``hard_cases``: {case key: (hard-case map on the preprocessed case's grid, [{"id", "kind"}, ...])}
+    (:func:`nnunet_liver.training.hard_cases.read_prepared_hard_cases`); cases not in the loader are left out. With probability ``hard_case_rate``
     a patch is cut around a hard case drawn uniformly over ``self.hard_index`` (scheme ``hard_FN_original``,
     ``hard_FN_shuffled``, ``hard_FP_original`` or ``hard_FP_shuffled``).
     """
 
     def __init__(self, *args, scheme_rates: Optional[Dict[str, float]] = None, masked_value: float = 0.0,
                  class_balanced: bool = False, hard_cases: Optional[Dict[str, tuple]] = None,
-                 hard_case_rate: float = 0.0, transpose_forward: Sequence[int] = (0, 1, 2), **kwargs):
+                 hard_case_rate: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         if not 0.0 <= hard_case_rate <= 1.0:
             raise ValueError(f"hard_case_rate must be in [0, 1], got {hard_case_rate}")
@@ -176,11 +155,10 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
         self.masked_value = masked_value
         self.scheme_counts: Dict[str, int] = {}
         self._init_lesion_types(class_balanced)
-        self.hard_index: List[Tuple[str, str, tuple, np.ndarray]] = self._index_hard_cases(hard_cases or {},
-                                                                                           transpose_forward)
+        self.hard_index: List[Tuple[str, str, tuple, np.ndarray]] = self._index_hard_cases(hard_cases or {})
         self.hard_case_rate = hard_case_rate if self.hard_index else 0.0
 
-    def _index_hard_cases(self, hard_cases: Dict[str, tuple], transpose_forward) -> List[tuple]:
+    def _index_hard_cases(self, hard_cases: Dict[str, tuple]) -> List[tuple]:
         """[(case key, kind, box slices, bool mask of the box)] of the loader's cases' hard cases."""
         from scipy import ndimage
 
@@ -191,8 +169,11 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
             hard_map, entries = hard_cases[key]
             if not entries:
                 continue
-            data, _, _, properties = self._data.load_case(key)
-            m = hard_cases_to_preprocessed(hard_map, properties, transpose_forward, data.shape[1:])
+            shape = tuple(self._data.load_case(key)[0].shape[1:])
+            m = np.asarray(hard_map)
+            if m.shape != shape:
+                raise ValueError(f"{key}: hard-case map shape {m.shape} differs from the preprocessed case's {shape} "
+                                 "(prepare the hard cases again after preprocessing)")
             kinds = {int(e["id"]): str(e["kind"]) for e in entries}
             for i, box in enumerate(ndimage.find_objects(m.astype(np.int64)), start=1):
                 if box is not None and i in kinds:  # a hard case resampled away has no voxel left
