@@ -28,8 +28,8 @@ def test_bundled_models_settings_read_back(which, trainer, epochs, lesion_ce):
     assert s["trainer"] == ckpt["trainer_name"] == trainer
     assert s["num_epochs"] == ckpt["current_epoch"] == epochs and s["lesion_ce_weight"] == lesion_ce
     assert s["configuration"] == ckpt["init_args"]["configuration"] and s["fold"] == ckpt["init_args"]["fold"]
-    head = ckpt["network_weights"]["decoder.seg_layers.0.weight"]  # (classes, features of the first stage, 1, 1, 1)
-    assert s["features_per_stage"][0] == head.shape[1]
+    heads = [v for k, v in ckpt["network_weights"].items() if ".seg_layers." in k and k.endswith("weight")]
+    assert s["features_per_stage"][0] == min(h.shape[1] for h in heads)  # the full-resolution head's input
     assert s["initial_weights"]["heads"] is True and s["runs"][-1]["num_epochs"] == epochs
 
 
