@@ -23,17 +23,17 @@ The trainer masks outside-liver voxels again *after* nnU-Net's normalisation (im
 ``make_reclassification_patches`` uses at inference), so ``--masked-hu`` only matters for nnU-Net's own final
 validation on whole cropped cases.
 
-Hard cases (``--hard-cases PRED_DIR``, Wang et al., the cascade, Sec. III-B): UNet-whole's predictions on the same training cases, one
-per case, as the evaluation reads them (``PRED_DIR/CASE.nii.gz``, a 13-class label map such as nnU-Net's
-out-of-fold ``fold_k/validation`` outputs of all folds gathered in one folder, or the detector's
-``CASE_lesions.nii.gz`` + ``CASE.json``), are matched to
-the reference lesions with ``match`` (the evaluation's 0.5 cm3 floors). The reference lesions they miss (FN) and
-their proposals that match no reference lesion (FP, the part inside the liver region) are painted, per case, into
-``hardCasesTr/CASE.nii.gz`` (same crop and geometry as the label map, hard case ``i`` = value ``i``) and listed in
-``patch_dataset.json`` (``cases[].hard_cases``: id, kind FN/FP, type, volume). After planning,
-``python -m nnunet_liver.training.hard_cases -d DATASET`` puts the maps on nnU-Net's preprocessed grid once, and
-``LesionShufflePatchTrainer`` draws a share of its patches around them from there. A case without a prediction gets no hard cases (listed in
-``hard_cases_no_prediction`` and printed); a folder with no prediction for any case is an error.
+Hard cases (``--hard-cases PRED_DIR``, Wang et al., the cascade, Sec. III-B): UNet-whole's predictions on the same
+training cases, one per case, as the evaluation reads them (``PRED_DIR/CASE.nii.gz``, a 13-class label map such as
+nnU-Net's out-of-fold ``fold_k/validation`` outputs of all folds gathered in one folder, or the detector's
+``CASE_lesions.nii.gz`` + ``CASE.json``), are matched to the reference lesions with ``match`` (the evaluation's 0.5
+cm3 floors). The reference lesions they miss (FN) and their proposals that match no reference lesion (FP, the part
+inside the liver region) are painted, per case, into ``hardCasesTr/CASE.nii.gz`` (same crop and geometry as the
+label map, hard case ``i`` = value ``i``) and listed in ``patch_dataset.json`` (``cases[].hard_cases``: id, kind
+FN/FP, type, volume). After planning, ``python -m nnunet_liver.training.hard_cases -d DATASET`` puts the maps on
+nnU-Net's preprocessed grid once, and ``LesionShufflePatchTrainer`` draws a share of its patches around them from
+there. A case without a prediction gets no hard cases (listed in ``hard_cases_no_prediction`` and printed); a folder
+with no prediction for any case is an error.
 
 The output is written to a temporary folder and renamed, so a failed run leaves nothing behind.
 """

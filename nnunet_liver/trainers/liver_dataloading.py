@@ -140,7 +140,8 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     schemes drawn are counted in ``self.scheme_counts``, the lesion types drawn in ``self.class_counts``.
 
     ``hard_cases``: {case key: (hard-case map on the preprocessed case's grid, [{"id", "kind"}, ...])}
-    (:func:`nnunet_liver.training.hard_cases.read_prepared_hard_cases`); cases not in the loader are left out. With probability ``hard_case_rate``
+    (:func:`nnunet_liver.training.hard_cases.read_prepared_hard_cases`); cases not in the loader are left
+    out. With probability ``hard_case_rate``
     a patch is cut around a hard case drawn uniformly over ``self.hard_index`` (scheme ``hard_FN_original``,
     ``hard_FN_shuffled``, ``hard_FP_original`` or ``hard_FP_shuffled``).
     """
