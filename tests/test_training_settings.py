@@ -75,3 +75,18 @@ def test_trained_model_settings_and_a_warm_start_read_back(tiny_whole_model, tmp
                                                                 weights_only=False)["network_weights"])
     assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
     assert json.loads((folder / "fold_0" / "training_settings.json").read_text()) == warm
+
+
+def test_no_trainer_reads_the_environment():
+    """What a trainer trains is its class and nnU-Net's command line: no trainer module (nor the training helpers)
+    reads an environment variable of its own (nnU-Net's folders are read by nnU-Net)."""
+    from pathlib import Path
+
+    import nnunet_liver
+
+    files = sorted(Path(nnunet_liver.TRAINERS_DIR).glob("*.py"))
+    files += sorted((Path(nnunet_liver.__file__).parent / "training").glob("*.py"))
+    assert len(files) >= 10
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        assert "os.environ" not in text and "getenv" not in text, f
