@@ -23,16 +23,17 @@ The trainer masks outside-liver voxels again *after* nnU-Net's normalisation (im
 ``make_reclassification_patches`` uses at inference), so ``--masked-hu`` only matters for nnU-Net's own final
 validation on whole cropped cases.
 
-Hard cases (``--hard-cases PRED_DIR``, seed 003 III-B): UNet-whole's predictions on the same training cases, one
-per case, as the evaluation reads them (``PRED_DIR/CASE.nii.gz``, a 13-class label map such as nnU-Net's
-out-of-fold ``fold_k/validation`` outputs of all folds gathered in one folder, or the detector's
-``CASE_lesions.nii.gz`` + ``CASE.json``), are matched to
-the reference lesions with ``match`` (the evaluation's 0.5 cm3 floors). The reference lesions they miss (FN) and
-their proposals that match no reference lesion (FP, the part inside the liver region) are painted, per case, into
-``hardCasesTr/CASE.nii.gz`` (same crop and geometry as the label map, hard case ``i`` = value ``i``) and listed in
-``patch_dataset.json`` (``cases[].hard_cases``: id, kind FN/FP, type, volume). ``LesionShufflePatchTrainer`` then
-draws a share of its patches around them. A case without a prediction gets no hard cases (listed in
-``hard_cases_no_prediction`` and printed); a folder with no prediction for any case is an error.
+Hard cases (``--hard-cases PRED_DIR``, Wang et al., the cascade, Sec. III-B): UNet-whole's predictions on the same
+training cases, one per case, as the evaluation reads them (``PRED_DIR/CASE.nii.gz``, a 13-class label map such as
+nnU-Net's out-of-fold ``fold_k/validation`` outputs of all folds gathered in one folder, or the detector's
+``CASE_lesions.nii.gz`` + ``CASE.json``), are matched to the reference lesions with ``match`` (the evaluation's 0.5
+cm3 floors). The reference lesions they miss (FN) and their proposals that match no reference lesion (FP, the part
+inside the liver region) are painted, per case, into ``hardCasesTr/CASE.nii.gz`` (same crop and geometry as the
+label map, hard case ``i`` = value ``i``) and listed in ``patch_dataset.json`` (``cases[].hard_cases``: id, kind
+FN/FP, type, volume). After planning, ``python -m nnunet_liver.training.hard_cases -d DATASET`` puts the maps on
+nnU-Net's preprocessed grid once, and ``LesionShufflePatchTrainer`` draws a share of its patches around them from
+there. A case without a prediction gets no hard cases (listed in ``hard_cases_no_prediction`` and printed); a folder
+with no prediction for any case is an error.
 
 The output is written to a temporary folder and renamed, so a failed run leaves nothing behind.
 """
@@ -48,13 +49,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from nnunet_liver import labels as L
+from nnunet_liver.training.hard_cases import HARD_CASES_DIR
 from nnunet_liver.utils.io import InputError, atomic_dir, read_image, write_json_atomic
 
 __all__ = ["add_arguments", "run", "convert_patch_dataset", "patch_case", "HARD_CASES_DIR"]
 
 DEFAULT_MARGIN_MM = 10.0
-#: sub-folder of the UNet-patch dataset holding the hard-case maps
-HARD_CASES_DIR = "hardCasesTr"
 
 
 def patch_case(images: Sequence[np.ndarray], label: np.ndarray, spacing: Sequence[float],
@@ -109,19 +109,8 @@ def _cases(raw: Path, file_ending: str, num_channels: int):
         yield name, imgs, raw / "labelsTr" / f"{name}{file_ending}"
 
 
-def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARGIN_MM,
-                          masked_hu: float = L.MISSING_PHASE_VALUE, overwrite: bool = False,
-                          progress: bool = True, hard_cases_dir=None, hard_min_volume_cm3: float = 0.5) -> Path:
-    """Write the UNet-patch raw dataset derived from the whole-CT raw dataset ``input_dir`` to ``output_dir``.
-
-    ``hard_cases_dir``: UNet-whole's predictions on the input's cases; their FN and FP lesions (of at least
-    ``hard_min_volume_cm3``) become the hard cases (module docstring). Returns the output folder. Raises InputError
-    for a missing/invalid input dataset or prediction, or an existing output.
-    """
-    import SimpleITK as sitk
-    from tqdm import tqdm
-
-    raw, out = Path(input_dir), Path(output_dir)
+def _check_inputs(raw: Path, out: Path, margin_mm: float, hard_cases_dir, hard_min_volume_cm3: float) -> dict:
+    """The input's dataset.json, after checking the input dataset, the output name and the options."""
     ds_file = raw / "dataset.json"
     if not ds_file.is_file():
         raise InputError(f"{ds_file}: not found (input must be an nnU-Net raw dataset folder)")
@@ -131,77 +120,75 @@ def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARG
         raise InputError(f"{ds_file}: labels are not nnunet_liver's 13-class scheme (convert the dataset first)")
     if margin_mm < 0:
         raise InputError(f"margin must be >= 0 mm, got {margin_mm}")
-    channels = ds.get("channel_names", ds.get("modality"))
-    file_ending = ds.get("file_ending", ".nii.gz")
     if not re.match(r"^Dataset\d{3}_\w+$", out.name):
         raise InputError(f"{out}: the output folder must be named like nnU-Net datasets, DatasetXXX_Name")
     if hard_min_volume_cm3 < 0:
         raise InputError(f"the hard cases' volume floor must be >= 0 cm3, got {hard_min_volume_cm3}")
     if hard_cases_dir is not None and not Path(hard_cases_dir).is_dir():
         raise InputError(f"{hard_cases_dir}: hard-case prediction folder not found")
-    cases = list(_cases(raw, file_ending, len(channels)))
-    kept, skipped, no_prediction = [], [], []
-    with atomic_dir(str(out), overwrite=overwrite) as tmp:
-        os.makedirs(os.path.join(tmp, "imagesTr"))
-        os.makedirs(os.path.join(tmp, "labelsTr"))
-        if hard_cases_dir is not None:
-            os.makedirs(os.path.join(tmp, HARD_CASES_DIR))
-        for name, img_paths, lab_path in tqdm(cases, desc="patch dataset", unit="case", disable=not progress):
-            lab, spacing, lab_img = read_image(str(lab_path), what="label")
-            arrays = []
-            for p in img_paths:
-                arr, _, _ = read_image(str(p))
-                if arr.shape != lab.shape:
-                    raise InputError(f"{p}: shape {arr.shape} differs from its label map's {lab.shape}")
-                arrays.append(arr)
-            L.validate_label_values(np.unique(lab), what=str(lab_path))
-            res = patch_case(arrays, lab, spacing, margin_mm, masked_hu)
-            if res is None:
-                skipped.append(name)
-                continue
-            images, patch, bbox = res
-            (z0, z1), (y0, y1), (x0, x1) = bbox
-            ref = lab_img[x0:x1, y0:y1, z0:z1]  # SimpleITK slices x, y, z and keeps the physical geometry
-            for c, im in enumerate(images):
-                o = sitk.GetImageFromArray(im)
-                o.CopyInformation(ref)
-                sitk.WriteImage(o, os.path.join(tmp, "imagesTr", f"{name}_{c:04d}{file_ending}"), True)
-            o = sitk.GetImageFromArray(patch)
-            o.CopyInformation(ref)
-            sitk.WriteImage(o, os.path.join(tmp, "labelsTr", f"{name}{file_ending}"), True)
-            entry = {"case": name, "bbox_zyx": [list(b) for b in bbox]}
-            if hard_cases_dir is not None:
-                found = _hard_case_map(name, str(lab_path), lab, spacing, lab_img, str(hard_cases_dir),
-                                       hard_min_volume_cm3)
-                if found is None:
-                    no_prediction.append(name)
-                else:
-                    o = sitk.GetImageFromArray(found[0][z0:z1, y0:y1, x0:x1])
-                    o.CopyInformation(ref)
-                    sitk.WriteImage(o, os.path.join(tmp, HARD_CASES_DIR, f"{name}{file_ending}"), True)
-                    entry["hard_cases"] = [h.to_json() for h in found[1]]
-            kept.append(entry)
-        if not kept:
-            raise InputError(f"{raw}: no case holds liver voxels (labels 1..8); nothing to convert")
-        if hard_cases_dir is not None and len(no_prediction) == len(kept):
-            raise InputError(f"{hard_cases_dir}: no prediction for any case of {raw.name} (expected CASE.nii.gz or "
-                             f"CASE_lesions.nii.gz + CASE.json, e.g. {kept[0]['case']}.nii.gz)")
-        dataset_json = {
-            "channel_names": dict(channels), "labels": L.patch_dataset_json_labels(), "numTraining": len(kept),
-            "file_ending": file_ending, "name": out.name,
-            "description": f"UNet-patch dataset (liver-cropped, outside-liver masked) derived from {raw.name}",
-            "converted_by": "nnunet-liver-convert patches"}
-        for key in ("overwrite_image_reader_writer", "licence", "reference"):
-            if key in ds:
-                dataset_json[key] = ds[key]
-        write_json_atomic(dataset_json, os.path.join(tmp, "dataset.json"))
-        info = {"schema_version": "1.0", "source": str(raw), "margin_mm": margin_mm, "masked_hu": masked_hu,
-                "cases": kept, "skipped_no_liver": skipped}
-        if hard_cases_dir is not None:
-            info["hard_cases_from"] = str(hard_cases_dir)
-            info["hard_min_volume_cm3"] = hard_min_volume_cm3
-            info["hard_cases_no_prediction"] = no_prediction
-        write_json_atomic(info, os.path.join(tmp, "patch_dataset.json"))
+    return ds
+
+
+def _read_case(img_paths, lab_path):
+    """(images, label map, spacing, SimpleITK label image) of one input case, checked."""
+    lab, spacing, lab_img = read_image(str(lab_path), what="label")
+    arrays = []
+    for p in img_paths:
+        arr, _, _ = read_image(str(p))
+        if arr.shape != lab.shape:
+            raise InputError(f"{p}: shape {arr.shape} differs from its label map's {lab.shape}")
+        arrays.append(arr)
+    L.validate_label_values(np.unique(lab), what=str(lab_path))
+    return arrays, lab, spacing, lab_img
+
+
+def _write_like(array: np.ndarray, ref, path: str) -> None:
+    """Write ``array`` (Z, Y, X) with the geometry of the SimpleITK image ``ref`` (compressed)."""
+    import SimpleITK as sitk
+
+    o = sitk.GetImageFromArray(array)
+    o.CopyInformation(ref)
+    sitk.WriteImage(o, path, True)
+
+
+def _convert_case(tmp: str, name: str, img_paths, lab_path, margin_mm, masked_hu, file_ending, hard_cases_dir,
+                  hard_min_volume_cm3) -> Optional[dict]:
+    """Write one case's cropped, masked images, patch labels and hard-case map into ``tmp``; its
+    ``patch_dataset.json`` entry (``hard_cases`` absent when ``hard_cases_dir`` has no prediction for it), or None
+    when the case holds no liver."""
+    arrays, lab, spacing, lab_img = _read_case(img_paths, lab_path)
+    res = patch_case(arrays, lab, spacing, margin_mm, masked_hu)
+    if res is None:
+        return None
+    images, patch, bbox = res
+    (z0, z1), (y0, y1), (x0, x1) = bbox
+    ref = lab_img[x0:x1, y0:y1, z0:z1]  # SimpleITK slices x, y, z and keeps the physical geometry
+    for c, im in enumerate(images):
+        _write_like(im, ref, os.path.join(tmp, "imagesTr", f"{name}_{c:04d}{file_ending}"))
+    _write_like(patch, ref, os.path.join(tmp, "labelsTr", f"{name}{file_ending}"))
+    entry = {"case": name, "bbox_zyx": [list(b) for b in bbox]}
+    if hard_cases_dir is not None:
+        found = _hard_case_map(name, str(lab_path), lab, spacing, lab_img, str(hard_cases_dir), hard_min_volume_cm3)
+        if found is not None:
+            _write_like(found[0][z0:z1, y0:y1, x0:x1], ref, os.path.join(tmp, HARD_CASES_DIR, f"{name}{file_ending}"))
+            entry["hard_cases"] = [h.to_json() for h in found[1]]
+    return entry
+
+
+def _dataset_json(ds: dict, raw: Path, out: Path, num_training: int) -> dict:
+    """The UNet-patch dataset's dataset.json: the input's channels and file ending, the patch labels."""
+    dataset_json = {
+        "channel_names": dict(ds.get("channel_names", ds.get("modality"))), "labels": L.patch_dataset_json_labels(),
+        "numTraining": num_training, "file_ending": ds.get("file_ending", ".nii.gz"), "name": out.name,
+        "description": f"UNet-patch dataset (liver-cropped, outside-liver masked) derived from {raw.name}",
+        "converted_by": "nnunet-liver-convert patches"}
+    for key in ("overwrite_image_reader_writer", "licence", "reference"):
+        if key in ds:
+            dataset_json[key] = ds[key]
+    return dataset_json
+
+
+def _report(kept, skipped, no_prediction, hard_cases_dir) -> None:
     if skipped:
         print(f"nnunet-liver-convert patches: skipped {len(skipped)} case(s) without liver: {', '.join(skipped)}")
     if hard_cases_dir is not None:
@@ -210,6 +197,49 @@ def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARG
               f"{sum(bool(c.get('hard_cases')) for c in kept)} of {len(kept)} cases"
               + (f"; no prediction (no hard cases) for {len(no_prediction)}: {', '.join(no_prediction[:10])}"
                  + (" ..." if len(no_prediction) > 10 else "") if no_prediction else ""))
+
+
+def convert_patch_dataset(input_dir, output_dir, margin_mm: float = DEFAULT_MARGIN_MM,
+                          masked_hu: float = L.MISSING_PHASE_VALUE, overwrite: bool = False,
+                          progress: bool = True, hard_cases_dir=None, hard_min_volume_cm3: float = 0.5) -> Path:
+    """Write the UNet-patch raw dataset derived from the whole-CT raw dataset ``input_dir`` to ``output_dir``.
+
+    ``hard_cases_dir``: UNet-whole's predictions on the input's cases; their FN and FP lesions (of at least
+    ``hard_min_volume_cm3``) become the hard cases (module docstring). Returns the output folder. Raises InputError
+    for a missing/invalid input dataset or prediction, or an existing output.
+    """
+    from tqdm import tqdm
+
+    raw, out = Path(input_dir), Path(output_dir)
+    ds = _check_inputs(raw, out, margin_mm, hard_cases_dir, hard_min_volume_cm3)
+    file_ending = ds.get("file_ending", ".nii.gz")
+    cases = list(_cases(raw, file_ending, len(ds.get("channel_names", ds.get("modality")))))
+    kept, skipped, no_prediction = [], [], []
+    with atomic_dir(str(out), overwrite=overwrite) as tmp:
+        for sub in ("imagesTr", "labelsTr") + ((HARD_CASES_DIR,) if hard_cases_dir is not None else ()):
+            os.makedirs(os.path.join(tmp, sub))
+        for name, img_paths, lab_path in tqdm(cases, desc="patch dataset", unit="case", disable=not progress):
+            entry = _convert_case(tmp, name, img_paths, lab_path, margin_mm, masked_hu, file_ending,
+                                  hard_cases_dir, hard_min_volume_cm3)
+            if entry is None:
+                skipped.append(name)
+                continue
+            if hard_cases_dir is not None and "hard_cases" not in entry:
+                no_prediction.append(name)
+            kept.append(entry)
+        if not kept:
+            raise InputError(f"{raw}: no case holds liver voxels (labels 1..8); nothing to convert")
+        if hard_cases_dir is not None and len(no_prediction) == len(kept):
+            raise InputError(f"{hard_cases_dir}: no prediction for any case of {raw.name} (expected CASE.nii.gz or "
+                             f"CASE_lesions.nii.gz + CASE.json, e.g. {kept[0]['case']}.nii.gz)")
+        write_json_atomic(_dataset_json(ds, raw, out, len(kept)), os.path.join(tmp, "dataset.json"))
+        info = {"schema_version": "1.0", "source": str(raw), "margin_mm": margin_mm, "masked_hu": masked_hu,
+                "cases": kept, "skipped_no_liver": skipped}
+        if hard_cases_dir is not None:
+            info.update(hard_cases_from=str(hard_cases_dir), hard_min_volume_cm3=hard_min_volume_cm3,
+                        hard_cases_no_prediction=no_prediction)
+        write_json_atomic(info, os.path.join(tmp, "patch_dataset.json"))
+    _report(kept, skipped, no_prediction, hard_cases_dir)
     return out
 
 
@@ -218,7 +248,7 @@ def _hard_case_map(case: str, lab_path: str, lab: np.ndarray, spacing, lab_img, 
     when ``pred_dir`` has no prediction for it."""
     from nnunet_liver.evaluation.evaluate import has_prediction, read_prediction
     from nnunet_liver.postprocessing import seg2det
-    from nnunet_liver.postprocessing.hard_cases import hard_cases
+    from nnunet_liver.training.hard_cases import hard_cases
 
     if not has_prediction(pred_dir, case):
         return None

@@ -12,7 +12,7 @@ In nnU-Net's batch Dice a class absent from the batch scores about 1 only when t
 probability everywhere, and about 0 as soon as a few voxels' worth of probability spill into it. A network that
 never predicts a lesion therefore collects Dice 1 on every absent lesion class; with two patches per batch and six
 lesion types, four or more are absent in every batch, so that network can have a *lower* loss than one that finds
-the lesions (MODEL_CARD.md, "Continuing UNet-patch").
+the lesions (the demo models' HISTORY.md, "Why UNet-patch collapses").
 """
 from __future__ import annotations
 
@@ -56,8 +56,7 @@ def main(argv=None) -> int:
     for c in args.checkpoints:
         if not c.is_file():
             p.error(f"{c}: no such checkpoint")
-    os.environ.update(nnUNet_raw=str(args.work / "nnUNet_raw"), nnUNet_n_proc_DA="0",
-                      nnUNet_preprocessed=str(args.work / "nnUNet_preprocessed"),
+    os.environ.update(nnUNet_n_proc_DA="0", nnUNet_preprocessed=str(args.work / "nnUNet_preprocessed"),
                       nnUNet_results=str(args.work / "probe_results"))
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json

@@ -1,34 +1,15 @@
 #!/usr/bin/env python
-"""Reproduce the bundled demo models (``nnunet_liver/demo_models``) and their model card's test figures.
+"""Train the demo models (``nnunet_liver/demo_models``) with nnU-Net's own commands and evaluate them.
 
-Everything runs with nnU-Net's own commands on the CPU, in a work folder outside the repository::
+Everything runs on the CPU (``--device cuda`` on a GPU), in a work folder outside the repository::
 
-    python scripts/train_demo_models.py -w /work/demo_build            # every stage, in order
-    python scripts/train_demo_models.py -w /work/demo_build --stages evaluate
-    # the bundled models are run 9's UNet-whole and run 6's UNet-patch (MODEL_CARD.md). Run 4's UNet-whole: 270
-    # epochs warm-started from run 3's (git 3555644), whose 260 epochs were this script's default stages continued
-    # twice with --continue-training
-    git archive 3555644 nnunet_liver/demo_models | tar -x -C /tmp/v1
-    python scripts/train_demo_models.py -w /work/demo_build --stages data plan-whole train-whole \
-        --warm-start /tmp/v1/nnunet_liver/demo_models --epochs 270 50
-    # run 5's UNet-patch: 100 epochs from run 4's UNet-whole, heads included, continued to 280
-    python scripts/train_demo_models.py -w /work/demo_build --stages patches train-patch --epochs 270 100
-    python scripts/train_demo_models.py -w /work/demo_build --stages train-patch --continue-training --epochs 270 280
-    # run 6 (git 8bd2ab4 holds runs 4 and 5): UNet-patch 220 epochs class-balanced from run 5's, UNet-whole 90 epochs
-    # with nnU-Net's unweighted loss from run 4's
-    git archive 8bd2ab4 nnunet_liver/demo_models | tar -x -C /tmp/v5
-    python scripts/train_demo_models.py -w /work/demo_build --stages train-patch --epochs 90 220 \
-        --patch-init /tmp/v5/nnunet_liver/demo_models/patch/fold_0/checkpoint_final.pth
-    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --epochs 90 220 --lesion-ce 1 1 \
-        --warm-start /tmp/v5/nnunet_liver/demo_models
-    # runs 7, 8 and 9: UNet-whole continued (class-balanced lesion patches from run 7 on) to 200, 300, then 400 epochs
-    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 200 220 \
-        --lesion-ce 1 1
-    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 300 220 \
-        --lesion-ce 1 1
-    python scripts/train_demo_models.py -w /work/demo_build --stages train-whole --continue-training --epochs 400 220 \
-        --lesion-ce 1 1
-    python scripts/train_demo_models.py -w /work/demo_build --stages export evaluate
+    python scripts/train_demo_models.py -w /work/demo_build                  # every stage, in order
+    python scripts/train_demo_models.py -w /work/demo_build --stages data evaluate     # the held-out tables only
+
+The trainers are the ``_demo`` variants of ``nnunet_liver/trainers/liver_demo_trainers.py``: every setting is a
+class constant of a named variant (``--whole-trainer``, ``--patch-trainer``), and each model records the settings
+it trained with in ``fold_0/training_settings.json``. The shipped models were made by a chain of warm-started runs
+of these trainers (``nnunet_liver/demo_models/HISTORY.md`` lists each run with its command).
 
 Stages:
 
@@ -37,29 +18,32 @@ Stages:
                    lesions of MIN_LESION_CM3 = 3 cm3 and more) as ``Dataset601_DemoLiverPhantom``.
 2. ``plan-whole``  ``nnunet-liver-plan -d 601``: nnU-Net's nnUNetv2_extract_fingerprint, nnUNetv2_plan_experiment,
                    the CT window (-150..250 HU) written into the plans, nnUNetv2_preprocess.
-3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr LiverIFMTrainer_demo -device cpu``.
+3. ``train-whole`` ``nnUNetv2_train 601 3d_fullres 0 -tr WHOLE_TRAINER -device cpu``; with ``--warm-start DIR``
+                   ``python -m nnunet_liver.training.warm_start ... -init DIR/whole/fold_0/checkpoint_final.pth``
+                   (every weight, segmentation heads included).
 3b. ``hard-cases`` (opt-in, not among the default stages) ``nnunet-liver-detect --factors 4 --patch-model none``
                    of UNet-whole (the work folder's, or ``--models DIR``'s) on the training cases
                    -> ``WORK/hard_cases``.
 4. ``patches``     ``nnunet-liver-convert patches`` -> ``Dataset602_DemoLiverPatch`` (``--hard-cases WORK/hard_cases``
                    when that folder exists: UNet-whole's FN and FP as UNet-patch's hard cases),
-                   ``nnunet-liver-plan -d 602``.
-5. ``train-patch`` ``nnUNetv2_train 602 3d_fullres 0 -tr LesionShufflePatchTrainer_demo -device cpu``, from
-                   UNet-whole's final weights, or those of ``--patch-init DIR`` or ``--patch-init FILE.pth`` (a
-                   UNet-whole or UNet-patch checkpoint), segmentation heads included (``nnUNet_liver_demo_init``:
-                   the whole scheme's classes 0..7 are the patch scheme's), or from scratch
-                   (``--patch-init scratch``). ``--warm-start DIR`` starts UNet-whole the same way;
-                   ``--lesion-ce W P`` sets the lesion classes' CE weights (``nnUNet_liver_demo_lesion_ce``).
-6. ``export``      copy ``dataset.json``, ``plans.json`` and ``fold_0/checkpoint_final.pth`` (optimizer state and
-                   logging stripped) of both models into ``nnunet_liver/demo_models/{whole,patch}``.
+                   ``nnunet-liver-plan -d 602``, and with hard cases ``python -m nnunet_liver.training.hard_cases
+                   -d 602`` (the maps put on the preprocessed grid, where the trainer reads them).
+5. ``train-patch`` ``python -m nnunet_liver.training.warm_start 602 3d_fullres 0 -tr PATCH_TRAINER -init CKPT``
+                   from UNet-whole's final weights, or those of ``--patch-init DIR`` or ``--patch-init FILE.pth`` (a
+                   UNet-whole or UNet-patch checkpoint), segmentation heads included (the whole scheme's classes
+                   0..7 are the patch scheme's); ``nnUNetv2_train`` from scratch with ``--patch-init scratch``.
+6. ``export``      copy ``dataset.json``, ``plans.json``, ``fold_0/checkpoint_final.pth`` (optimizer state and
+                   logging stripped) and ``fold_0/training_settings.json`` of both models into
+                   ``nnunet_liver/demo_models/{whole,patch}``.
 7. ``evaluate``    TEST_CASES phantoms with TEST_SEED (never used for training),
                    ``nnunet-liver-detect -m demo`` (test-time mirroring on, the detector's default) as
                    Base (f = 1), Base+ReCls (f = 1, UNet-patch) and High+ReCls (f = 1 and 4, UNet-patch),
-                   ``nnunet-liver-evaluate`` on each; writes seed 003's tables
+                   ``nnunet-liver-evaluate`` on each; writes the cascade paper's tables
                    (lesion level per type + All + Malign, patient-level malignancy, the consensus), in
                    ``WORK/test/test_results.md`` (and ``.json``).
 
-nnU-Net's folders are ``WORK/nnUNet_raw``, ``WORK/nnUNet_preprocessed`` and ``WORK/nnUNet_results``; logs go to
+``--continue-training`` resumes an interrupted training of the same trainer (``nnUNetv2_train --c``). nnU-Net's
+folders are ``WORK/nnUNet_raw``, ``WORK/nnUNet_preprocessed`` and ``WORK/nnUNet_results``; logs go to
 ``WORK/logs``. Threads: ``OMP_NUM_THREADS`` (default 2), no augmentation worker processes unless
 ``nnUNet_n_proc_DA`` is set, no ``torch.compile``.
 """
@@ -85,10 +69,14 @@ TEST_SEED, TEST_CASES = 20261, 30
 MISSING_DELAYED = 0.25
 WHOLE_ID, WHOLE_NAME, WHOLE_TRAINER = 601, "Dataset601_DemoLiverPhantom", "LiverIFMTrainer_demo"
 PATCH_ID, PATCH_NAME, PATCH_TRAINER = 602, "Dataset602_DemoLiverPatch", "LesionShufflePatchTrainer_demo"
+#: the trainer variants the script can train (liver_demo_trainers)
+WHOLE_TRAINERS = ("LiverIFMTrainer_demo", "LiverIFMTrainer_demoUnweighted", "LiverIFMTrainer_demoUnweighted_400epochs")
+PATCH_TRAINERS = ("LesionShufflePatchTrainer_demo", "LesionShufflePatchTrainer_demo_220epochs",
+                  "LesionShufflePatchTrainer_demoPresentDice")
 STAGES = ("data", "plan-whole", "train-whole", "hard-cases", "patches", "train-patch", "export", "evaluate")
 #: the stages run without --stages (hard-cases is opt-in: the bundled UNet-patch was trained without them)
 DEFAULT_STAGES = tuple(s for s in STAGES if s != "hard-cases")
-#: the three models of seed 003 Tables II and IV: name -> nnunet-liver-detect flags
+#: the three models of the cascade paper's Tables II and IV: name -> nnunet-liver-detect flags
 MODELS = {"Base": ["--factors", "1", "--patch-model", "none"],
           "Base+ReCls": ["--factors", "1", "--patch-model", "{patch}"],
           "High+ReCls": ["--factors", "1", "4", "--patch-model", "{patch}"]}
@@ -135,10 +123,12 @@ def final_checkpoint(model: Path, fold: int = 0) -> Path:
 
 
 def export_model(src: Path, dst: Path, fold: int = 0) -> None:
-    """Copy an nnU-Net model folder's dataset.json, plans.json and fold checkpoint_final.pth, the latter without
-    optimizer state, grad scaler and logging (inference needs network_weights, trainer_name, init_args and
-    inference_allowed_mirroring_axes)."""
+    """Copy an nnU-Net model folder's dataset.json, plans.json, fold checkpoint_final.pth (without optimizer state,
+    grad scaler and logging: inference needs network_weights, trainer_name, init_args and
+    inference_allowed_mirroring_axes) and the fold's training_settings.json."""
     import torch
+
+    from nnunet_liver.training.settings import SETTINGS_FILE
 
     ckpt = torch.load(final_checkpoint(src, fold), map_location="cpu", weights_only=False)
     keep = {k: ckpt[k] for k in ("network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes",
@@ -150,6 +140,9 @@ def export_model(src: Path, dst: Path, fold: int = 0) -> None:
     for name in ("dataset.json", "plans.json"):
         shutil.copy2(src / name, dst / name)
     torch.save(keep, final_checkpoint(dst, fold))
+    settings = src / f"fold_{fold}" / SETTINGS_FILE
+    if settings.is_file():
+        shutil.copy2(settings, dst / f"fold_{fold}" / SETTINGS_FILE)
 
 
 def stage_data(work, env):
@@ -166,7 +159,7 @@ def plan(work, env, dataset_id):
 
 def stage_hard_cases(work, env, whole: Path) -> Path:
     """UNet-whole's f = 4 proposals on its own training cases (no reclassification, no mirroring), the source of
-    UNet-patch's hard cases (seed 003, III-B): ``WORK/hard_cases``."""
+    UNet-patch's hard cases (Wang et al., Sec. III-B): ``WORK/hard_cases``."""
     out = work / "hard_cases"
     run(["nnunet-liver-detect", "-i", work / "nnUNet_raw" / WHOLE_NAME / "imagesTr", "-o", out, "-m", whole,
          "--patch-model", "none", "--factors", "4", "--disable-tta", "--no-report", "--overwrite"], env,
@@ -175,28 +168,29 @@ def stage_hard_cases(work, env, whole: Path) -> Path:
 
 
 def stage_patches(work, env):
-    """The UNet-patch dataset, with hard cases when ``WORK/hard_cases`` holds UNet-whole's proposals."""
+    """The UNet-patch dataset, with hard cases (put on the preprocessed grid after planning) when
+    ``WORK/hard_cases`` holds UNet-whole's proposals."""
     hard = work / "hard_cases"
     run(["nnunet-liver-convert", "patches", "-i", work / "nnUNet_raw" / WHOLE_NAME,
          "-o", work / "nnUNet_raw" / PATCH_NAME, *(["--hard-cases", hard] if hard.is_dir() else [])], env,
         work / "logs" / "patches.log")
     plan(work, env, PATCH_ID)
+    if hard.is_dir():
+        run([sys.executable, "-m", "nnunet_liver.training.hard_cases", "-d", PATCH_ID], env,
+            work / "logs" / "hard_cases_prepare.log")
 
 
-def train(work, env, dataset_id, trainer, device="cpu", epochs=None, init=None, resume=False, lesion_ce=None):
-    """nnUNetv2_train fold 0 of a ``_demo`` trainer; ``init``: a checkpoint to start from, heads included
-    (``nnUNet_liver_demo_init``); ``resume``: continue the run's own checkpoint (``--c``); ``lesion_ce``: the
-    lesion classes' CE weight instead of the recipe's (``nnUNet_liver_demo_lesion_ce``)."""
-    from nnunet_liver.trainers.liver_demo_trainers import DEMO_EPOCHS_ENV, DEMO_INIT_ENV, DEMO_LESION_CE_ENV
-
-    if epochs is not None:
-        env = {**env, DEMO_EPOCHS_ENV: str(epochs)}
+def train(work, env, dataset_id, trainer, device="cpu", init=None, resume=False):
+    """Fold 0 of a ``_demo`` trainer: ``nnUNetv2_train`` (``resume``: ``--c``, the run's own checkpoint), or from
+    every weight of the checkpoint ``init``, heads included (``python -m nnunet_liver.training.warm_start``)."""
     if init is not None:
-        env = {**env, DEMO_INIT_ENV: str(init)}
-    if lesion_ce is not None:
-        env = {**env, DEMO_LESION_CE_ENV: str(lesion_ce)}
-    dt = run(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", device,
-              *(["--c"] if resume else [])], env, work / "logs" / f"train_{trainer}.log")
+        cmd = [sys.executable, "-m", "nnunet_liver.training.warm_start", dataset_id, "3d_fullres", "0", "-tr", trainer,
+               "-init", init, "-device", device]
+    else:
+        cmd = ["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", device,
+               *(["--c"] if resume else [])]
+    dt = run(cmd, env, work / "logs" / f"train_{trainer}.log")
+    (work / "logs").mkdir(parents=True, exist_ok=True)
     (work / "logs" / f"train_{trainer}.seconds").write_text(f"{dt:.0f}\n")
 
 
@@ -213,11 +207,11 @@ def warm_start(folder):
     return path
 
 
-def stage_export(work, env, with_patch=True):
+def stage_export(work, env, with_patch=True, whole_trainer=WHOLE_TRAINER, patch_trainer=PATCH_TRAINER):
     """Copy the trained models into the package; without the patch model, a bundled ``patch/`` is removed so that
     the bundle never pairs models of different runs. A work folder without a UNet-whole of its own (a UNet-patch
     trained with ``--patch-init DIR`` only) keeps the bundled UNet-whole, which is then the one DIR must have held."""
-    whole = model_folder(work, WHOLE_NAME, WHOLE_TRAINER)
+    whole = model_folder(work, WHOLE_NAME, whole_trainer)
     if final_checkpoint(whole).is_file():
         export_model(whole, DEMO_DIR / "whole")
     elif not final_checkpoint(DEMO_DIR / "whole").is_file():
@@ -225,7 +219,7 @@ def stage_export(work, env, with_patch=True):
     else:
         print(f"  {whole}: no UNet-whole trained here; the bundled one stays", flush=True)
     if with_patch:
-        export_model(model_folder(work, PATCH_NAME, PATCH_TRAINER), DEMO_DIR / "patch")
+        export_model(model_folder(work, PATCH_NAME, patch_trainer), DEMO_DIR / "patch")
     elif (DEMO_DIR / "patch").exists():
         shutil.rmtree(DEMO_DIR / "patch")
 
@@ -261,19 +255,18 @@ def main(argv=None) -> int:
     p.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES,
                    help="stages to run, in order (default: all but hard-cases)")
     p.add_argument("--device", default="cpu", help="nnUNetv2_train -device (cpu, cuda)")
-    p.add_argument("--warm-start", type=Path, default=None, metavar="DIR",
-                   help="start UNet-whole from every weight of DIR/whole/fold_0/checkpoint_final.pth, segmentation "
-                        "heads included (nnUNet_liver_demo_init; nnU-Net's -pretrained_weights would re-initialise "
-                        "the heads), e.g. the bundled nnunet_liver/demo_models on a machine without the work folder")
-    p.add_argument("--epochs", nargs=2, type=int, default=None, metavar=("WHOLE", "PATCH"),
-                   help="total epochs of UNet-whole and UNet-patch (nnUNet_liver_demo_epochs; default: the "
-                        "trainers' demo_num_epochs)")
-    p.add_argument("--lesion-ce", nargs=2, type=float, default=None, metavar=("WHOLE", "PATCH"),
-                   help="cross-entropy weight of the lesion classes in UNet-whole's and UNet-patch's loss "
-                        "(nnUNet_liver_demo_lesion_ce; default: the recipe's 4 and 2; 1 is nnU-Net's unweighted CE)")
+    p.add_argument("--whole-trainer", default=WHOLE_TRAINER, choices=WHOLE_TRAINERS,
+                   help="UNet-whole's trainer variant (liver_demo_trainers; default: %(default)s)")
+    p.add_argument("--patch-trainer", default=PATCH_TRAINER, choices=PATCH_TRAINERS,
+                   help="UNet-patch's trainer variant (liver_demo_trainers; default: %(default)s)")
+    p.add_argument("--warm-start", type=Path, default=None, metavar="{DIR,FILE.pth}",
+                   help="start UNet-whole from every weight of DIR/whole/fold_0/checkpoint_final.pth (a folder laid "
+                        "out like nnunet_liver/demo_models) or of an nnU-Net checkpoint FILE.pth, segmentation heads "
+                        "included (python -m nnunet_liver.training.warm_start; nnU-Net's -pretrained_weights would "
+                        "re-initialise the heads)")
     p.add_argument("--continue-training", action="store_true",
-                   help="continue the trainings from their checkpoints (nnUNetv2_train --c: weights, optimizer "
-                        "state and epoch counter) up to --epochs")
+                   help="resume interrupted trainings of the same trainers from their checkpoints "
+                        "(nnUNetv2_train --c: weights, optimizer state and epoch counter)")
     p.add_argument("--models", type=Path, default=None, metavar="DIR",
                    help="evaluate the models in DIR (laid out like nnunet_liver/demo_models: whole/, patch/) instead "
                         "of the bundled ones; results in WORK/test_<DIR name>; the hard-cases stage takes "
@@ -286,11 +279,9 @@ def main(argv=None) -> int:
                         "DIR/whole/fold_0/checkpoint_final.pth (a folder laid out like nnunet_liver/demo_models) or "
                         "from an nnU-Net checkpoint FILE.pth of a UNet-whole or a UNet-patch (e.g. the bundled "
                         "patch/fold_0/checkpoint_final.pth, to continue it with a fresh optimizer), heads included "
-                        "(a UNet-whole's first eight classes are the patch scheme's; nnUNet_liver_demo_init), or "
-                        "from scratch (default: %(default)s)")
+                        "(a UNet-whole's first eight classes are the patch scheme's), or from scratch "
+                        "(default: %(default)s)")
     args = p.parse_args(argv)
-    if args.lesion_ce and not all(w > 0 for w in args.lesion_ce):
-        p.error(f"--lesion-ce: expected two positive weights, got {args.lesion_ce}")
     if args.continue_training and args.warm_start:
         p.error("--continue-training and --warm-start exclude each other (nnUNetv2_train --c / a fresh start)")
     work = Path(args.work).resolve()
@@ -305,24 +296,24 @@ def main(argv=None) -> int:
         elif stage == "plan-whole":
             plan(work, env, WHOLE_ID)
         elif stage == "train-whole":
-            train(work, env, WHOLE_ID, WHOLE_TRAINER, args.device, args.epochs and args.epochs[0],
-                  warm_start(args.warm_start), args.continue_training, args.lesion_ce and args.lesion_ce[0])
+            train(work, env, WHOLE_ID, args.whole_trainer, args.device, warm_start(args.warm_start),
+                  args.continue_training)
         elif stage == "hard-cases":
             stage_hard_cases(work, env, args.models / "whole" if args.models else
-                             model_folder(work, WHOLE_NAME, WHOLE_TRAINER))
+                             model_folder(work, WHOLE_NAME, args.whole_trainer))
         elif stage == "patches":
             stage_patches(work, env)
         elif stage == "train-patch":
             if args.continue_training or args.patch_init == "scratch":
                 init = None
             elif args.patch_init == "whole":
-                init = final_checkpoint(model_folder(work, WHOLE_NAME, WHOLE_TRAINER))
+                init = final_checkpoint(model_folder(work, WHOLE_NAME, args.whole_trainer))
             else:
                 init = warm_start(args.patch_init)
-            train(work, env, PATCH_ID, PATCH_TRAINER, args.device, args.epochs and args.epochs[1], init,
-                  args.continue_training, args.lesion_ce and args.lesion_ce[1])
+            train(work, env, PATCH_ID, args.patch_trainer, args.device, init, args.continue_training)
         elif stage == "export":
-            stage_export(work, env, with_patch=not args.no_patch)
+            stage_export(work, env, with_patch=not args.no_patch, whole_trainer=args.whole_trainer,
+                         patch_trainer=args.patch_trainer)
         elif stage == "evaluate":
             if args.models is None:
                 stage_evaluate(work, env, patch=None if args.no_patch else "demo")

@@ -8,7 +8,8 @@
   ``nnUNetv2_train ... -tr LiverIFMTrainer_tiny -device cpu``; returns a :class:`TrainedModel` (model folder,
   dataset id/folder, env).
 - ``tiny_patch_model``: ``nnUNetv2_predict`` of the tiny whole model on its own training images (the hard cases'
-  source), ``nnunet-liver-convert patches --hard-cases`` of that dataset -> plan -> train
+  source), ``nnunet-liver-convert patches --hard-cases`` of that dataset -> plan -> hard cases onto the
+  preprocessed grid (``python -m nnunet_liver.training.hard_cases``) -> train
   ``LesionShufflePatchTrainer_tiny`` (a quarter of its patches around the hard cases); returns a
   :class:`TrainedModel`.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +75,16 @@ def nnunet_dirs(tmp_path_factory) -> NnUNetDirs:
     return NnUNetDirs(raw, pre, res, env)
 
 
-def plan_and_train(dirs: NnUNetDirs, dataset_id: int, dataset_name: str, trainer: str) -> TrainedModel:
-    """``nnunet-liver-plan`` (nnU-Net's fingerprint, planning and preprocessing with the CT window in between), then
-    ``nnUNetv2_train ID 3d_fullres 0 -tr TRAINER -device cpu``."""
+def plan_and_train(dirs: NnUNetDirs, dataset_id: int, dataset_name: str, trainer: str,
+                   after_planning=()) -> TrainedModel:
+    """``nnunet-liver-plan`` (nnU-Net's fingerprint, planning and preprocessing with the CT window in between), the
+    commands ``after_planning``, then ``nnUNetv2_train ID 3d_fullres 0 -tr TRAINER -device cpu``."""
     logs = dirs.results.parent
     # planning needs nnUNet_n_proc_DA >= 1 (it sets torch's thread count from it); training runs without workers
     run_nnunet(["nnunet-liver-plan", "-d", dataset_id, "-np", "1", "--verify_dataset_integrity"],
                {**dirs.env, "nnUNet_n_proc_DA": "1"}, logs / f"plan_{dataset_id}.log")
+    for i, cmd in enumerate(after_planning):
+        run_nnunet(cmd, dirs.env, logs / f"after_planning_{dataset_id}_{i}.log")
     run_nnunet(["nnUNetv2_train", dataset_id, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
                {**dirs.env, "nnUNet_n_proc_DA": "0"}, logs / f"train_{dataset_id}_{trainer}.log")
     folder = dirs.results / dataset_name / f"{trainer}__nnUNetPlans__3d_fullres"
@@ -108,4 +113,5 @@ def tiny_patch_model(nnunet_dirs, tiny_whole_model) -> TrainedModel:
                nnunet_dirs.results.parent / "predict_whole_train.log")
     convert_patch_dataset(tiny_whole_model.raw_dataset, nnunet_dirs.raw / PATCH_NAME, progress=False,
                           hard_cases_dir=whole_pred)
-    return plan_and_train(nnunet_dirs, PATCH_ID, PATCH_NAME, "LesionShufflePatchTrainer_tiny")
+    prepare = [sys.executable, "-m", "nnunet_liver.training.hard_cases", "-d", PATCH_ID]
+    return plan_and_train(nnunet_dirs, PATCH_ID, PATCH_NAME, "LesionShufflePatchTrainer_tiny", after_planning=[prepare])

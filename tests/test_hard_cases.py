@@ -1,4 +1,4 @@
-"""Hard cases for UNet-patch (seed 003, III-B): UNet-whole's FN and FP, from mining to the training patches."""
+"""Hard cases for UNet-patch (Wang et al., Sec. III-B): UNet-whole's FN and FP, from mining to the training patches."""
 import json
 import sys
 from pathlib import Path
@@ -10,9 +10,9 @@ import torch
 from nnunet_liver import labels as L
 from nnunet_liver.dataset_conversion.patches import HARD_CASES_DIR, convert_patch_dataset, main as patches_main
 from nnunet_liver.postprocessing import seg2det
-from nnunet_liver.postprocessing.hard_cases import hard_cases
-from nnunet_liver.postprocessing.shuffle import sample_hard_case_patch
-from nnunet_liver.trainers.liver_dataloading import LesionShuffleDataLoader, hard_cases_to_preprocessed
+from nnunet_liver.training.hard_cases import hard_cases, prepare_hard_cases, prepared_folder, read_prepared_hard_cases
+from nnunet_liver.training.shuffle import sample_hard_case_patch
+from nnunet_liver.trainers.liver_dataloading import LesionShuffleDataLoader
 from nnunet_liver.utils.io import InputError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -103,27 +103,6 @@ def test_hard_case_patch_original_and_shuffled():
     fn_box = (slice(3, 6), slice(6, 10), slice(6, 10))
     img, lab = sample_hard_case_patch(image, label, (4, 16, 16), rng, fn_box, np.ones((3, 4, 4), bool), True)
     assert (lab == L.ICC).sum() == 48
-
-
-def _brute_preprocess(m, transpose, bbox, shape):
-    t = m.transpose(transpose)[tuple(slice(a, b) for a, b in bbox)]
-    out = np.zeros(shape, t.dtype)
-    for idx in np.ndindex(*shape):
-        src = tuple(min(int((i + 0.5) * t.shape[a] / shape[a]), t.shape[a] - 1) for a, i in enumerate(idx))
-        out[idx] = t[src]
-    return out
-
-
-def test_hard_cases_to_preprocessed_matches_transpose_crop_resample():
-    m = np.random.default_rng(0).integers(0, 4, size=(6, 10, 8)).astype(np.uint16)
-    props = {"shape_before_cropping": (10, 6, 8), "bbox_used_for_cropping": [[1, 9], [0, 6], [2, 7]]}
-    same = hard_cases_to_preprocessed(m, props, (1, 0, 2), (8, 6, 5))
-    np.testing.assert_array_equal(same, m.transpose(1, 0, 2)[1:9, 0:6, 2:7])
-    for shape in ((4, 12, 5), (8, 3, 9)):
-        np.testing.assert_array_equal(hard_cases_to_preprocessed(m, props, (1, 0, 2), shape),
-                                      _brute_preprocess(m, (1, 0, 2), [[1, 9], [0, 6], [2, 7]], shape))
-    with pytest.raises(ValueError, match="differs from the case"):
-        hard_cases_to_preprocessed(m, props, (0, 1, 2), (8, 6, 5))
 
 
 class _Dataset(FakeDataset):
@@ -243,22 +222,84 @@ def test_convert_patches_hard_cases_errors(tmp_path, capsys):
     assert "no prediction for any case" in capsys.readouterr().err
 
 
-def test_patch_trainer_reads_hard_cases_from_the_raw_dataset(tmp_path, monkeypatch):
-    from nnunetv2 import paths
-    from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
+def _preprocessed_like_nnunet(tmp_path, monkeypatch, name="Dataset999_X"):
+    """The raw UNet-patch dataset with hard cases, and a preprocessed folder as nnU-Net writes it (plans with the
+    axes transposed (1, 0, 2), cases cropped and resampled to half the x spacing), its cases saved by nnU-Net's own
+    dataset class. Returns (raw dataset, preprocessed dataset folder, {case: raw hard-case map})."""
+    import SimpleITK as sitk
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetNumpy
 
     ds, preds = _write_whole_dataset(tmp_path)
-    convert_patch_dataset(ds, tmp_path / "raw" / "Dataset999_X", hard_cases_dir=preds, progress=False)
-    monkeypatch.setattr(paths, "nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    raw = convert_patch_dataset(ds, tmp_path / "raw" / name, hard_cases_dir=preds, progress=False)
+    pre = tmp_path / "pre" / name
+    p = plans()
+    cfg = p["configurations"]["3d_fullres"]
+    cfg.update(spacing=[1.0, 2.0, 0.5], resampling_fn_seg="resample_data_or_seg_to_shape",
+               resampling_fn_seg_kwargs={"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None})
+    (pre / cfg["data_identifier"]).mkdir(parents=True)
+    (pre / "nnUNetPlans.json").write_text(json.dumps(p))
+    maps = {}
+    for case in ("c0", "c1"):
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{case}.nii.gz")))
+        if (raw / HARD_CASES_DIR / f"{case}.nii.gz").is_file():
+            maps[case] = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / HARD_CASES_DIR / f"{case}.nii.gz")))
+        t = lab.transpose(1, 0, 2)
+        bbox = [[1, t.shape[0] - 1], [0, t.shape[1]], [2, t.shape[2]]]
+        shape = (t.shape[0] - 2, t.shape[1], 2 * (t.shape[2] - 2))
+        props = {"spacing": list(SPACING), "shape_before_cropping": t.shape, "bbox_used_for_cropping": bbox,
+                 "class_locations": {}}
+        nnUNetDatasetNumpy.save_case(np.zeros((1,) + shape, np.float32), np.zeros((1,) + shape, np.int16), props,
+                                     str(pre / cfg["data_identifier"] / case))
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    return raw, pre, maps
+
+
+def test_prepare_hard_cases_puts_them_on_the_preprocessed_grid_once(tmp_path, monkeypatch, capsys):
+    """The prepared map is the raw map transposed, cropped and resampled (nearest neighbour) as nnU-Net did its
+    case; the patch trainer reads it from nnUNet_preprocessed, never from the raw dataset."""
+    from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
+
+    raw, pre, maps = _preprocessed_like_nnunet(tmp_path, monkeypatch)
+    out = prepare_hard_cases("Dataset999_X")
+    assert out == prepared_folder(str(pre), "nnUNetPlans_3d_fullres") and "1 FN and 1 FP of 1 cases" in \
+        capsys.readouterr().out
+    prepared = read_prepared_hard_cases(out)
+    assert sorted(prepared) == ["c0"] and [e["kind"] for e in prepared["c0"][1]] == ["FN", "FP"]
+    t = maps["c0"].transpose(1, 0, 2)[1:-1, :, 2:]
+    np.testing.assert_array_equal(prepared["c0"][0], np.repeat(t, 2, axis=2))
+    # the trainer reads them from nnUNet_preprocessed, with the raw dataset gone
+    import shutil
+    shutil.rmtree(raw)
     p = plans()
     p["continue_training"] = False
     trainer = LesionShufflePatchTrainer(p, "3d_fullres", 0, whole_json(labels=L.patch_dataset_json_labels()),
                                         torch.device("cpu"))
     hard = trainer.load_hard_cases()
     assert sorted(hard) == ["c0"]
-    hmap, entries = hard["c0"]
-    assert hmap.ndim == 3 and set(np.unique(hmap)) == {0, 1, 2} and [e["kind"] for e in entries] == ["FN", "FP"]
-    monkeypatch.setattr(paths, "nnUNet_raw", str(tmp_path / "elsewhere"))
+    np.testing.assert_array_equal(hard["c0"][0], prepared["c0"][0])
+    shutil.rmtree(out)
     assert trainer.load_hard_cases() == {}
+
+
+def test_prepare_hard_cases_errors_name_the_file(tmp_path, monkeypatch, capsys):
+    from nnunet_liver.training.hard_cases import main as prepare_main
+
+    raw, pre, _ = _preprocessed_like_nnunet(tmp_path, monkeypatch)
+    hmap = raw / HARD_CASES_DIR / "c0.nii.gz"
+    import SimpleITK as sitk
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 3, 3), np.uint16)), str(hmap))
+    assert prepare_main(["-d", "Dataset999_X"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c0.nii.gz" in err and "differs from the preprocessed case" in err
+    assert not (pre / "nnUNetPlans_3d_fullres_hardCases").exists() and \
+        not list(pre.glob(".tmp_*"))  # nothing half-written
+    (pre / "nnUNetPlans.json").unlink()
+    with pytest.raises(InputError, match=r"nnUNetPlans\.json: not found \(plan and preprocess"):
+        prepare_hard_cases("Dataset999_X")
+    info = json.loads((raw / "patch_dataset.json").read_text())
+    del info["hard_cases_from"]
+    (raw / "patch_dataset.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="converted without --hard-cases"):
+        prepare_hard_cases("Dataset999_X")

@@ -245,6 +245,7 @@ def test_demo_trainers_use_their_own_phase_dropout():
         ts = cls.get_training_transforms(*args, **kwargs).transforms
         assert isinstance(ts[0], DetectPhasePresenceTransform) and isinstance(ts[-1], ImposeAbsentPhasesTransform)
         assert isinstance(ts[1], PhaseDropoutTransform) and ts[1].p == p
+        assert cls.phase_dropout_p == p  # what training_settings.json records is what the transforms use
     assert dt.DEMO_PHASE_DROPOUT_P < PHASE_DROPOUT_P
     rates = dt.LesionShufflePatchTrainer_demo.scheme_rates
     assert abs(sum(rates.values()) - 1.0) < 1e-9

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nnunet_liver.labels import PATCH_LIVER, PATCH_MASKED
-from nnunet_liver.postprocessing.shuffle import (SCHEMES, component_type, crop, erase_lesions, lesion_components,
+from nnunet_liver.training.shuffle import (SCHEMES, component_type, crop, erase_lesions, case_lesions,
                                                  make_reclassification_patches, sample_training_patch,
                                                  transplant_lesion)
 
@@ -33,11 +33,27 @@ def test_crop_pads_outside():
     assert np.all(c[1, :, 2] == -7)
 
 
-def test_lesion_components_two_lesions():
+def test_case_lesions_two_lesions():
     _, label = painted_case()
-    comps = lesion_components(label)
+    comps = case_lesions(label)
     assert len(comps) == 2
     assert sorted(int(m.sum()) for _, m in comps) == [18, 48]
+
+
+def test_case_lesions_are_seg2ds_lesions():
+    """Training cuts patches around the lesions detection sees: two lesions meeting only diagonally across slices
+    are two (26-connectivity would join them), as seg2det finds them on the same map."""
+    from nnunet_liver.postprocessing import seg2det
+
+    label = np.full((4, 8, 8), 7, np.int16)
+    label[1, 2:4, 2:4] = 1
+    label[2, 4:6, 4:6] = 6  # touches the HCC only through a corner, one slice up
+    comps = case_lesions(label)
+    assert len(comps) == 2 == len(seg2det(label, (1.0, 1.0, 1.0)))
+    assert [component_type(label, b, m) for b, m in comps] == [1, 6]
+    label[2, 3, 3] = 1  # now they share a pixel position in neighbouring slices: one lesion, still by both rules
+    assert len(case_lesions(label)) == 1 == len(seg2det(label, (1.0, 1.0, 1.0)))
+    assert case_lesions(np.full((2, 3, 3), 7, np.int16)) == []
 
 
 def test_transplanted_lesion_voxels_and_labels_equal_source():
@@ -45,7 +61,7 @@ def test_transplanted_lesion_voxels_and_labels_equal_source():
     rng = np.random.default_rng(1)
     tgt_img = np.full((2,) + PATCH, 0.25, np.float32)
     tgt_lab = np.full(PATCH, PATCH_LIVER, np.int16)
-    (box, mask), = [c for c in lesion_components(label) if label[c[0]][c[1]][0] == 1]
+    (box, mask), = [c for c in case_lesions(label) if label[c[0]][c[1]][0] == 1]
     src_img, src_lab = image[(slice(None),) + box], label[box]
     out_img, out_lab, where = transplant_lesion(tgt_img, tgt_lab, src_img, src_lab, mask, rng)
     assert where.sum() == mask.sum()
@@ -99,7 +115,7 @@ def test_each_scheme_masks_outside_liver_and_has_the_right_content(scheme):
 def test_shuffled_positive_lesion_equals_a_source_lesion():
     image, label = painted_case()
     rng = np.random.default_rng(5)
-    sources = [(image[(slice(None),) + b][:, m], label[b][m]) for b, m in lesion_components(label)]
+    sources = [(image[(slice(None),) + b][:, m], label[b][m]) for b, m in case_lesions(label)]
     for _ in range(10):
         img, lab, _ = sample_training_patch(image, label, PATCH, rng, rates={"shuffled_positive": 1.0})
         les = np.isin(lab, range(1, 7))
@@ -124,14 +140,14 @@ def test_schemes_appear_at_configured_rates():
 
 def test_component_type_is_the_majority_lesion_label():
     _, label = painted_case()
-    assert sorted(component_type(label, b, m) for b, m in lesion_components(label)) == [1, 6]
+    assert sorted(component_type(label, b, m) for b, m in case_lesions(label)) == [1, 6]
     mixed = label.copy()
     mixed[2, 4:8, 4:6] = 4  # 8 of the HCC's 48 voxels relabelled: still an HCC
     mixed[3:5, 20:23, 22:24] = 4  # 12 of the cyst's 18 voxels: now a hemangioma
-    assert sorted(component_type(mixed, b, m) for b, m in lesion_components(mixed)) == [1, 4]
+    assert sorted(component_type(mixed, b, m) for b, m in case_lesions(mixed)) == [1, 4]
     tie = np.zeros((1, 1, 2), np.int16)
     tie[0, 0] = (5, 2)
-    assert component_type(tie, *lesion_components(tie)[0]) == 2
+    assert component_type(tie, *case_lesions(tie)[0]) == 2
 
 
 @pytest.mark.parametrize("scheme", ["original_positive", "shuffled_positive"])

@@ -179,7 +179,6 @@ def test_class_balanced_oversampling_loader_centres_lesion_types_uniformly():
     n, icc = 60, 0
     for _ in range(n):
         batch = dl.generate_train_batch()
-        assert not dl._planned  # every planned type was used by its own patch
         for key, y in zip(batch["keys"], batch["target"]):
             assert key != "free"
             lesion = 2 if key == "icc" else 6
@@ -188,13 +187,13 @@ def test_class_balanced_oversampling_loader_centres_lesion_types_uniformly():
     share = icc / (4 * n)
     assert abs(share - 0.5) < 4 * np.sqrt(0.25 / (4 * n)), share
     assert sum(dl.class_counts.values()) == 4 * n and set(dl.class_counts) == {2, 6}
-    # lesion_fraction 0: nnU-Net's uniform draw of cases (the lesion-free one too), no type planned
+    # lesion_fraction 0: nnU-Net's uniform draw of cases (the lesion-free one too), no lesion type
     dl.lesion_fraction = 0.0
     keys = [k for _ in range(40) for k in dl.get_indices()]
-    assert "free" in keys and dl._planned == [None] * 4
-    # get_bbox outside a planned batch falls back to the per-case draw; it still returns a valid box
-    dl._planned = []
+    assert "free" in keys
     _, _, _, props = dl._data.load_case("icc")
+    assert all(dl.choose_lesion_class(props["class_locations"]) is None for _ in range(20))
+    # get_bbox on its own (any order of calls) centres a forced patch on the case's type
     dl.lesion_fraction = 1.0
     lbs, ubs = dl.get_bbox(np.array((12, 40, 40)), True, props["class_locations"])
     box = tuple(slice(max(lo, 0), hi) for lo, hi in zip(lbs, ubs))
@@ -202,7 +201,74 @@ def test_class_balanced_oversampling_loader_centres_lesion_types_uniformly():
     # no lesion in the loader's cases: the plain loader
     plain = LesionOversamplingDataLoader(FakeDataset(_type_cases({"free": 0})), 2, (4, 16, 16), (4, 16, 16), lm,
                                          class_balanced=True)
-    assert not plain.class_balanced and list(plain.get_indices()) == ["free", "free"] and plain._planned == []
+    assert not plain.class_balanced and list(plain.get_indices()) == ["free", "free"]
+
+
+def test_class_balanced_two_step_draw_is_the_joint_draw():
+    """get_indices' marginal of the cases and get_bbox's type given the case multiply to the joint draw "a lesion
+    type uniform over the types, then a case holding it" (probability lesion_fraction) or "a case, uniform" (the
+    rest), enumerated here by brute force."""
+    lm = LabelManager(dataset_json_labels(), None)
+    cases = _type_cases({"icc": 2, "cyst1": 6, "cyst2": 6, "both": 6, "free": 0})
+    cases["both"][1][0, 2:4, 6:9, 20:23] = 2  # a case holding ICC and cyst
+    lf = 0.6
+    dl = LesionOversamplingDataLoader(FakeDataset(cases), 4, (4, 16, 16), (4, 16, 16), lm,
+                                      oversample_foreground_percent=1.0, lesion_fraction=lf, class_balanced=True)
+    joint = {}
+    for c, keys in dl.cases_by_class.items():
+        for key in keys:
+            joint[key, c] = joint.get((key, c), 0.0) + lf / len(dl.cases_by_class) / len(keys)
+    for key in dl.indices:
+        joint[key, None] = joint.get((key, None), 0.0) + (1 - lf) / len(dl.indices)
+    marginal = {key: sum(v for (k, _), v in joint.items() if k == key) for key in dl.indices}
+    np.testing.assert_allclose(dl.case_probabilities(), [marginal[k] for k in dl.indices])
+    assert abs(sum(marginal.values()) - 1) < 1e-12
+    np.random.seed(1)
+    _, _, _, props = dl._data.load_case("both")
+    n = 4000
+    draws = [dl.choose_lesion_class(props["class_locations"]) for _ in range(n)]
+    for c in (2, 6, None):
+        p = joint["both", c] / marginal["both"]
+        assert abs(draws.count(c) / n - p) < 4 * np.sqrt(p * (1 - p) / n), (c, draws.count(c) / n, p)
+
+
+def test_get_dataloaders_mirrors_nnunets(tmp_path, monkeypatch):
+    """LiverWholeTrainer.get_dataloaders is nnU-Net's with the loader made by make_dataloader (nnU-Net has no hook
+    for the loader class). With make_dataloader returning nnU-Net's own loader, both must give the same batches
+    from the same random state: this fails when nnU-Net's get_dataloaders changes what it builds, and then the
+    mirror in liver_trainers.py must follow it."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class Mirror(LiverWholeTrainer):
+        def make_dataloader(self, dataset, patch_size, final_patch_size, transforms, train):
+            return nnUNetDataLoader(dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
+                                    oversample_foreground_percent=self.oversample_foreground_percent,
+                                    sampling_probabilities=None, pad_sides=None, transforms=transforms,
+                                    probabilistic_oversampling=self.probabilistic_oversampling)
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    p = plans()
+    p["continue_training"] = False
+    p["configurations"]["3d_fullres"].update(patch_size=[8, 16, 16], use_mask_for_norm=[False] * 4)
+    trainer = Mirror(p, "3d_fullres", 0, whole_json(), torch.device("cpu"))
+    trainer.batch_size = 2
+    trainer.dataset_class = FakeDataset
+    cases = {"a": whole_case(0), "b": whole_case(1)}
+    trainer.get_tr_and_val_datasets = lambda: (FakeDataset(cases), FakeDataset({"b": cases["b"]}))
+    batches = []
+    for get_dataloaders in (nnUNetTrainer.get_dataloaders, LiverWholeTrainer.get_dataloaders):
+        np.random.seed(0)
+        torch.manual_seed(0)
+        tr, val = get_dataloaders(trainer)
+        batches.append([next(tr), next(val)])
+    for ours, theirs in zip(batches[1], batches[0]):
+        assert list(ours["keys"]) == list(theirs["keys"])
+        torch.testing.assert_close(ours["data"], theirs["data"])
+        for a, b in zip(ours["target"], theirs["target"]):
+            torch.testing.assert_close(a, b)
 
 
 def test_whole_trainers_hand_class_balance_to_their_loader(tmp_path, monkeypatch):
@@ -309,13 +375,16 @@ def test_trainers_found_by_nnunet_ext_trainer():
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
             "names = ['LiverWholeTrainer', 'LiverIFMTrainer', 'LesionShufflePatchTrainer', 'LiverWholeTrainer_tiny',"
             " 'LiverIFMTrainer_tiny', 'LesionShufflePatchTrainer_tiny', 'LesionShufflePatchTrainer_classBalanced',"
-            " 'LiverIFMTrainer_classBalanced']\n"
+            " 'LiverIFMTrainer_classBalanced', 'LiverIFMTrainer_demo', 'LiverIFMTrainer_demoUnweighted',"
+            " 'LiverIFMTrainer_demoUnweighted_400epochs', 'LesionShufflePatchTrainer_demo',"
+            " 'LesionShufflePatchTrainer_demo_220epochs', 'LesionShufflePatchTrainer_demoPresentDice']\n"
             "print('FOUND', [f(n).__name__ for n in names])\n")
     import os
     env = {**os.environ, "nnUNet_extTrainer": nnunet_liver.TRAINERS_DIR, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     line = [l for l in out.splitlines() if l.startswith("FOUND")][0]
-    assert line.count("Trainer") == 8 and "LesionShufflePatchTrainer_tiny" in line
+    assert line.count("Trainer") == 14 and "LesionShufflePatchTrainer_tiny" in line
+    assert "LiverIFMTrainer_demoUnweighted_400epochs" in line and "LesionShufflePatchTrainer_demo_220epochs" in line
     assert "LesionShufflePatchTrainer_classBalanced" in line and "LiverIFMTrainer_classBalanced" in line
 
 
@@ -367,7 +436,7 @@ def test_tiny_ifm_model_trains_and_predicts_with_missing_delayed_phase(tiny_whol
 
 @pytest.mark.slow
 def test_tiny_patch_model_trains_and_predicts_reclassification_patches(tiny_patch_model, monkeypatch):
-    from nnunet_liver.postprocessing.shuffle import make_reclassification_patches
+    from nnunet_liver.training.shuffle import make_reclassification_patches
 
     ds = json.loads((tiny_patch_model.raw_dataset / "dataset.json").read_text())
     assert ds["labels"] == patch_dataset_json_labels()
@@ -403,26 +472,29 @@ def test_tiny_patch_model_trains_and_predicts_reclassification_patches(tiny_patc
     assert used and 0 < int(used.group(1)) + int(used.group(2)) <= n_hard, log[-2000:]
 
 
-def test_demo_trainers_weight_lesion_classes_in_nnunets_loss(tmp_path, monkeypatch):
-    """The demo recipe's loss is nnU-Net's Dice + CE with the lesion classes weighted in the CE term; the CE part
-    equals torch's weighted cross-entropy (independent implementation)."""
-    from nnunet_liver.labels import LESION_IDS
-    from nnunet_liver.trainers.liver_demo_trainers import (DEMO_LESION_CE_ENV, DEMO_LESION_CE_WEIGHT,
-                                                           LiverIFMTrainer_demo)
-
-    monkeypatch.delenv(DEMO_LESION_CE_ENV, raising=False)
+def _demo_trainer(cls, tmp_path, monkeypatch, dataset_json=None):
     # nnU-Net reads its folders from the environment when used; the trainer only derives paths from them here
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     p = plans()
     p["continue_training"] = False
     p["configurations"]["3d_fullres"]["batch_dice"] = False
-    trainer = LiverIFMTrainer_demo(p, "3d_fullres", 0, whole_json(), torch.device("cpu"))
+    return cls(p, "3d_fullres", 0, dataset_json or whole_json(), torch.device("cpu"))
+
+
+def test_demo_trainers_weight_lesion_classes_in_nnunets_loss(tmp_path, monkeypatch):
+    """The demo recipe's loss is nnU-Net's Dice + CE with the lesion classes weighted in the CE term; the CE part
+    equals torch's weighted cross-entropy (independent implementation); the weight is the variant's class constant
+    (1, ``_demoUnweighted``: nnU-Net's unweighted CE), and no environment variable changes it."""
+    from nnunet_liver.labels import LESION_IDS
+    from nnunet_liver.trainers import liver_demo_trainers as dt
+
+    trainer = _demo_trainer(dt.LiverIFMTrainer_demo, tmp_path, monkeypatch)
     trainer.enable_deep_supervision = True
     loss = trainer._build_loss()
     ce = loss.loss.ce
     expected = torch.ones(14)
-    expected[list(LESION_IDS)] = DEMO_LESION_CE_WEIGHT["whole"]
+    expected[list(LESION_IDS)] = dt.DEMO_LESION_CE_WEIGHT["whole"]
     assert torch.equal(ce.weight, expected)
     torch.manual_seed(0)
     logits = torch.randn(2, 14, 4, 6, 6)
@@ -431,51 +503,55 @@ def test_demo_trainers_weight_lesion_classes_in_nnunets_loss(tmp_path, monkeypat
     assert torch.allclose(ce(logits, target), ref)
     unweighted = torch.nn.functional.cross_entropy(logits, target[:, 0])
     assert not torch.allclose(ref, unweighted)
-    # nnUNet_liver_demo_lesion_ce overrides the weight (1: nnU-Net's unweighted CE); garbage is refused by name
-    monkeypatch.setenv(DEMO_LESION_CE_ENV, "1")
-    assert torch.allclose(trainer._build_loss().loss.ce(logits, target), unweighted)
-    monkeypatch.setenv(DEMO_LESION_CE_ENV, "2.5")
-    assert trainer._build_loss().loss.ce.weight[LESION_IDS[0]] == 2.5
-    for bad in ("0", "-1", "heavy"):
-        monkeypatch.setenv(DEMO_LESION_CE_ENV, bad)
-        with pytest.raises(ValueError, match=DEMO_LESION_CE_ENV):
-            trainer._build_loss()
+    monkeypatch.setenv("nnUNet_liver_demo_lesion_ce", "1")  # the variable of earlier versions: ignored now
+    assert torch.equal(trainer._build_loss().loss.ce.weight, expected)
+    for cls in (dt.LiverIFMTrainer_demoUnweighted, dt.LiverIFMTrainer_demoUnweighted_400epochs):
+        t = _demo_trainer(cls, tmp_path, monkeypatch)
+        t.enable_deep_supervision = True
+        assert torch.allclose(t._build_loss().loss.ce(logits, target), unweighted)
+        assert t.training_settings()["lesion_ce_weight"] == 1.0
 
 
-def test_demo_epochs_from_environment_for_nnunet_continue(tmp_path, monkeypatch):
-    """``nnUNet_liver_demo_epochs`` sets the total epochs of a ``_demo`` training (so ``nnUNetv2_train --c``
-    continues a finished run up to it); unset means the recipe's own; garbage is refused with the variable named."""
-    from nnunet_liver.trainers.liver_demo_trainers import (DEMO_EPOCHS_ENV, LesionShufflePatchTrainer_demo,
-                                                           LiverIFMTrainer_demo, demo_num_epochs)
+@pytest.mark.parametrize("name, epochs, lesion_ce", [
+    ("LiverIFMTrainer_demo", 90, 4.0), ("LiverIFMTrainer_demoUnweighted", 90, 1.0),
+    ("LiverIFMTrainer_demoUnweighted_400epochs", 400, 1.0), ("LesionShufflePatchTrainer_demo", 40, 2.0),
+    ("LesionShufflePatchTrainer_demo_220epochs", 220, 2.0), ("LesionShufflePatchTrainer_demoPresentDice", 40, 2.0)])
+def test_demo_variants_are_class_constants_recorded_in_their_settings(tmp_path, monkeypatch, name, epochs,
+                                                                       lesion_ce):
+    """Each variant trains what its name says, whatever the environment, and its settings say so; every variant
+    builds the same network as the base demo trainer, so a model is applied like the base trainer's."""
+    from nnunet_liver.trainers import liver_demo_trainers as dt
 
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))
-    monkeypatch.delenv(DEMO_EPOCHS_ENV, raising=False)
-    assert demo_num_epochs(90) == 90
-    p = plans()
-    p["continue_training"] = False
-    p["configurations"]["3d_fullres"]["batch_dice"] = False
-    trainer = LiverIFMTrainer_demo(p, "3d_fullres", 0, whole_json(), torch.device("cpu"))
-    assert trainer.num_epochs == LiverIFMTrainer_demo.demo_num_epochs == 90
-    monkeypatch.setenv(DEMO_EPOCHS_ENV, "180")
-    p["continue_training"] = False  # nnU-Net's trainer pops it from the plans
-    assert LiverIFMTrainer_demo(p, "3d_fullres", 0, whole_json(), torch.device("cpu")).num_epochs == 180
-    assert demo_num_epochs(LesionShufflePatchTrainer_demo.demo_num_epochs) == 180
-    monkeypatch.setenv(DEMO_EPOCHS_ENV, "")
-    assert demo_num_epochs(40) == 40
-    for bad in ("0", "-3", "many"):
-        monkeypatch.setenv(DEMO_EPOCHS_ENV, bad)
-        with pytest.raises(ValueError, match=DEMO_EPOCHS_ENV):
-            demo_num_epochs(40)
+    cls = getattr(dt, name)
+    patch = "Patch" in name
+    labels = patch_dataset_json_labels() if patch else dataset_json_labels()
+    monkeypatch.setenv("nnUNet_liver_demo_epochs", "7")  # the variable of earlier versions: ignored now
+    trainer = _demo_trainer(cls, tmp_path, monkeypatch, whole_json(labels=labels))
+    settings = trainer.training_settings()
+    assert trainer.num_epochs == settings["num_epochs"] == epochs and settings["lesion_ce_weight"] == lesion_ce
+    assert settings["trainer"] == name and settings["initial_weights"] is None
+    assert settings["class_balanced"] is True and settings["phase_dropout_p"] == dt.DEMO_PHASE_DROPOUT_P
+    assert settings["present_class_dice" if patch else "lesion_fraction"] == \
+        ("PresentDice" in name if patch else dt.DEMO_LESION_FRACTION)
+    json.dumps(settings)  # JSON-ready
+    base = dt.LesionShufflePatchTrainer_demo if patch else dt.LiverIFMTrainer_demo
+    pm = PlansManager(plans())
+    cm = pm.get_configuration("3d_fullres")
+    torch.manual_seed(0)
+    net = cls.build_network_architecture(pm, cm, 4, len(labels), False)
+    torch.manual_seed(0)
+    ref = base.build_network_architecture(pm, cm, 4, len(labels), False)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
+    assert list(net.state_dict()) == list(ref.state_dict())
 
 
 def test_demo_init_with_heads_copies_every_weight_and_maps_whole_heads_to_patch(tmp_path, monkeypatch):
-    """``load_weights_with_heads`` (``nnUNet_liver_demo_init``): the bundled UNet-whole's weights, heads included,
-    start an identical network (same logits) and a patch-scheme network (8 classes) whose logits are the whole
-    model's first eight channels (masked/background, six lesion types, liver); other networks are refused by name."""
+    """``load_weights_with_heads`` (``python -m nnunet_liver.training.warm_start``): the bundled UNet-whole's weights,
+    heads included, start an identical network (same logits) and a patch-scheme network (8 classes) whose logits are
+    the whole model's first eight channels (masked/background, six lesion types, liver); other networks are refused
+    by name."""
     from nnunet_liver.inference.model import load_model
-    from nnunet_liver.trainers.liver_demo_trainers import (DEMO_INIT_ENV, LiverIFMTrainer_demo,
-                                                           load_weights_with_heads)
+    from nnunet_liver.training.warm_start import load_weights_with_heads
 
     model = load_model("demo")
     ckpt = tmp_path / "checkpoint.pth"
@@ -495,24 +571,3 @@ def test_demo_init_with_heads_copies_every_weight_and_maps_whole_heads_to_patch(
         load_weights_with_heads(build(*args, 20, enable_deep_supervision=False), str(ckpt))
     with pytest.raises(ValueError, match="checkpoint.pth: no weights for"):
         load_weights_with_heads(torch.nn.Sequential(torch.nn.Conv3d(4, 8, 3)), str(ckpt))
-
-    # the trainer does it when nnU-Net initialises it with the variable set (and only then)
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))
-    monkeypatch.setenv("nnUNet_compile", "f")
-    p = json.loads(json.dumps(model.plans_manager.plans))
-    data = tmp_path / p["dataset_name"] / p["configurations"]["3d_fullres"]["data_identifier"]
-    data.mkdir(parents=True)
-    (data / "case.b2nd").touch()  # nnU-Net's initialize infers the dataset format from the file names
-    for env in (None, str(ckpt)):
-        if env:
-            monkeypatch.setenv(DEMO_INIT_ENV, env)
-        else:
-            monkeypatch.delenv(DEMO_INIT_ENV, raising=False)
-        p["continue_training"] = False
-        trainer = LiverIFMTrainer_demo(p, "3d_fullres", 0, model.dataset_json, torch.device("cpu"))
-        trainer.initialize()
-        trainer.network.eval()
-        trainer.network.decoder.deep_supervision = False
-        with torch.no_grad():
-            assert torch.allclose(trainer.network(x), ref, atol=1e-5) == bool(env)

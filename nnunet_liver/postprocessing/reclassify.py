@@ -2,7 +2,7 @@
 
 For each lesion of at most ``max_volume_cm3`` (64 cm3): ``n`` (10) patches that contain the lesion, half at its
 own place with a random offset and half transplanted into a lesion-free part of the same liver
-(:func:`nnunet_liver.postprocessing.shuffle.make_reclassification_patches`), outside-liver voxels masked. UNet-patch
+(:func:`nnunet_liver.training.shuffle.make_reclassification_patches`), outside-liver voxels masked. UNet-patch
 segments all ``n`` patches in one batch. The lesion's score is the mean over patches of the volume (cm3) where
 UNet-patch's lesion labels (1..6) overlap the lesion's (transplanted) mask; a lesion scoring below
 ``min_score_cm3`` (0.5 cm3) is dropped as a false positive. A kept lesion's new type is the volume vote of
@@ -94,7 +94,7 @@ def reclassify(lesions: Sequence, instance_map: np.ndarray, liver_mask: np.ndarr
     -------
     (kept lesions in input order with ``label``/``type`` set to the voted type, {lesion id: ReclassificationResult})
     """
-    from nnunet_liver.postprocessing.shuffle import make_reclassification_patches
+    from nnunet_liver.training.shuffle import make_reclassification_patches
 
     rng = np.random.default_rng(0) if rng is None else rng
     if image.ndim != 4 or image.shape[1:] != instance_map.shape or liver_mask.shape != instance_map.shape:

@@ -10,9 +10,15 @@
 - ``LesionShufflePatchTrainer`` (liver_patch_trainer): UNet-patch on lesion-shuffle patches;
   ``LesionShufflePatchTrainer_classBalanced`` draws a lesion type first, then a case and a lesion of that type;
   ``LesionShufflePatchTrainer_presentDice`` averages the Dice term over the classes present in each batch
-  (liver_losses). With hard cases in the dataset (``nnunet-liver-convert patches --hard-cases``) a quarter of the
-  patches are cut around UNet-whole's false negatives and false positives.
-- ``*_tiny`` (liver_tiny_trainers): tiny networks and a few iterations, for CPU tests and the demo.
+  (liver_losses). With hard cases prepared in ``nnUNet_preprocessed`` (``nnunet-liver-convert patches
+  --hard-cases``, then ``python -m nnunet_liver.training.hard_cases``) a quarter of the patches are cut around
+  UNet-whole's false negatives and false positives.
+- ``*_tiny`` (liver_tiny_trainers): tiny networks and a few iterations, for CPU tests.
+- ``*_demo*`` (liver_demo_trainers): the bundled demo models' recipe; each setting a class constant of a variant.
+
+Every trainer writes its settings and its start to ``fold_X/training_settings.json``
+(:mod:`nnunet_liver.training.settings`); the training-stage helpers (lesion shuffle, hard cases, warm starts) live in
+:mod:`nnunet_liver.training`.
 
 nnU-Net imports every module of this folder as a top-level module, so the modules use absolute imports and
 distinct names. This file is not imported by nnU-Net's finder; it imports nothing, so ``import nnunet_liver``

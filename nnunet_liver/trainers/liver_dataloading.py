@@ -7,14 +7,14 @@
   With ``class_balanced`` the lesion type is drawn first, uniformly among the types of the loader's cases, and then
   a case holding it (instead of a case first and then one of its types), for the same reason as below.
 - :class:`LesionShuffleDataLoader`: UNet-patch's loader. Each patch is made on the fly from a liver-cropped case by
-  :func:`nnunet_liver.postprocessing.shuffle.sample_training_patch` (four lesion-shuffle schemes, outside-liver
+  :func:`nnunet_liver.training.shuffle.sample_training_patch` (four lesion-shuffle schemes, outside-liver
   voxels masked), then nnU-Net's transforms run on it as usual. With ``class_balanced`` each patch first draws a
   lesion type uniformly among the types of the training cases, then a case holding that type, then one of its
   lesions of that type (nnU-Net's uniform draw of cases otherwise: rare types such as metastases, a few percent of
   the lesions, would be seen a few percent of the time). With hard cases (UNet-whole's FN and FP on the training
   cases, ``nnunet-liver-convert patches --hard-cases``) a share ``hard_case_rate`` of the patches is cut around one
   of them, drawn uniformly over all of them, original or shuffled at even odds
-  (:func:`nnunet_liver.postprocessing.shuffle.sample_hard_case_patch`; seed 003, III-B).
+  (:func:`nnunet_liver.training.shuffle.sample_hard_case_patch`; Wang et al., the cascade, Sec. III-B).
 """
 from __future__ import annotations
 
@@ -27,12 +27,9 @@ from threadpoolctl import threadpool_limits
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from nnunet_liver.labels import LESION_IDS, PATCH_MASKED
-from nnunet_liver.postprocessing.shuffle import sample_hard_case_patch, sample_training_patch
+from nnunet_liver.training.shuffle import sample_hard_case_patch, sample_training_patch
 
-__all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader", "hard_cases_to_preprocessed"]
-
-_UNPLANNED = object()  # get_bbox called outside a class-balanced batch: the per-case draw of a lesion type
-
+__all__ = ["LesionOversamplingDataLoader", "LesionShuffleDataLoader", "present_lesion_types"]
 
 class _LesionTypeIndex:
     """Mixin for ``nnUNetDataLoader`` subclasses: class-balanced draws of lesion types and of cases holding them."""
@@ -48,9 +45,8 @@ class _LesionTypeIndex:
         index: Dict[int, List[str]] = {}
         for key in self.indices:
             locations = self._data.load_case(key)[3].get("class_locations") or {}
-            for c in LESION_IDS:
-                if c in locations and len(locations[c]) > 0:
-                    index.setdefault(c, []).append(key)
+            for c in present_lesion_types(locations):
+                index.setdefault(c, []).append(key)
         return index
 
     def draw_lesion_type(self) -> Tuple[str, int]:
@@ -62,14 +58,23 @@ class _LesionTypeIndex:
         return keys[np.random.randint(len(keys))], c
 
 
+def present_lesion_types(class_locations: Optional[dict], lesion_classes: Sequence[int] = LESION_IDS) -> List[int]:
+    """The lesion classes with at least one location in a case's ``class_locations`` (nnU-Net's property)."""
+    if not class_locations:
+        return []
+    return [c for c in lesion_classes if c in class_locations and len(class_locations[c]) > 0]
+
+
 class LesionOversamplingDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     """nnU-Net's loader whose foreground-forced patches are centred on lesions with probability ``lesion_fraction``.
 
-    ``class_balanced``: for each patch of a batch, with probability ``lesion_fraction`` a lesion type is drawn
-    (uniform over the types present in the loader's cases) and then a case holding it; if nnU-Net forces that patch
-    onto foreground, it is centred on a voxel of that type. The other patches are nnU-Net's uniform draw of cases
-    (and, when forced, its uniform draw of foreground classes). The types drawn are counted in ``class_counts``.
-    Without lesions in the loader's cases it is the plain loader.
+    ``class_balanced``: each patch is, with probability ``lesion_fraction``, a lesion type drawn uniformly over the
+    types present in the loader's cases and then a case holding it (centred on a voxel of that type when nnU-Net
+    forces the patch onto foreground), otherwise nnU-Net's uniform draw of a case (and, when forced, its uniform
+    draw of foreground classes). The loader draws that joint distribution in nnU-Net's two steps, each complete on
+    its own: ``get_indices`` draws the cases from their marginal probability and ``get_bbox`` the lesion type (or
+    none) from its probability given the case's lesion types, so no state passes from one call to the other. The
+    types drawn are counted in ``class_counts``. Without lesions in the loader's cases it is the plain loader.
     """
 
     def __init__(self, *args, lesion_fraction: float = 0.5, lesion_classes: Tuple[int, ...] = LESION_IDS,
@@ -80,77 +85,70 @@ class LesionOversamplingDataLoader(_LesionTypeIndex, nnUNetDataLoader):
         self.lesion_fraction = lesion_fraction
         self.lesion_classes = tuple(lesion_classes)
         self._init_lesion_types(class_balanced)
-        self._planned: List[Optional[int]] = []  # lesion type per patch of the batch being made, in order
+
+    def _type_weights(self, types: Sequence[int]) -> np.ndarray:
+        """Joint probabilities of (a case holding ``types``, each of its types), then of (that case, no type)."""
+        lesion = [self.lesion_fraction / (len(self.cases_by_class) * len(self.cases_by_class[c])) for c in types]
+        return np.array(lesion + [(1.0 - self.lesion_fraction) / len(self.indices)])
+
+    def case_probabilities(self) -> np.ndarray:
+        """Marginal probability of each case (``self.indices`` order) under the class-balanced draw."""
+        types = {key: [c for c, keys in self.cases_by_class.items() if key in keys] for key in self.indices}
+        return np.array([self._type_weights(types[key]).sum() for key in self.indices])
 
     def choose_lesion_class(self, class_locations: Optional[dict]) -> Optional[int]:
-        """A lesion class present in the case (uniform), or None (no lesion, or the draw says organ foreground)."""
-        if not class_locations or np.random.uniform() >= self.lesion_fraction:
+        """The lesion class a foreground-forced patch of this case is centred on, or None (organ foreground).
+
+        Class-balanced: drawn given the case from the joint draw (a present type with probability in proportion to
+        ``lesion_fraction / (number of types x cases holding it)``, none in proportion to ``(1 - lesion_fraction) /
+        number of cases``). Otherwise: with probability ``lesion_fraction`` a present type, uniformly.
+        """
+        present = present_lesion_types(class_locations, self.lesion_classes)
+        if self.class_balanced:
+            present = [c for c in present if c in self.cases_by_class]
+            w = self._type_weights(present)
+            i = int(np.random.choice(len(w), p=w / w.sum()))
+            if i == len(present):
+                return None
+            self.class_counts[present[i]] = self.class_counts.get(present[i], 0) + 1
+            return present[i]
+        if not present or np.random.uniform() >= self.lesion_fraction:
             return None
-        present = [c for c in self.lesion_classes if c in class_locations and len(class_locations[c]) > 0]
-        return present[np.random.randint(len(present))] if present else None
+        return present[np.random.randint(len(present))]
 
     def get_indices(self):
         if not self.class_balanced:
             return super().get_indices()
-        keys, self._planned = [], []
-        for _ in range(self.batch_size):
-            if np.random.uniform() < self.lesion_fraction:
-                key, c = self.draw_lesion_type()
-            else:
-                key, c = self.indices[np.random.randint(len(self.indices))], None
-            keys.append(key)
-            self._planned.append(c)
-        return keys
+        p = self.case_probabilities()
+        return [self.indices[i] for i in np.random.choice(len(self.indices), self.batch_size, p=p / p.sum())]
 
     def get_bbox(self, data_shape: np.ndarray, force_fg: bool, class_locations: Union[dict, None],
                  overwrite_class: Union[int, Tuple[int, ...]] = None, verbose: bool = False):
-        # nnU-Net's generate_train_batch calls get_bbox once per patch, in the order of get_indices' keys
-        planned = self._planned.pop(0) if self._planned else _UNPLANNED
         if force_fg and overwrite_class is None:
-            overwrite_class = (self.choose_lesion_class(class_locations) if planned is _UNPLANNED else planned)
+            overwrite_class = self.choose_lesion_class(class_locations)
         return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
-
-
-def hard_cases_to_preprocessed(hard_map: np.ndarray, properties: dict, transpose_forward: Sequence[int],
-                               shape: Sequence[int]) -> np.ndarray:
-    """Put a raw-grid hard-case map (Z, Y, X as nnU-Net's reader returns it) on a preprocessed case's grid: the
-    plans' axis transpose, nnU-Net's crop (``bbox_used_for_cropping``), then nearest-neighbour resampling to
-    ``shape`` (voxel centres) when the spacing changed. Raises ValueError when the map does not fit the case."""
-    m = np.asarray(hard_map).transpose([int(t) for t in transpose_forward])
-    before = properties.get("shape_before_cropping")
-    if before is not None and tuple(m.shape) != tuple(int(v) for v in before):
-        raise ValueError(f"hard-case map shape {tuple(m.shape)} differs from the case's {tuple(before)}")
-    bbox = properties.get("bbox_used_for_cropping")
-    if bbox is not None:
-        m = m[tuple(slice(int(a), int(b)) for a, b in bbox)]
-    shape = tuple(int(v) for v in shape)
-    if m.shape != shape:
-        idx = [np.minimum(((np.arange(n) + 0.5) * m.shape[i] / n).astype(int), m.shape[i] - 1)
-               for i, n in enumerate(shape)]
-        m = m[np.ix_(*idx)]
-    return m
 
 
 class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
     """Patches by lesion shuffle from liver-cropped cases (labels 0 masked, 1..6 lesions, 7 liver).
 
     ``scheme_rates`` ({scheme: weight}) and ``masked_value`` (normalised intensity outside the liver) are passed to
-    :func:`~nnunet_liver.postprocessing.shuffle.sample_training_patch`. ``class_balanced``: draw a lesion type
+    :func:`~nnunet_liver.training.shuffle.sample_training_patch`. ``class_balanced``: draw a lesion type
     first (uniform over the types present in the loader's cases, from the class locations nnU-Net's preprocessing
     stores in each case's properties), then a case that holds it, then one of its lesions of that type; cases
     without lesions are then never drawn (negative patches come from the lesion-free liver of the drawn cases). The
     schemes drawn are counted in ``self.scheme_counts``, the lesion types drawn in ``self.class_counts``.
 
-    ``hard_cases``: {case key: (hard-case map on the raw grid, [{"id", "kind"}, ...])} (``nnunet-liver-convert
-    patches --hard-cases``), put on each preprocessed case's grid with ``transpose_forward``
-    (:func:`hard_cases_to_preprocessed`); cases not in the loader are left out. With probability ``hard_case_rate``
+    ``hard_cases``: {case key: (hard-case map on the preprocessed case's grid, [{"id", "kind"}, ...])}
+    (:func:`nnunet_liver.training.hard_cases.read_prepared_hard_cases`); cases not in the loader are left
+    out. With probability ``hard_case_rate``
     a patch is cut around a hard case drawn uniformly over ``self.hard_index`` (scheme ``hard_FN_original``,
     ``hard_FN_shuffled``, ``hard_FP_original`` or ``hard_FP_shuffled``).
     """
 
     def __init__(self, *args, scheme_rates: Optional[Dict[str, float]] = None, masked_value: float = 0.0,
                  class_balanced: bool = False, hard_cases: Optional[Dict[str, tuple]] = None,
-                 hard_case_rate: float = 0.0, transpose_forward: Sequence[int] = (0, 1, 2), **kwargs):
+                 hard_case_rate: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         if not 0.0 <= hard_case_rate <= 1.0:
             raise ValueError(f"hard_case_rate must be in [0, 1], got {hard_case_rate}")
@@ -158,11 +156,10 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
         self.masked_value = masked_value
         self.scheme_counts: Dict[str, int] = {}
         self._init_lesion_types(class_balanced)
-        self.hard_index: List[Tuple[str, str, tuple, np.ndarray]] = self._index_hard_cases(hard_cases or {},
-                                                                                           transpose_forward)
+        self.hard_index: List[Tuple[str, str, tuple, np.ndarray]] = self._index_hard_cases(hard_cases or {})
         self.hard_case_rate = hard_case_rate if self.hard_index else 0.0
 
-    def _index_hard_cases(self, hard_cases: Dict[str, tuple], transpose_forward) -> List[tuple]:
+    def _index_hard_cases(self, hard_cases: Dict[str, tuple]) -> List[tuple]:
         """[(case key, kind, box slices, bool mask of the box)] of the loader's cases' hard cases."""
         from scipy import ndimage
 
@@ -173,8 +170,11 @@ class LesionShuffleDataLoader(_LesionTypeIndex, nnUNetDataLoader):
             hard_map, entries = hard_cases[key]
             if not entries:
                 continue
-            data, _, _, properties = self._data.load_case(key)
-            m = hard_cases_to_preprocessed(hard_map, properties, transpose_forward, data.shape[1:])
+            shape = tuple(self._data.load_case(key)[0].shape[1:])
+            m = np.asarray(hard_map)
+            if m.shape != shape:
+                raise ValueError(f"{key}: hard-case map shape {m.shape} differs from the preprocessed case's {shape} "
+                                 "(prepare the hard cases again after preprocessing)")
             kinds = {int(e["id"]): str(e["kind"]) for e in entries}
             for i, box in enumerate(ndimage.find_objects(m.astype(np.int64)), start=1):
                 if box is not None and i in kinds:  # a hard case resampled away has no voxel left

@@ -1,45 +1,60 @@
 """``_demo`` variants of the liver trainers: the bundled demo models (``nnunet_liver/demo_models``), CPU-trainable.
 
-Bigger than ``_tiny`` and trained for longer, still small enough to train on two CPU cores in about an hour
-(see ``scripts/train_demo_models.py``, which reproduces the bundled models):
+Bigger than ``_tiny`` and trained for longer, still small enough to train on two CPU cores
+(``scripts/train_demo_models.py`` runs the recipe with nnU-Net's commands):
 
 - a 4-stage U-Net with 8/16/32/64 features (the plan's first four stages' kernels and strides),
 - UNet-whole: batches of 4 patches of 16 x 48 x 48 voxels (96 x 192 x 192 mm at 6 x 4 x 4 mm),
 - UNet-patch: lesion-shuffle patches of 16 x 64 x 64 voxels (256 mm across at 4 mm, the whole demo liver),
-- ``num_epochs`` epochs of 50 training and 5 validation iterations, a checkpoint every 10 epochs,
+- ``demo_num_epochs`` epochs of 50 training and 5 validation iterations, a checkpoint every 10 epochs,
 - a short-training sampling recipe: each patch forced onto foreground with probability 0.8 (nnU-Net: the last
   third of the batch), 90 % of those centred on a lesion, drawn class-balanced (a lesion type first, then a case
-  holding it; since run 7); IFM phase dropout with probability ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a few
-  thousand iterations the network must first learn the lesion types from all phases); UNet-patch with 70 %
-  positive lesion-shuffle patches, drawn class-balanced too (a lesion type first, then a case and a lesion of that
-  type: the phantoms' ICC and metastases are a fifth of the lesions, and a uniform draw of cases barely taught
-  them); nnU-Net's Dice + CE loss with the lesion classes
-  weighted 4 (UNet-whole) and 2 (UNet-patch) in the CE term (``DEMO_LESION_CE_WEIGHT``), which
-  ``nnUNet_liver_demo_lesion_ce`` overrides (the shipped UNet-whole's last run used 1, nnU-Net's own loss, so
-  that the sensitivity factors f = 1 and 4 mean what they mean in the paper: see ``demo_models/MODEL_CARD.md``).
+  holding it); IFM phase dropout with probability ``DEMO_PHASE_DROPOUT_P`` (0.2, not 0.5: in a few thousand
+  iterations the network must first learn the lesion types from all phases); UNet-patch with 70 % positive
+  lesion-shuffle patches, drawn class-balanced too (a lesion type first, then a case and a lesion of that type:
+  the phantoms' ICC and metastases are a fifth of the lesions, and a uniform draw of cases barely teaches them);
+- nnU-Net's Dice + CE loss with the lesion classes weighted ``lesion_ce_weight`` in the CE term (4 for
+  UNet-whole, 2 for UNet-patch; 1 is nnU-Net's own loss).
+
+Every setting is a class constant, and each variant is a class, as nnU-Net's ``nnUNetTrainer_Xepochs``:
+
+================================================ ====== ========= ===============================================
+trainer                                          epochs lesion CE
+================================================ ====== ========= ===============================================
+``LiverIFMTrainer_demo``                         90     4         the recipe's UNet-whole
+``LiverIFMTrainer_demoUnweighted``               90     1         nnU-Net's loss, so that the sensitivity factors
+                                                                  f = 1 and 4 mean what they mean in the paper
+``LiverIFMTrainer_demoUnweighted_400epochs``     400    1         the settings of the shipped UNet-whole's last runs
+``LesionShufflePatchTrainer_demo``               40     2         the recipe's UNet-patch
+``LesionShufflePatchTrainer_demo_220epochs``     220    2         the shipped UNet-patch's settings
+``LesionShufflePatchTrainer_demoPresentDice``    40     2         Dice over the classes present in each batch
+================================================ ====== ========= ===============================================
+
+Another number of epochs or weight is one more subclass. A warm start (every weight of a checkpoint, heads
+included) is ``python -m nnunet_liver.training.warm_start`` (a command-line input, recorded in the model's
+``training_settings.json`` with everything above).
 
 ``build_network_architecture`` derives the network from the saved plans (as the ``_tiny`` variants do), so the
-predictor rebuilds exactly the trained network from the model folder alone.
+predictor rebuilds exactly the trained network from the model folder alone; it depends on nothing a variant
+changes, so every variant's model is applied like ``LiverIFMTrainer_demo``'s.
 """
 from __future__ import annotations
 
-import os
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
-from nnunet_liver.labels import LESION_IDS, LIVER, PATCH_LABELS, PATCH_LIVER, PATCH_MASKED
+from nnunet_liver.labels import LESION_IDS
 from nnunet_liver.trainers.liver_networks import tiny_configuration
 from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, wrap_phase_transforms
 
-__all__ = ["LiverIFMTrainer_demo", "LesionShufflePatchTrainer_demo", "LesionShufflePatchTrainer_demoPresentDice",
-           "DEMO_FEATURES", "demo_configuration",
-           "demo_num_epochs", "demo_lesion_ce_weight", "DEMO_EPOCHS_ENV", "DEMO_INIT_ENV", "DEMO_LESION_CE_ENV",
-           "load_weights_with_heads"]
+__all__ = ["LiverIFMTrainer_demo", "LiverIFMTrainer_demoUnweighted", "LiverIFMTrainer_demoUnweighted_400epochs",
+           "LesionShufflePatchTrainer_demo", "LesionShufflePatchTrainer_demo_220epochs",
+           "LesionShufflePatchTrainer_demoPresentDice", "DEMO_FEATURES", "demo_configuration"]
 
 DEMO_FEATURES: Tuple[int, ...] = (8, 16, 32, 64)
 DEMO_WHOLE_PATCH_SIZE: Tuple[int, int, int] = (16, 48, 48)
@@ -48,15 +63,8 @@ DEMO_PHASE_DROPOUT_P = 0.2
 DEMO_OVERSAMPLE_FOREGROUND = 0.8
 DEMO_LESION_FRACTION = 0.9
 DEMO_WHOLE_BATCH_SIZE = 4
-#: environment variable overriding the number of epochs (see :func:`demo_num_epochs`)
-DEMO_EPOCHS_ENV = "nnUNet_liver_demo_epochs"
-#: environment variable: an nnU-Net checkpoint whose weights, segmentation heads included, start a ``_demo`` training
-#: (see :func:`load_weights_with_heads`)
-DEMO_INIT_ENV = "nnUNet_liver_demo_init"
-#: cross-entropy weight of the lesion classes (1..6 in both label schemes); every other class 1
-DEMO_LESION_CE_WEIGHT = {"whole": 4.0, "patch": 2.0}
-#: environment variable overriding that weight (see :func:`demo_lesion_ce_weight`)
-DEMO_LESION_CE_ENV = "nnUNet_liver_demo_lesion_ce"
+#: the recipe's cross-entropy weight of the lesion classes (1..6 in both label schemes); every other class 1
+DEMO_LESION_CE_WEIGHT: Dict[str, float] = {"whole": 4.0, "patch": 2.0}
 
 
 def demo_configuration(configuration_manager, patch_size, transpose_forward=None):
@@ -65,39 +73,13 @@ def demo_configuration(configuration_manager, patch_size, transpose_forward=None
                               transpose_forward=transpose_forward)
 
 
-def _positive_from_env(name: str, default, cast, what: str):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        number = cast(value)
-    except ValueError:
-        number = 0
-    if not number > 0:
-        raise ValueError(f"{name}={value!r}: expected a positive {what}")
-    return number
-
-
-def demo_num_epochs(default: int) -> int:
-    """Epochs of a ``_demo`` training: ``default``, or the environment's ``nnUNet_liver_demo_epochs`` (total, so that
-    ``nnUNetv2_train --c`` continues a finished run up to that epoch with nnU-Net's own checkpoint and optimizer)."""
-    return _positive_from_env(DEMO_EPOCHS_ENV, default, int, "number of epochs")
-
-
-def demo_lesion_ce_weight(default: float) -> float:
-    """Cross-entropy weight of the lesion classes: ``default`` (:data:`DEMO_LESION_CE_WEIGHT`), or the environment's
-    ``nnUNet_liver_demo_lesion_ce`` (1 = nnU-Net's unweighted loss, which a run started from weighted weights uses
-    to give back the calibration that the sensitivity factors f = 1 and 4 assume)."""
-    return _positive_from_env(DEMO_LESION_CE_ENV, float(default), float, "weight")
-
-
-def _make_demo(trainer, num_epochs: int, batch_size: int = 2) -> None:
+def _make_demo(trainer, batch_size: int = 2) -> None:
     # the configuration detection applies the network with (training_configuration) is the one it trains with
     trainer.configuration_manager = trainer.training_configuration(trainer.plans_manager,
                                                                    trainer.configuration_manager)
     trainer.configuration_manager.configuration["batch_size"] = batch_size
     trainer.batch_size = batch_size
-    trainer.num_epochs = demo_num_epochs(num_epochs)
+    trainer.num_epochs = trainer.demo_num_epochs
     trainer.num_iterations_per_epoch = 50
     trainer.num_val_iterations_per_epoch = 5
     trainer.save_every = 10
@@ -106,12 +88,12 @@ def _make_demo(trainer, num_epochs: int, batch_size: int = 2) -> None:
     trainer.lesion_fraction = DEMO_LESION_FRACTION
 
 
-def _lesion_weighted_loss(trainer, lesion_weight: float):
-    """nnU-Net's own loss (Dice + CE, deep supervision) with the lesion classes weighted ``lesion_weight`` in the CE
-    term: in a few thousand iterations the rare, small lesion voxels otherwise never win against liver. The weight
-    also raises every lesion probability (a weighted CE is minimised by probabilities in proportion to
-    ``lesion_weight`` times the true ones), which is what the sensitivity factor f does at inference."""
-    lesion_weight = demo_lesion_ce_weight(lesion_weight)
+def _lesion_weighted_loss(trainer):
+    """nnU-Net's own loss (Dice + CE, deep supervision) with the lesion classes weighted ``lesion_ce_weight`` in the
+    CE term: in a few thousand iterations the rare, small lesion voxels otherwise never win against liver. The
+    weight also raises every lesion probability (a weighted CE is minimised by probabilities in proportion to the
+    weight times the true ones), which is what the sensitivity factor f does at inference."""
+    lesion_weight = float(trainer.lesion_ce_weight)
     trainer.print_to_log_file(f"lesion classes weighted {lesion_weight:g} in the CE term")
     loss = nnUNetTrainer._build_loss(trainer)
     dc_ce = loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
@@ -119,55 +101,6 @@ def _lesion_weighted_loss(trainer, lesion_weight: float):
     weight[list(LESION_IDS)] = lesion_weight
     dc_ce.ce.weight = weight.to(trainer.device)
     return loss
-
-
-# the patch scheme's ids 0..7 are the whole scheme's first eight classes: 0 (outside the liver, masked / background),
-# the six lesion types 1..6 with the same ids, 7 liver; so a whole-CT head's first eight channels are a patch head
-assert PATCH_MASKED == 0 and PATCH_LIVER == LIVER and sorted(PATCH_LABELS.values()) == list(range(LIVER + 1))
-
-_SEG_LAYERS = ".seg_layers."
-
-
-def load_weights_with_heads(network: nn.Module, checkpoint: str) -> int:
-    """Start ``network`` from every weight of an nnU-Net ``checkpoint``, the segmentation heads included.
-
-    nnUNetv2_train's ``-pretrained_weights`` re-initialises the heads (``.seg_layers.``), which costs a short
-    CPU training tens of epochs just to find its classes again. Here the heads are copied too: all of a head's
-    output channels when the schemes agree (UNet-whole from UNet-whole), or the first C when the network has C
-    fewer classes than the checkpoint (UNet-patch, labels 0..7, from UNet-whole, whose 0..7 are the same classes).
-    Every other weight must match by name and shape. Returns the number of tensors copied.
-    """
-    from torch._dynamo import OptimizedModule
-
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
-    mod = network._orig_mod if isinstance(network, OptimizedModule) else network
-    own = mod.state_dict()
-    new = {}
-    for key, value in own.items():
-        if key not in saved:
-            raise ValueError(f"{checkpoint}: no weights for {key}; the checkpoint's network is not this one")
-        src = saved[key]
-        if src.shape != value.shape and _SEG_LAYERS in key and src.shape[1:] == value.shape[1:] \
-                and src.shape[0] > value.shape[0]:
-            src = src[:value.shape[0]]
-        if src.shape != value.shape:
-            raise ValueError(f"{checkpoint}: {key} has shape {tuple(src.shape)}, this network "
-                             f"{tuple(value.shape)}; the checkpoint's network is not this one")
-        new[key] = src.to(value.device, value.dtype)
-    mod.load_state_dict(new)
-    return len(new)
-
-
-class _InitWithHeads:
-    """Mixin: after nnU-Net builds the network, start it from ``$nnUNet_liver_demo_init`` when that is set."""
-
-    def initialize(self):
-        was_initialized = self.was_initialized
-        super().initialize()
-        path = os.environ.get(DEMO_INIT_ENV)
-        if path and not was_initialized:
-            n = load_weights_with_heads(self.network, path)
-            self.print_to_log_file(f"{DEMO_INIT_ENV}: {n} weight tensors (segmentation heads included) from {path}")
 
 
 def _demo_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
@@ -179,20 +112,23 @@ def _demo_training_transforms(patch_size, rotation_for_DA, deep_supervision_scal
     return wrap_phase_transforms(base, DEMO_PHASE_DROPOUT_P)
 
 
-class LiverIFMTrainer_demo(_InitWithHeads, LiverIFMTrainer):
+class LiverIFMTrainer_demo(LiverIFMTrainer):
     """UNet-whole of the demo: the IFM network, demo-sized (see the module docstring)."""
 
     demo_num_epochs: int = 90
+    lesion_ce_weight: float = DEMO_LESION_CE_WEIGHT["whole"]
     get_training_transforms = staticmethod(_demo_training_transforms)
-    class_balanced = True  # since run 7 (runs 3, 4 and 6 drew a case first, then one of its lesion types)
+    phase_dropout_p = DEMO_PHASE_DROPOUT_P
+    class_balanced = True
+    recorded_settings = LiverIFMTrainer.recorded_settings + ("lesion_ce_weight",)
 
     def _build_loss(self):
-        return _lesion_weighted_loss(self, DEMO_LESION_CE_WEIGHT["whole"])
+        return _lesion_weighted_loss(self)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _make_demo(self, self.demo_num_epochs, DEMO_WHOLE_BATCH_SIZE)
+        _make_demo(self, DEMO_WHOLE_BATCH_SIZE)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
@@ -207,23 +143,39 @@ class LiverIFMTrainer_demo(_InitWithHeads, LiverIFMTrainer):
                                   transpose_forward=plans_manager.transpose_forward)
 
 
-class LesionShufflePatchTrainer_demo(_InitWithHeads, LesionShufflePatchTrainer):
+class LiverIFMTrainer_demoUnweighted(LiverIFMTrainer_demo):
+    """The demo's UNet-whole with nnU-Net's unweighted loss (lesion CE weight 1): the weight-4 recipe's f = 1
+    already acts like f = 4, so the sensitivity factors need a model trained without the weight."""
+
+    lesion_ce_weight = 1.0
+
+
+class LiverIFMTrainer_demoUnweighted_400epochs(LiverIFMTrainer_demoUnweighted):
+    """``LiverIFMTrainer_demoUnweighted`` for 400 epochs: the settings of the shipped UNet-whole's last runs."""
+
+    demo_num_epochs = 400
+
+
+class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
     """UNet-patch of the demo: lesion-shuffle patches of 16 x 64 x 64 voxels, demo-sized network."""
 
     patch_size = DEMO_PATCH_PATCH_SIZE
     demo_num_epochs: int = 40
+    lesion_ce_weight: float = DEMO_LESION_CE_WEIGHT["patch"]
     get_training_transforms = staticmethod(_demo_training_transforms)
+    phase_dropout_p = DEMO_PHASE_DROPOUT_P
     scheme_rates = {"original_positive": 0.35, "original_negative": 0.15,
                     "shuffled_positive": 0.35, "shuffled_negative": 0.15}
     class_balanced = True
+    recorded_settings = LesionShufflePatchTrainer.recorded_settings + ("lesion_ce_weight",)
 
     def _build_loss(self):
-        return self.adapt_loss(_lesion_weighted_loss(self, DEMO_LESION_CE_WEIGHT["patch"]))
+        return self.adapt_loss(_lesion_weighted_loss(self))
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _make_demo(self, self.demo_num_epochs)
+        _make_demo(self)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
@@ -236,6 +188,12 @@ class LesionShufflePatchTrainer_demo(_InitWithHeads, LesionShufflePatchTrainer):
     def training_configuration(cls, plans_manager, configuration_manager):
         return demo_configuration(super().training_configuration(plans_manager, configuration_manager),
                                   DEMO_PATCH_PATCH_SIZE, transpose_forward=plans_manager.transpose_forward)
+
+
+class LesionShufflePatchTrainer_demo_220epochs(LesionShufflePatchTrainer_demo):
+    """``LesionShufflePatchTrainer_demo`` for 220 epochs: the shipped UNet-patch's settings."""
+
+    demo_num_epochs = 220
 
 
 class LesionShufflePatchTrainer_demoPresentDice(LesionShufflePatchTrainer_demo):

@@ -6,19 +6,19 @@ patch (16 x 128 x 128 voxels, z y x) is made on the fly by one of the four lesio
 voxels are set to ``masked_value`` (normalised intensity, the same value reclassification uses), then nnU-Net's
 augmentations run. The network is the IFM network of ``LiverIFMTrainer``, so one UNet-patch serves any phase subset.
 
-Hard cases (seed 003, III-B): when the raw patch dataset (``$nnUNet_raw/DATASET``) was converted with
-``--hard-cases``, its ``hardCasesTr/`` maps of UNet-whole's false negatives and false positives are read at the
-start of training and ``hard_case_rate`` (default 0.25) of the training patches are cut around them, original or
-shuffled; without them (or with ``hard_case_rate = 0``) training is unchanged.
+Hard cases (Wang et al., the cascade, Sec. III-B): when the dataset's maps of UNet-whole's false negatives and
+false positives were prepared on the preprocessed grid (``nnunet-liver-convert patches --hard-cases``, then
+``python -m nnunet_liver.training.hard_cases -d DATASET`` after planning), they are read from
+``$nnUNet_preprocessed/DATASET/<data identifier>_hardCases/`` at the start of training and ``hard_case_rate``
+(default 0.25) of the training patches are cut around them, original or shuffled; without them (or with
+``hard_case_rate = 0``) training is unchanged. Training reads nothing from ``nnUNet_raw``.
 """
 from __future__ import annotations
 
 import copy
-import json
 import os
 from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
@@ -31,7 +31,7 @@ from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, check_labels
 __all__ = ["LesionShufflePatchTrainer", "LesionShufflePatchTrainer_classBalanced",
            "LesionShufflePatchTrainer_presentDice", "PATCH_SIZE", "with_patch_size"]
 
-#: UNet-patch's patch (z, y, x voxels), seed 003 section IV-B
+#: UNet-patch's patch (z, y, x voxels), Wang et al. Sec. IV-B
 PATCH_SIZE: Tuple[int, int, int] = (16, 128, 128)
 
 
@@ -62,13 +62,15 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
     #: normalised image value outside the liver (make_reclassification_patches' default)
     masked_value: float = 0.0
     #: draw a lesion type first, then a case and a lesion of that type (LesionShuffleDataLoader); off: nnU-Net's
-    #: uniform draw of cases, as in seed 003
+    #: uniform draw of cases, as in Wang et al.
     class_balanced: bool = False
-    #: share of the training patches cut around a hard case, when the raw dataset has them (the paper gives no rate)
+    #: share of the training patches cut around a hard case, when the dataset has them (the paper gives no rate)
     hard_case_rate: float = 0.25
     #: average the Dice term over the classes present in the batch only (liver_losses.PresentClassSoftDiceLoss);
     #: off: nnU-Net's loss
     present_class_dice: bool = False
+    recorded_settings = LiverIFMTrainer.recorded_settings + (
+        "scheme_rates", "masked_value", "hard_case_rate", "present_class_dice")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -78,6 +80,10 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
                 f"LesionShufflePatchTrainer: the planned network's strides do not divide the patch size "
                 f"{self.patch_size}; training on the planned patch size {self.configuration_manager.patch_size}")
         self.configuration_manager = self.training_configuration(self.plans_manager, self.configuration_manager)
+
+    def training_settings(self) -> dict:
+        """:meth:`LiverWholeTrainer.training_settings` and the hard cases of the training split (FN, FP counts)."""
+        return {**super().training_settings(), "hard_cases": getattr(self, "hard_case_counts", None)}
 
     def _build_loss(self):
         return self.adapt_loss(super()._build_loss())
@@ -110,8 +116,10 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
             oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
             pad_sides=None, transforms=transforms, probabilistic_oversampling=self.probabilistic_oversampling,
             scheme_rates=self.scheme_rates, masked_value=self.masked_value, class_balanced=self.class_balanced,
-            hard_cases=hard, hard_case_rate=self.hard_case_rate,
-            transpose_forward=self.plans_manager.transpose_forward)
+            hard_cases=hard, hard_case_rate=self.hard_case_rate)
+        if train:
+            self.hard_case_counts = {"FN": sum(h[1] == "FN" for h in dl.hard_index),
+                                     "FP": sum(h[1] == "FP" for h in dl.hard_index)}
         if hard:
             kinds = [h[1] for h in dl.hard_index]
             self.print_to_log_file(f"LesionShufflePatchTrainer: {kinds.count('FN')} FN and {kinds.count('FP')} FP "
@@ -119,38 +127,20 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
         return dl
 
     def hard_cases_folder(self) -> Optional[str]:
-        """``$nnUNet_raw/DATASET`` when it holds ``patch_dataset.json`` (None otherwise)."""
-        from nnunetv2 import paths
+        """The prepared hard cases of this configuration in ``nnUNet_preprocessed``, or None when there are none."""
+        from nnunet_liver.training.hard_cases import PREPARED_INDEX, prepared_folder
 
-        if not paths.nnUNet_raw:
+        if self.preprocessed_dataset_folder_base is None:
             return None
-        folder = os.path.join(paths.nnUNet_raw, self.plans_manager.dataset_name)
-        return folder if os.path.isfile(os.path.join(folder, "patch_dataset.json")) else None
+        folder = prepared_folder(self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier)
+        return folder if os.path.isfile(os.path.join(folder, PREPARED_INDEX)) else None
 
     def load_hard_cases(self) -> Dict[str, tuple]:
-        """{case: (hard-case map on the raw grid, entries)} from the raw patch dataset (empty when it has none)."""
-        from nnunet_liver.dataset_conversion.patches import HARD_CASES_DIR
+        """{case: (hard-case map on the preprocessed grid, entries)} (empty when the dataset has none prepared)."""
+        from nnunet_liver.training.hard_cases import read_prepared_hard_cases
 
         folder = self.hard_cases_folder()
-        if folder is None:
-            return {}
-        with open(os.path.join(folder, "patch_dataset.json"), encoding="utf-8") as f:
-            info = json.load(f)
-        if "hard_cases_from" not in info:
-            return {}
-        reader = self.plans_manager.image_reader_writer_class()
-        ending = self.dataset_json.get("file_ending", ".nii.gz")
-        out = {}
-        for case in info.get("cases", []):
-            entries = case.get("hard_cases") or []
-            if not entries:
-                continue
-            path = os.path.join(folder, HARD_CASES_DIR, case["case"] + ending)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path}: hard-case map listed in patch_dataset.json is missing")
-            seg, _ = reader.read_seg(path)
-            out[case["case"]] = (np.asarray(seg)[0], entries)
-        return out
+        return {} if folder is None else read_prepared_hard_cases(folder)
 
 
 class LesionShufflePatchTrainer_presentDice(LesionShufflePatchTrainer):

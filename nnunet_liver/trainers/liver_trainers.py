@@ -5,7 +5,7 @@ nnU-Net imports this file as a top-level module through ``nnUNet_extTrainer``: i
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -71,11 +71,40 @@ class LiverWholeTrainer(nnUNetTrainer):
     lesion_fraction: float = 0.5
     #: draw the lesion type of lesion-centred patches first, then a case holding it (see LesionOversamplingDataLoader)
     class_balanced: bool = False
+    #: the trainer attributes written to ``fold_X/training_settings.json`` (subclasses add theirs)
+    recorded_settings: Tuple[str, ...] = (
+        "num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "batch_size", "initial_lr",
+        "weight_decay", "oversample_foreground_percent", "probabilistic_oversampling", "enable_deep_supervision",
+        "lesion_fraction", "class_balanced")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         self.check_dataset(dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        #: what the network started from (set by nnunet_liver.training.warm_start); None: nnU-Net's initialisation
+        self.initial_weights: Optional[dict] = None
+
+    def training_settings(self) -> dict:
+        """Every setting this training runs with: the trainer, its configuration as trained (patch size, network
+        features), the :attr:`recorded_settings` and the start (:attr:`initial_weights`)."""
+        arch = self.configuration_manager.network_arch_init_kwargs
+        out = {"trainer": type(self).__name__, "plans": self.plans_manager.plans_name,
+               "configuration": self.configuration_name, "fold": self.fold,
+               "patch_size": [int(v) for v in self.configuration_manager.patch_size],
+               "features_per_stage": list(arch.get("features_per_stage", []))}
+        for name in self.recorded_settings:
+            value = getattr(self, name)
+            out[name] = dict(value) if isinstance(value, dict) else value
+        out["initial_weights"] = self.initial_weights
+        return out
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.local_rank == 0:
+            from nnunet_liver.training.settings import write_training_settings
+
+            write_training_settings(self.output_folder, self.training_settings(),
+                                    resumed_at_epoch=self.current_epoch if self.current_epoch > 0 else None)
 
     @staticmethod
     def check_dataset(dataset_json: dict) -> None:
@@ -100,7 +129,9 @@ class LiverWholeTrainer(nnUNetTrainer):
             lesion_fraction=self.lesion_fraction, class_balanced=self.class_balanced)
 
     def get_dataloaders(self):
-        # nnU-Net's get_dataloaders with the loader class behind make_dataloader
+        # nnU-Net's get_dataloaders (2.8), the one change: the loaders come from make_dataloader, because nnU-Net
+        # names nnUNetDataLoader inside the function. tests/test_trainers.py::test_get_dataloaders_mirrors_nnunets
+        # fails when nnU-Net's version builds something else; follow it here then.
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         patch_size = self.configuration_manager.patch_size
@@ -142,6 +173,9 @@ class LiverIFMTrainer(LiverWholeTrainer):
 
     #: detection may fill a missing phase file with the constant channel for models of this trainer
     supports_missing_phases = True
+    #: the phase dropout probability of get_training_transforms (recorded; the transforms are static in nnU-Net)
+    phase_dropout_p: float = PHASE_DROPOUT_P
+    recorded_settings = LiverWholeTrainer.recorded_settings + ("phases", "phase_dropout_p")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -172,8 +206,8 @@ class LiverIFMTrainer(LiverWholeTrainer):
 
 class LiverIFMTrainer_classBalanced(LiverIFMTrainer):
     """``LiverIFMTrainer`` whose lesion-centred patches draw a lesion type first (uniform over the types of the
-    training cases), then a case holding it: rare types (metastases, ICC) are centred as often as cysts. The demo's
-    UNet-whole uses it since run 7."""
+    training cases), then a case holding it: rare types (metastases, ICC) are centred as often as cysts (the demo's
+    UNet-whole samples this way)."""
 
     class_balanced = True
 

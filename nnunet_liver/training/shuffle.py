@@ -1,4 +1,5 @@
-"""Lesion shuffle: liver patches for training UNet-patch and for reclassifying lesion proposals (seed 003, III-B).
+"""Lesion shuffle: liver patches for training UNet-patch and for reclassifying lesion proposals (Wang et al., the
+cascade, Sec. III-B).
 
 Four training schemes (:data:`SCHEMES`), drawn per patch at configurable rates:
 
@@ -14,8 +15,13 @@ label 0). Label maps use the patch scheme: 0 outside liver, 1..6 lesion types, 7
 images (normalised intensities) and (Z, Y, X) labels; patch sizes are (z, y, x) voxels. Inputs are never modified.
 
 Reclassification at inference uses :func:`make_reclassification_patches` (original and shuffled positives of one
-lesion proposal). Hard cases (UNet-whole's FP and FN on the training data, seed 003 III-B) are cut by
+lesion proposal). Hard cases (UNet-whole's FP and FN on the training data, Wang et al. Sec. III-B) are cut by
 :func:`sample_hard_case_patch`, original or shuffled, with their reference labels.
+
+A lesion here is what detection calls a lesion: a slice-overlap component of the lesion voxels
+(:func:`nnunet_liver.postprocessing.seg2det.lesion_components`, the rule seg2det applies to UNet-whole's output),
+typed by the majority vote of its voxels (:func:`nnunet_liver.labels.majority_type`, the package's one vote), so
+UNet-patch is trained on the units it reclassifies.
 """
 from __future__ import annotations
 
@@ -24,9 +30,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from nnunet_liver.labels import LESION_IDS, PATCH_LIVER, PATCH_MASKED
+from nnunet_liver.labels import LESION_IDS, PATCH_LIVER, PATCH_MASKED, majority_type
+from nnunet_liver.postprocessing.seg2det import lesion_components, lesion_foreground
 
-__all__ = ["SCHEMES", "DEFAULT_SCHEME_RATES", "crop", "lesion_components", "component_type", "sample_training_patch",
+__all__ = ["SCHEMES", "DEFAULT_SCHEME_RATES", "crop", "case_lesions", "component_type", "sample_training_patch",
            "transplant_lesion", "erase_lesions", "make_reclassification_patches", "sample_hard_case_patch"]
 
 SCHEMES: Tuple[str, ...] = ("original_positive", "original_negative", "shuffled_positive", "shuffled_negative")
@@ -50,19 +57,18 @@ def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], pad_value
     return out
 
 
-def lesion_components(label: np.ndarray) -> List[Tuple[Tuple[slice, ...], np.ndarray]]:
-    """Connected lesions (labels 1..6, 26-connectivity) as ``(bbox slices, bool mask of the bbox)``."""
-    lesion = np.isin(label, LESION_IDS)
-    cc, n = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
-    return [(sl, cc[sl] == i + 1) for i, sl in enumerate(ndimage.find_objects(cc)) if sl is not None]
+def case_lesions(label: np.ndarray) -> List[Tuple[Tuple[slice, ...], np.ndarray]]:
+    """The lesions of a patch label map as ``(bbox slices, bool mask of the bbox)``, in raster order of their boxes:
+    the slice-overlap components of the voxels labelled 1..6 (seg2det's rule, any mix of types)."""
+    comps = lesion_components(lesion_foreground(label))
+    return sorted(comps, key=lambda c: tuple((sl.start, sl.stop) for sl in c[0]))
 
 
 def component_type(label: np.ndarray, box: Tuple[slice, ...], mask: np.ndarray) -> int:
-    """The lesion type of one :func:`lesion_components` entry: the most frequent lesion label under its mask
-    (ties to the smaller id)."""
+    """The lesion type of one :func:`case_lesions` entry: the majority lesion label under its mask
+    (:func:`~nnunet_liver.labels.majority_type`: ties go to the higher-priority type)."""
     counts = np.bincount(label[box][mask].astype(np.int64), minlength=max(LESION_IDS) + 1)
-    counts[[i for i in range(counts.size) if i not in LESION_IDS]] = 0
-    return int(np.argmax(counts))
+    return majority_type({c: int(counts[c]) for c in LESION_IDS if counts[c] > 0})
 
 
 def _start_around(box: Tuple[slice, ...], patch_size, rng) -> List[int]:
@@ -191,7 +197,7 @@ def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_
     rates : {scheme: weight}, optional
         Relative rates of :data:`SCHEMES` (default equal).
     components : list, optional
-        :func:`lesion_components` of ``case_label`` (computed when not given).
+        :func:`case_lesions` of ``case_label`` (computed when not given).
     lesion_class : int, optional
         The positive schemes (and ``shuffled_negative``) pick among the lesions of this type (the majority label
         of the component) when the case has one, else among all its lesions (class-balanced sampling).
@@ -210,7 +216,7 @@ def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_
     if weights.sum() <= 0 or (weights < 0).any():
         raise ValueError(f"lesion-shuffle rates must be >= 0 with a positive sum, got {rates}")
     scheme = SCHEMES[rng.choice(len(SCHEMES), p=weights / weights.sum())]
-    comps = lesion_components(case_label) if components is None else components
+    comps = case_lesions(case_label) if components is None else components
     if lesion_class is not None:
         comps = [c for c in comps if component_type(case_label, *c) == lesion_class] or comps
     if not comps and scheme != "original_negative":
@@ -254,7 +260,7 @@ def _negative_crop(case_image: np.ndarray, case_label: np.ndarray, patch_size, r
 def sample_hard_case_patch(case_image: np.ndarray, case_label: np.ndarray, patch_size: Sequence[int], rng,
                            box: Tuple[slice, ...], mask: np.ndarray, shuffled: bool, masked_value: float = 0.0
                            ) -> Tuple[np.ndarray, np.ndarray]:
-    """One UNet-patch training patch around a hard case (UNet-whole's FP or FN, see ``postprocessing.hard_cases``).
+    """One UNet-patch training patch around a hard case (UNet-whole's FP or FN, see ``training.hard_cases``).
 
     Parameters
     ----------
