@@ -90,6 +90,7 @@ class Profile:
     tensor_shape: tuple
     bench_ifm_args: list
     bench_detect_args: list
+    bench_detect_folds: int
     time_limit_s: Optional[float]
     budgets: Dict[str, float]
     enforce_budgets: bool  # stop a check's subprocesses at its budget (CUDA); the dry run only reports the times
@@ -103,6 +104,7 @@ PROFILES = {
                     bench_ifm_args=["--patch", "64", "160", "160", "--batch", "2", "--stages", "6", "--rounds", "3",
                                     "--repeats", "3"],
                     bench_detect_args=["--cases", "2", "--shape", "64", "256", "256", "--threads", "8"],
+                    bench_detect_folds=5,
                     time_limit_s=480.0,
                     budgets={"environment": 10, "tensors": 60, "trainers": 240, "ddp": 150, "detect": 200,
                              "bench_ifm": 60, "bench_detect": 150}, enforce_budgets=True),
@@ -113,6 +115,7 @@ PROFILES = {
                    bench_ifm_args=["--patch", "16", "32", "32", "--batch", "1", "--stages", "3", "--rounds", "1",
                                    "--repeats", "1"],
                    bench_detect_args=["--cases", "1", "--shape", "16", "48", "48", "--threads", "1"],
+                   bench_detect_folds=1,
                    time_limit_s=None,
                    budgets={"environment": 10, "tensors": 30, "trainers": 120, "ddp": 0, "detect": 40,
                             "bench_ifm": 20, "bench_detect": 40}, enforce_budgets=False),
@@ -540,9 +543,9 @@ def _training_flags(fold_dir: Path) -> dict:
 
 
 def prepare_datasets(ctx: Context, r: CheckResult, budget: float) -> None:
-    """Phantoms (delayed phase missing in some cases) -> nnunet-liver-plan; the patch dataset -> plan."""
-    run, env = ctx.runner, ctx.threads_env(min(ctx.cpus, 8), nnUNet_n_proc_DA="1")
-    np_ = str(1 if ctx.cpus <= 2 else min(ctx.cpus, 8))  # worker processes cost more than they give on 2 cores
+    """Phantoms (delayed phase missing in some cases), the patch dataset, both planned with nnunet-liver-plan."""
+    run, env = ctx.runner, ctx.threads_env(max(1, min(ctx.cpus // 2, 8)), nnUNet_n_proc_DA="1")
+    np_ = str(1 if ctx.cpus <= 2 else min(ctx.cpus // 2, 8))  # worker processes cost more than they give on 2 cores
     t = time.monotonic()
     whole_raw = ctx.raw / WHOLE_NAME
     shape = [str(s) for s in ctx.p.train_shape]
@@ -557,12 +560,14 @@ def prepare_datasets(ctx: Context, r: CheckResult, budget: float) -> None:
     r.figures["training_cases"] = ctx.p.train_cases
     r.figures["training_shape_zyx"] = list(ctx.p.train_shape)
     r.figures["cases_without_delayed_phase"] = missing
-    run.run("plan_whole", [console("nnunet-liver-plan"), "-d", WHOLE_ID, "-np", np_, "--verify_dataset_integrity"],
-            env, budget - (time.monotonic() - t))
+    # the patch dataset derives from the raw whole-CT one: convert it first, then plan both at once
     run.run("convert_patches", [console("nnunet-liver-convert"), "patches", "-i", whole_raw, "-o",
                                 ctx.raw / PATCH_NAME], env, budget - (time.monotonic() - t))
-    run.run("plan_patch", [console("nnunet-liver-plan"), "-d", PATCH_ID, "-np", np_, "--verify_dataset_integrity"],
-            env, budget - (time.monotonic() - t))
+    cmds = {f"plan_{i}": [console("nnunet-liver-plan"), "-d", i, "-np", np_, "--verify_dataset_integrity"]
+            for i in (WHOLE_ID, PATCH_ID)}
+    started = {name: run.start(name, cmd, env) for name, cmd in cmds.items()}
+    for name, res in run.wait_all(started, budget - (time.monotonic() - t)).items():
+        require_ok(name, res, cmds[name])
     for name in (WHOLE_NAME, PATCH_NAME):
         write_splits(ctx.pre / name)
     r.figures["datasets_s"] = round(time.monotonic() - t, 1)
@@ -603,21 +608,16 @@ def check_trainers(ctx: Context, r: CheckResult) -> None:
     threads = max(1, ctx.cpus // n_jobs)
     # demo trainers: one epoch of 50 iterations; data-augmentation workers shared out among the parallel runs
     da = "0" if not ctx.cuda else str(max(1, min(4, (ctx.cpus - n_jobs) // n_jobs)))
+    # torch.compile's worker pool too: inductor would start one worker per core in each of the parallel trainings
     env = ctx.threads_env(threads, nnUNet_n_proc_DA=da, nnUNet_def_n_proc=str(max(1, threads)),
-                          nnUNet_liver_demo_epochs="1")
+                          nnUNet_liver_demo_epochs="1", TORCHINDUCTOR_COMPILE_THREADS=str(max(1, threads)))
     dev = "cuda" if ctx.cuda else "cpu"
     jobs = {f"train_whole_fold{f}": [console("nnUNetv2_train"), WHOLE_ID, "3d_fullres", f, "-tr", p.whole_trainer,
                                      "-device", dev] for f in range(p.train_folds)}
     jobs["train_patch_fold0"] = [console("nnUNetv2_train"), PATCH_ID, "3d_fullres", "0", "-tr", p.patch_trainer,
                                  "-device", dev]
-    started = {}
-    for name, cmd in jobs.items():
-        started[name] = ctx.runner.start(name, cmd, env)
-        if not ctx.cuda:  # two cores: one training at a time
-            res = ctx.runner.wait_all({name: started.pop(name)}, budget - (time.monotonic() - t0))
-            require_ok(name, res[name], cmd)
-            r.figures[f"{name}_s"] = round(res[name]["seconds"], 1)
-    results = ctx.runner.wait_all(started, budget - (time.monotonic() - t0)) if started else {}
+    started = {name: ctx.runner.start(name, cmd, env) for name, cmd in jobs.items()}  # in parallel
+    results = ctx.runner.wait_all(started, budget - (time.monotonic() - t0))
     errors = []
     for name, res in results.items():
         r.figures[f"{name}_s"] = round(res["seconds"], 1)
@@ -627,7 +627,7 @@ def check_trainers(ctx: Context, r: CheckResult) -> None:
             errors.append(str(e))
     if errors:
         raise RuntimeError("\n\n".join(errors))
-    r.figures["parallel_trainings"] = n_jobs if ctx.cuda else 1
+    r.figures["parallel_trainings"] = n_jobs
     whole = ctx.res / WHOLE_NAME / f"{p.whole_trainer}__nnUNetPlans__3d_fullres"
     patch = ctx.res / PATCH_NAME / f"{p.patch_trainer}__nnUNetPlans__3d_fullres"
     flags = {"whole_fold0": _training_flags(whole / "fold_0"), "patch_fold0": _training_flags(patch / "fold_0")}
@@ -709,33 +709,26 @@ def check_detect(ctx: Context, r: CheckResult) -> None:
     t0 = time.monotonic()
     if ctx.clinical is None:
         start_clinical_case(ctx)
-    (proc, f, log, ts), out = ctx.clinical
-    res = ctx.runner.wait_all({"phantom_clinical": (proc, f, log, ts)}, r.budget_s)["phantom_clinical"]
+    job, out = ctx.clinical
+    t_wait = time.monotonic()
+    res = ctx.runner.wait_all({"phantom_clinical": job}, r.budget_s)["phantom_clinical"]
     require_ok("phantom_clinical", res)
     images = out / "imagesTr"
     r.figures.update(case_shape_zyx=list(ctx.p.detect_shape), case_spacing_zyx_mm=list(ctx.p.detect_spacing),
-                     case_written_s=round(res["seconds"], 1), folds=ctx.p.folds, prob_tol=ctx.args.prob_tol,
+                     case_wait_s=round(time.monotonic() - t_wait, 1), folds=ctx.p.folds, prob_tol=ctx.args.prob_tol,
                      test_time_mirroring=False, report_html=False)
     common = ["-i", images, "-m", ctx.whole_model, "-f", *[str(k) for k in range(ctx.p.folds)],
               "--patch-model", ctx.patch_model, "--disable-tta", "--no-report", "--overwrite"]
     runs = {"device": ctx.device, "cpu": "cpu"}
-    concurrent = ctx.cuda and ctx.cpus >= 4
-    threads = max(1, ctx.cpus // 2) if concurrent else max(1, ctx.cpus)
-    started, results = {}, {}
-    for name, device in runs.items():
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-detect", "--", *common, "-o",
-               ctx.work / f"detect_{name}", "--device", device]
-        started[name] = (cmd, ctx.runner.start(f"detect_{name}", cmd, ctx.threads_env(threads)))
-        if not concurrent:
-            results.update(ctx.runner.wait_all({name: started[name][1]}, r.budget_s - (time.monotonic() - t0)))
-    if concurrent:
-        results.update(ctx.runner.wait_all({k: v[1] for k, v in started.items()},
-                                           r.budget_s - (time.monotonic() - t0)))
+    cmds = {name: [sys.executable, str(Path(__file__).resolve()), "--child-detect", "--", *common, "-o",
+                   ctx.work / f"detect_{name}", "--device", device] for name, device in runs.items()}
+    env = ctx.threads_env(max(1, ctx.cpus // 2))  # both runs at once, the CPU shared out
+    started = {name: ctx.runner.start(f"detect_{name}", cmd, env) for name, cmd in cmds.items()}
+    results = ctx.runner.wait_all(started, r.budget_s - (time.monotonic() - t0))
     for name, res in results.items():
-        require_ok(f"detect_{name}", res, started[name][0])
+        require_ok(f"detect_{name}", res, cmds[name])
         stats = _child_stats(res["log"])
         r.figures[f"{name}_run"] = {"device": runs[name], "seconds": round(res["seconds"], 1), **stats}
-    r.figures["runs_concurrent"] = concurrent
     cmp = compare_detect_outputs(ctx.work / "detect_cpu", ctx.work / "detect_device", ctx.args.prob_tol)
     r.figures.update(differing_voxels=cmp["differing_voxels"], lesions=cmp["lesions"],
                      max_probability_difference=cmp["max_prob_diff"], mismatches=cmp["mismatches"][:20])
@@ -752,34 +745,8 @@ def _bench_options(script: Path) -> str:
     return script.read_text(encoding="utf-8")
 
 
-def check_bench_ifm(ctx: Context, r: CheckResult) -> None:
-    script = HERE / "bench_ifm.py"
-    source = _bench_options(script)
-    args = list(ctx.p.bench_ifm_args)
-    if '"--threads"' in source:
-        args += ["--threads", str(min(ctx.cpus, 8))]
-    cmd = [sys.executable, script, "--device", ctx.device, *args]
-    res = ctx.runner.run("bench_ifm", cmd, ctx.threads_env(min(ctx.cpus, 8)), r.budget_s)
-    figures = parse_bench_ifm(tail(res["log"], 20000))
-    r.figures.update(command=" ".join(str(c) for c in cmd[1:]), seconds=round(res["seconds"], 1), **figures)
-    ratio = ratio_of(figures)
-    r.figures.update(ratio=ratio, target=TARGET_IFM_RATIO)
-    if ratio is None:
-        raise CheckFailed(f"no ratio in bench_ifm.py's output: {tail(res['log'], 800)}")
-    r.figures["target_met"] = ratio <= TARGET_IFM_RATIO
-    if ctx.cuda and ratio > TARGET_IFM_RATIO:
-        raise CheckFailed(f"IFM step ratio {ratio:.3f} > target {TARGET_IFM_RATIO}")
-    if not ctx.cuda:
-        r.notes.append("dry run: the target is judged on CUDA only")
-
-
-def check_bench_detect(ctx: Context, r: CheckResult) -> None:
-    if ctx.whole_model is None:
-        raise Skip("needs the models of the trainers check, which did not finish")
-    script = HERE / "bench_detect.py"
-    source = _bench_options(script)
-    args = [a for a in ctx.p.bench_detect_args]
-    # keep only the options this version of bench_detect.py knows (with their values)
+def _known_options(source: str, args: List[str]) -> List[str]:
+    """``args`` (``--option value ...``) without the options that ``source`` does not define."""
     kept, i = [], 0
     while i < len(args):
         j = i + 1
@@ -788,10 +755,40 @@ def check_bench_detect(ctx: Context, r: CheckResult) -> None:
         if f'"{args[i]}"' in source:
             kept += args[i:j]
         i = j
+    return kept
+
+
+def _judge_ratio(ctx: Context, r: CheckResult, ratio: Optional[float], target: float, what: str, log: Path) -> None:
+    r.figures.update(ratio=ratio, target=target)
+    if ratio is None:
+        raise CheckFailed(f"no ratio in the benchmark's output: {tail(log, 800)}")
+    r.figures["target_met"] = ratio <= target
+    if not ctx.cuda:
+        r.notes.append("dry run: the target is judged on CUDA only")
+    elif ratio > target:
+        raise CheckFailed(f"{what} ratio {ratio:.3f} > target {target}")
+
+
+def check_bench_ifm(ctx: Context, r: CheckResult) -> None:
+    script = HERE / "bench_ifm.py"
+    threads = str(min(ctx.cpus, 8))
+    cmd = [sys.executable, script, "--device", ctx.device,
+           *_known_options(_bench_options(script), [*ctx.p.bench_ifm_args, "--threads", threads])]
+    res = ctx.runner.run("bench_ifm", cmd, ctx.threads_env(min(ctx.cpus, 8)), r.budget_s)
+    figures = parse_bench_ifm(tail(res["log"], 20000))
+    r.figures.update(command=" ".join(str(c) for c in cmd[1:]), seconds=round(res["seconds"], 1), **figures)
+    _judge_ratio(ctx, r, ratio_of(figures), TARGET_IFM_RATIO, "IFM step / plain step", res["log"])
+
+
+def check_bench_detect(ctx: Context, r: CheckResult) -> None:
+    if ctx.whole_model is None:
+        raise Skip("needs the models of the trainers check, which did not finish")
+    script = HERE / "bench_detect.py"
+    source = _bench_options(script)
     json_out = ctx.work / "bench_detect.json"
-    cmd = [sys.executable, script, "--device", ctx.device, *kept]
+    cmd = [sys.executable, script, "--device", ctx.device, *_known_options(source, ctx.p.bench_detect_args)]
     if '"--model"' in source:
-        cmd += ["--model", ctx.whole_model, "-f", *[str(k) for k in range(ctx.p.folds)]]
+        cmd += ["--model", ctx.whole_model, "-f", *[str(k) for k in range(ctx.p.bench_detect_folds)]]
     if '"--patch-model"' in source and ctx.patch_model is not None:
         cmd += ["--patch-model", ctx.patch_model]
     if '"--json"' in source:
@@ -799,7 +796,6 @@ def check_bench_detect(ctx: Context, r: CheckResult) -> None:
     if '"--work"' in source:
         cmd += ["--work", ctx.work / "bench_detect_work"]
     res = ctx.runner.run("bench_detect", cmd, ctx.threads_env(min(ctx.cpus, 8)), r.budget_s)
-    summary = {}
     if json_out.is_file():
         summary = json.loads(json_out.read_text(encoding="utf-8"))
     else:
@@ -807,15 +803,7 @@ def check_bench_detect(ctx: Context, r: CheckResult) -> None:
         summary = objs[-1] if objs else {}
     r.figures.update(command=" ".join(str(c) for c in cmd[1:]), seconds=round(res["seconds"], 1),
                      summary=summary)
-    ratio = ratio_of(summary)
-    r.figures.update(ratio=ratio, target=TARGET_DETECT_RATIO)
-    if ratio is None:
-        raise CheckFailed(f"no ratio in bench_detect.py's output: {tail(res['log'], 800)}")
-    r.figures["target_met"] = ratio <= TARGET_DETECT_RATIO
-    if ctx.cuda and ratio > TARGET_DETECT_RATIO:
-        raise CheckFailed(f"cascade / nnUNetv2_predict ratio {ratio:.3f} > target {TARGET_DETECT_RATIO}")
-    if not ctx.cuda:
-        r.notes.append("dry run: the target is judged on CUDA only")
+    _judge_ratio(ctx, r, ratio_of(summary), TARGET_DETECT_RATIO, "cascade / nnUNetv2_predict", res["log"])
 
 
 CHECKS: List[tuple] = [

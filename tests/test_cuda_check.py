@@ -106,6 +106,9 @@ def test_benchmark_output_parsers():
     assert cuda_check.ratio_of(objs[0]) == 1.1
     assert cuda_check.ratio_of({"target_ratio": 1.5, "cascade_over_plain_ratio": 1.3}) == 1.3
     assert cuda_check.ratio_of({"device": "cpu"}) is None
+    source = 'p.add_argument("--cases", type=int)\np.add_argument("--shape", nargs=3)'
+    args = ["--cases", "2", "--shape", "64", "256", "256", "--threads", "8", "--verbose"]
+    assert cuda_check._known_options(source, args) == ["--cases", "2", "--shape", "64", "256", "256"]
 
 
 def test_markdown_summary_lists_every_check(tmp_path):
@@ -118,6 +121,44 @@ def test_markdown_summary_lists_every_check(tmp_path):
     text = (tmp_path / "s.md").read_text(encoding="utf-8")
     assert "| a | **passed** |" in text and "| b | **failed** |" in text and "| c | **skipped** |" in text
     assert "Boom" in text and "Skipped: needs two GPUs" in text and "- x: 1.235" in text
+
+
+def _tensor_ctx(device):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(device=device, p=SimpleNamespace(tensor_shape=(8, 48, 48)))
+
+
+def test_tensor_check_passes_on_cpu_tensors_and_catches_a_different_mask(monkeypatch):
+    import nnunet_liver.postprocessing.sensitivity as sensitivity
+
+    r = cuda_check.CheckResult("tensors", "t")
+    cuda_check.check_tensors(_tensor_ctx("cpu"), r)
+    assert r.figures["seg2det_lesions"] > 0 and r.figures["differing_voxels_f4"] == 0
+
+    original = sensitivity.lesion_sensitivity_masks
+
+    def one_voxel_off(probabilities, factors=(1.0, 4.0)):
+        masks = original(probabilities, factors)
+        if hasattr(probabilities, "detach"):  # the torch path only
+            masks[4.0][0, 0, 0] = 1 - masks[4.0][0, 0, 0].clamp(max=1)
+        return masks
+
+    monkeypatch.setattr(sensitivity, "lesion_sensitivity_masks", one_voxel_off)
+    r = cuda_check.CheckResult("tensors", "t")
+    with pytest.raises(cuda_check.CheckFailed, match="factor 4.0: 1 voxels differ from numpy"):
+        cuda_check.check_tensors(_tensor_ctx("cpu"), r)
+
+
+@pytest.mark.gpu
+def test_tensor_check_on_cuda():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    r = cuda_check.CheckResult("tensors", "t")
+    cuda_check.check_tensors(_tensor_ctx("cuda"), r)
+    assert r.figures["livermax_equal"] and r.figures["seg2det_mismatches"] == 0
 
 
 @pytest.mark.slow
