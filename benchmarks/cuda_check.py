@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import io
 import json
@@ -106,7 +107,7 @@ PROFILES = {
                     bench_detect_args=["--cases", "2", "--shape", "64", "256", "256", "--threads", "8"],
                     bench_detect_folds=5,
                     time_limit_s=480.0,
-                    budgets={"environment": 10, "tensors": 60, "trainers": 240, "ddp": 150, "detect": 200,
+                    budgets={"environment": 10, "tensors": 60, "trainers": 270, "ddp": 150, "detect": 200,
                              "bench_ifm": 60, "bench_detect": 150}, enforce_budgets=True),
     # the _tiny variants: 2 epochs of 5 iterations; fold 0 trained, copied into the other folds
     "cpu": Profile(train_cases=6, train_shape=(16, 48, 48), whole_trainer="LiverIFMTrainer_tiny",
@@ -117,7 +118,7 @@ PROFILES = {
                    bench_detect_args=["--cases", "1", "--shape", "16", "48", "48", "--threads", "1"],
                    bench_detect_folds=1,
                    time_limit_s=None,
-                   budgets={"environment": 10, "tensors": 30, "trainers": 120, "ddp": 0, "detect": 40,
+                   budgets={"environment": 10, "tensors": 30, "trainers": 120, "ddp": 150, "detect": 40,
                             "bench_ifm": 20, "bench_detect": 40}, enforce_budgets=False),
 }
 
@@ -893,6 +894,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prob-tol", type=float, default=5e-3,
                    help="largest allowed difference of probability figures between the device and the CPU run "
                         "(nnU-Net predicts with fp16 autocast on CUDA, fp32 on the CPU; default: %(default)s)")
+    p.add_argument("--whole-trainer", default=None,
+                   help="UNet-whole trainer (default: LiverIFMTrainer_demo on CUDA, LiverIFMTrainer_tiny on the CPU)")
+    p.add_argument("--patch-trainer", default=None,
+                   help="UNet-patch trainer (default: LesionShufflePatchTrainer_demo on CUDA, _tiny on the CPU)")
     p.add_argument("--only", nargs="+", default=None, choices=[c[0] for c in CHECKS],
                    help="run only these checks (with those they need)")
     p.add_argument("--child-detect", action="store_true", help=argparse.SUPPRESS)
@@ -904,7 +909,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "--child-detect":
         return child_detect(argv[2:] if len(argv) > 1 and argv[1] == "--" else argv[1:])
     args = build_parser().parse_args(argv)
-    profile = PROFILES["cuda" if args.device.startswith("cuda") else "cpu"]
+    profile = dataclasses.replace(PROFILES["cuda" if args.device.startswith("cuda") else "cpu"])
+    profile.whole_trainer = args.whole_trainer or profile.whole_trainer
+    profile.patch_trainer = args.patch_trainer or profile.patch_trainer
     limit = profile.time_limit_s if args.time_limit is None else (args.time_limit or None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
