@@ -847,7 +847,7 @@ def write_markdown(report: dict, path: Path) -> None:
         if c["reason"]:
             lines += ["", f"Skipped: {c['reason']}"]
         if c["error"]:
-            lines += ["", "Error:", "", "```", c["error"][-4000:], "```"]
+            lines += ["", "Error:", "", "```", c["error"][:6000], "```"]
         if c["figures"]:
             lines += [""] + [f"- {k}: {_fmt(v)}" for k, v in c["figures"].items()]
         if c["notes"]:
