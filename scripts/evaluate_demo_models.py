@@ -18,6 +18,7 @@ High+ReCls's class and its ``class`` the consensus.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -29,7 +30,9 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
+@functools.lru_cache(maxsize=None)
 def _evaluate(ref_dir, det_dir):
+    """``evaluate_folders`` of one detector run, computed once per (reference, run) in a process."""
     from nnunet_liver.evaluation.evaluate import evaluate_folders
 
     return evaluate_folders(str(ref_dir), str(det_dir))
@@ -71,7 +74,7 @@ def compute(ref_dir, det_dirs: dict) -> dict:
     Base and High."""
     from nnunet_liver.evaluation import metrics as M
 
-    res = {name: _evaluate(ref_dir, d) for name, d in det_dirs.items()}
+    res = {name: _evaluate(str(ref_dir), str(d)) for name, d in det_dirs.items()}
     ref_class = {c.case: c.ref_class for c in next(iter(res.values())).cases}
     high = _high(det_dirs)
     pred = {name: _classes(d) for name, d in det_dirs.items() if name != high}
@@ -142,25 +145,236 @@ def write_results(test, det_dirs, timings, out_md) -> dict:
     return fig
 
 
+# --- issue 21: the instance-preserving split, the "uncertain" consensus and its options --------------------------
+
+#: lesions at least this large count as "found" in the split section (the issue's second held-out set)
+FOUND_MIN_CM3 = 1.0
+#: the volume floor of the patient-class option measured (declared before any measurement: the smallest lesion the
+#: second held-out set counts)
+PATIENT_FLOOR_CM3 = 1.0
+
+
+def _factor_lesions(det_dir, case):
+    """``(lesions, record)`` of a detector output: Lesion objects from ``CASE_lesions.nii.gz`` typed by its JSON,
+    each with ``sensitivity`` ("same"/"diff") attached from the JSON."""
+    from nnunet_liver.postprocessing.seg2det import lesions_from_instance_map
+    from nnunet_liver.utils.io import read_image
+
+    rec = json.loads((Path(det_dir) / f"{case}.json").read_text(encoding="utf-8"))
+    inst, spacing, _ = read_image(str(Path(det_dir) / f"{case}_lesions.nii.gz"), "label")
+    les = lesions_from_instance_map(inst, spacing, {int(l["id"]): l["type"] for l in rec["lesions"]})
+    sens = {int(l["id"]): l["sensitivity"] for l in rec["lesions"]}
+    for l in les:
+        l.sensitivity = sens[l.id]
+    return les, rec
+
+
+def _outranks(a: str, b: str) -> bool:
+    """Patient class ``a`` has a higher priority than ``b`` ("normal" lowest)."""
+    from nnunet_liver.postprocessing.patient import PATIENT_CLASSES
+
+    return PATIENT_CLASSES.index(a) < PATIENT_CLASSES.index(b)
+
+
+def uncertain_cause(f1, f4, c1, c4, truth_lesions=()) -> str:
+    """Why the lowest and highest factor's patient classes ``c1`` != ``c4`` differ, from their final lesions.
+
+    ``f1``/``f4``: the two factors' lesions after reclassification (on one grid); ``truth_lesions``: the
+    reference lesions, to tell a lesion only f = 4 finds that is real from a false positive.
+    """
+    from nnunet_liver.postprocessing.match import match
+
+    m = match(f1, f4, min_ref_volume_cm3=0, min_pred_volume_cm3=0)
+    partner_of4 = {p: r for r, p in m.pairs}
+    partner_of1 = dict(m.pairs)
+    by1, by4 = {l.id: l for l in f1}, {l.id: l for l in f4}
+    if _outranks(c4, c1):
+        deciding = [l for l in f4 if l.type == c4]
+        both = [l for l in deciding if l.id in partner_of4]
+        if both:
+            return f"a lesion both find is {c4} at f = 4, {by1[partner_of4[both[0].id]].type} at f = 1"
+        big = max(deciding, key=lambda l: l.volume_cm3)
+        real = any(_overlap(big, t) for t in truth_lesions)
+        size = "< 1 cm3" if big.volume_cm3 < 1 else ">= 1 cm3"
+        return f"a lesion only f = 4 finds ({size}, {'a real lesion' if real else 'no reference lesion'})"
+    deciding = [l for l in f1 if l.type == c1]
+    kept = [l for l in deciding if l.id in partner_of1]
+    if kept:
+        return f"a lesion both find is {c1} at f = 1, {by4[partner_of1[kept[0].id]].type} at f = 4"
+    if any(_overlap(l, p) for l in deciding for p in f4):
+        return f"f = 1's {c1} lesion merged into a neighbour at f = 4"
+    return f"f = 1's {c1} lesion dropped at f = 4 (reclassification)"
+
+
+def _overlap(a, b) -> bool:
+    from nnunet_liver.postprocessing.match import overlap_matrix
+
+    return bool(overlap_matrix([a], [b])[0, 0] > 0)
+
+
+def patient_options(f1, f4):
+    """The patient class of the paper's consensus and of the two options measured, from the final lesions of the
+    lowest (``f1``) and highest (``f4``) factor: {"paper", "floor", "same-first"}.
+
+    floor: each factor's class from its lesions of at least PATIENT_FLOOR_CM3 (``classify_patient(min_volume_cm3)``).
+    same-first: when the two factors share lesions ("same"), the consensus of the classes of the shared lesions alone;
+    otherwise the paper's rule.
+    """
+    from nnunet_liver.postprocessing.match import match
+    from nnunet_liver.postprocessing.patient import classify_patient, consensus
+
+    paper = consensus(classify_patient(f1), classify_patient(f4))
+    floor = consensus(classify_patient(f1, PATIENT_FLOOR_CM3), classify_patient(f4, PATIENT_FLOOR_CM3))
+    pairs = match(f1, f4, min_ref_volume_cm3=0, min_pred_volume_cm3=0).pairs
+    if pairs:
+        s1, s4 = {r for r, _ in pairs}, {p for _, p in pairs}
+        same = consensus(classify_patient([l for l in f1 if l.id in s1]),
+                         classify_patient([l for l in f4 if l.id in s4]))
+    else:
+        same = paper
+    return {"paper": paper, "floor": floor, "same-first": same}
+
+
+def consensus_analysis(ref_dir, base_recls_dir, high_dir) -> dict:
+    """Per case: the reference class, f = 1 and f = 4 classes, the options' classes and, where the paper's consensus
+    is "uncertain", its cause. f = 1's lesions are the Base+ReCls run's (the same detections and patches as the
+    f = 1 half of the High+ReCls run, whose ``class_by_factor["1"]`` is checked against them)."""
+    from nnunet_liver.evaluation.evaluate import read_reference
+    from nnunet_liver.postprocessing.patient import classify_patient
+
+    res = _evaluate(str(ref_dir), str(high_dir))
+    out = {}
+    for c in res.cases:
+        f1, _ = _factor_lesions(base_recls_dir, c.case)
+        f4, rec = _factor_lesions(high_dir, c.case)
+        c1, c4 = rec["patient"]["class_by_factor"]["1"], rec["patient"]["class_by_factor"]["4"]
+        if classify_patient(f1) != c1 or classify_patient(f4) != c4:
+            raise RuntimeError(f"{c.case}: the Base+ReCls run's f = 1 lesions do not give the High+ReCls run's f = 1 "
+                               f"class ({classify_patient(f1)} vs {c1}): not the same detector settings")
+        row = {"ref": c.ref_class, "f1": c1, "f4": c4, **patient_options(f1, f4)}
+        if row["paper"] == "uncertain":
+            truth = [l for l in read_reference(str(Path(ref_dir) / f"{c.case}.nii.gz"))[3] if l.volume_cm3 >= 0.5]
+            row["cause"] = uncertain_cause(f1, f4, c1, c4, truth)
+        out[c.case] = row
+    return out
+
+
+def found(ref_dir, det_dir, min_cm3: float = FOUND_MIN_CM3):
+    """(found, total): reference lesions of at least ``min_cm3`` that a detection matches (TP or FL)."""
+    rows = [r for c in _evaluate(str(ref_dir), str(det_dir)).cases for r in c.lesion_rows()
+            if r["ref_id"] is not None and r["ref_volume_cm3"] >= min_cm3]
+    return sum(r["outcome"] in ("TP", "FL") for r in rows), len(rows)
+
+
+def split_section(ref_dir, runs: dict, base_recls, pairs: dict) -> str:
+    """Markdown of the split section: ``runs`` {name: detector output folder} for the lesion table; ``pairs``
+    {label: High+ReCls folder} for the consensus analysis, each with the Base+ReCls run ``base_recls``."""
+    from nnunet_liver.evaluation import metrics as M
+
+    out = ["| Run | FN | FN_merged | FP | FL | TP | precision | recall | Malign FN | Malign FP | "
+           f"found >= {FOUND_MIN_CM3:g} cm3 |", "|---|" + "---:|" * 10]
+    for name, d in runs.items():
+        a, mal = _evaluate(str(ref_dir), str(d)).lesion["All"], _evaluate(str(ref_dir), str(d)).lesion["Malign"]
+        k, n = found(ref_dir, d)
+        out.append(f"| {name} | {a['FN']} | {a['FN_merged']} | {a['FP']} | {a['FL']} | {a['TP']} | "
+                   f"{_pct(a['precision'])} | {_pct(a['recall'])} | {mal['FN']} | {mal['FP']} | {k}/{n} |")
+    out += ["", "| Patient class | rule | malignancy sensitivity | specificity | uncertain | class accuracy |",
+            "|---|---|---:|---:|---:|---:|"]
+    causes = {}
+    for label, high in pairs.items():
+        rows = consensus_analysis(ref_dir, base_recls, high)
+        for key, rule in (("f1", "Base+ReCls alone"), ("f4", "High+ReCls alone"), ("paper", "consensus (paper)"),
+                          ("floor", f"consensus, lesions >= {PATIENT_FLOOR_CM3:g} cm3"),
+                          ("same-first", "consensus, shared lesions first")):
+            p = M.patient_table((r["ref"], r[key]) for r in rows.values())
+            out.append(f"| {label} | {rule} | {_pct(p['malignancy_sensitivity'])} ({p['malignant_tp']}/"
+                       f"{p['malignant_tp'] + p['malignant_fn']}) | {_pct(p['malignancy_specificity'])} "
+                       f"({p['malignant_tn']}/{p['malignant_tn'] + p['malignant_fp']}) | {p['uncertain']} | "
+                       f"{_pct(p['class_accuracy'])} |")
+        for case, r in rows.items():
+            if "cause" in r:
+                causes.setdefault(label, []).append((case, r))
+    for label, rows in causes.items():
+        out += ["", f"Why f = 1 and f = 4 disagree ({label}, {len(rows)} uncertain cases):", ""]
+        counts = {}
+        for case, r in rows:
+            counts.setdefault(r["cause"], []).append(f"{case} (truth {r['ref']}: f = 1 {r['f1']}, f = 4 {r['f4']})")
+        out += [f"- {cause}: {len(v)} -- " + "; ".join(v)
+                for cause, v in sorted(counts.items(), key=lambda kv: -len(kv[1]))]
+    return "\n".join(out) + "\n"
+
+
+#: the detector runs of the split section, as LiverDetector settings with the bundled models (``patch_model_dir``
+#: None: no reclassification); the folders are ``det_NAME``
+SPLIT_RUNS = {"Base": dict(factors=(1,), patch_model_dir=None),
+              "Base_ReCls": dict(factors=(1,)),
+              "High_ReCls": dict(factors=(1, 4), split=False),
+              "High_ReCls_split": dict(factors=(1, 4), split=True)}
+
+
+def detect_runs(input_dir, out_root, runs=None, model="demo", patch="demo", progress=True) -> dict:
+    """Several detector configurations on the cases of ``input_dir`` from ONE UNet-whole prediction per case
+    (``LiverDetector.predict_case``): ``out_root/det_NAME/CASE.json`` and ``CASE_lesions.nii.gz`` per run, as
+    ``nnunet-liver-detect`` writes them (no summary or report), the same outputs as separate runs but for
+    ``timing_s``. A case whose outputs all exist is skipped. Returns {name: folder}."""
+    from tqdm import tqdm
+
+    from nnunet_liver.inference import LiverDetector
+    from nnunet_liver.inference.cases import discover_cases
+    from nnunet_liver.inference.runner import output_paths
+    from nnunet_liver.utils.io import write_image_like, write_json_atomic
+
+    runs = SPLIT_RUNS if runs is None else runs
+    dets = {name: LiverDetector(model, **{"patch_model_dir": patch, **kw}) for name, kw in runs.items()}
+    first = next(iter(dets.values()))
+    folders = {name: Path(out_root) / f"det_{name}" for name in runs}
+    for f in folders.values():
+        f.mkdir(parents=True, exist_ok=True)
+    cases = discover_cases(str(input_dir), len(first.channel_names), first.file_ending)
+    for case in tqdm(cases, desc="detect_runs", unit="case", disable=not progress):
+        paths = {name: output_paths(str(folders[name]), case.case_id) for name in runs}
+        if all(Path(p["json"]).exists() for p in paths.values()):
+            continue
+        prediction = first.predict_case(case)
+        for name, det in dets.items():
+            res = det.detect_case(case, prediction=prediction)
+            write_image_like(res.instance_map, res.case.reference, paths[name]["lesions"])
+            write_json_atomic(res.record, paths[name]["json"])
+    return {name: str(f) for name, f in folders.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-ref", required=True, help="reference label maps folder")
-    p.add_argument("--base", required=True)
+    p.add_argument("--base", default=None, help="the Base run (required unless --high-recls-split)")
     p.add_argument("--base-recls", default=None)
     p.add_argument("--high-recls", default=None)
     p.add_argument("--high", default=None, help="the f = 1 and 4 run without UNet-patch (instead of the ReCls runs)")
+    p.add_argument("--high-recls-split", default=None, metavar="DIR",
+                   help="the High+ReCls run with the instance-preserving split (the detector's default), --high-recls "
+                        "being the --no-split run: writes the split section instead (lesion table with FN_merged, "
+                        "patient classes, the causes of 'uncertain' and the consensus options)")
     p.add_argument("-o", default=None, help="markdown output (default: print)")
     a = p.parse_args(argv)
-    if a.high:
-        dirs = {"Base": a.base, "High": a.high}
-    elif a.base_recls and a.high_recls:
-        dirs = {"Base": a.base, "Base+ReCls": a.base_recls, "High+ReCls": a.high_recls}
+    if a.high_recls_split:
+        if not (a.base_recls and a.high_recls):
+            p.error("--high-recls-split needs --base-recls and --high-recls (the --no-split run)")
+        runs = {"Base": a.base} if a.base else {}
+        runs.update({"Base+ReCls": a.base_recls, "High+ReCls, --no-split (paper)": a.high_recls,
+                     "High+ReCls, split": a.high_recls_split})
+        text = split_section(a.ref, runs, a.base_recls, {"--no-split": a.high_recls, "split": a.high_recls_split})
     else:
-        p.error("give --base-recls and --high-recls, or --high")
-    fig = compute(a.ref, dirs)
-    text = markdown(fig)
+        if not a.base:
+            p.error("--base is required")
+        if a.high:
+            dirs = {"Base": a.base, "High": a.high}
+        elif a.base_recls and a.high_recls:
+            dirs = {"Base": a.base, "Base+ReCls": a.base_recls, "High+ReCls": a.high_recls}
+        else:
+            p.error("give --base-recls and --high-recls, or --high")
+        text = markdown(compute(a.ref, dirs))
     if a.o:
-        Path(a.o).write_text(text)
+        Path(a.o).write_text(text, encoding="utf-8")
     print(text)
     return 0
 

@@ -64,3 +64,35 @@ def test_markdown_has_the_tables_and_the_merged_false_negatives():
            "High+ReCls 1 of 1." in text
     assert "| Base+ReCls & High+ReCls | 100.0% (1/1) | 100.0% (1/1) | 2 | 1 |" in text
     assert "Base 1.0 min (20.0 s/case)" in text
+
+
+def _lesions(*paint):
+    """seg2det lesions of a (4, 12, 12) map painted with (slices, label) pairs; 1 voxel = 0.125 cm3."""
+    a = np.zeros((4, 12, 12), np.uint8)
+    for sl, label in paint:
+        a[sl] = label
+    return seg2det(a, (5.0, 5.0, 5.0))
+
+
+def test_uncertain_causes_and_consensus_options():
+    hem, hcc, cyst = 4, HCC, CYST
+    big = (np.s_[1:3, 1:3, 1:4], hem)  # 1.5 cm3
+    # f = 4 adds a small HCC nobody else sees: the floor option drops it, so does shared-lesions-first
+    f1, f4 = _lesions(big), _lesions(big, (np.s_[2, 8, 8], hcc))
+    assert E.uncertain_cause(f1, f4, "Hem", "HCC") == "a lesion only f = 4 finds (< 1 cm3, no reference lesion)"
+    assert E.uncertain_cause(f1, f4, "Hem", "HCC", _lesions((np.s_[2, 8, 8:10], hcc))).endswith("a real lesion)")
+    assert E.patient_options(f1, f4) == {"paper": "uncertain", "floor": "Hem", "same-first": "Hem"}
+    # a lesion both find, typed differently
+    f4 = _lesions((np.s_[1:3, 1:3, 1:4], hcc))
+    assert E.uncertain_cause(f1, f4, "Hem", "HCC") == "a lesion both find is HCC at f = 4, Hem at f = 1"
+    assert E.uncertain_cause(f4, f1, "HCC", "Hem") == "a lesion both find is HCC at f = 1, Hem at f = 4"
+    assert E.patient_options(f1, f4)["same-first"] == "uncertain"
+    # f = 1's deciding lesion merged into a neighbour, or dropped
+    f1 = _lesions((np.s_[1, 1:3, 1:4], cyst), (np.s_[1, 1:3, 5:7], hcc))
+    f4 = _lesions((np.s_[1, 1:3, 1:7], cyst))
+    assert E.uncertain_cause(f1, f4, "HCC", "Cyst") == "f = 1's HCC lesion merged into a neighbour at f = 4"
+    assert E.uncertain_cause(f1, _lesions(big), "HCC", "Hem") == \
+        "f = 1's HCC lesion dropped at f = 4 (reclassification)"
+    # nothing shared: shared-lesions-first is the paper's rule; floors apply to both factors
+    assert E.patient_options(_lesions(), _lesions((np.s_[2, 8, 8], hcc))) == \
+        {"paper": "uncertain", "floor": "normal", "same-first": "uncertain"}

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist")
     p.add_argument("--num-patches", type=int, default=10, help="reclassification patches per lesion")
     p.add_argument("--seed", type=int, default=0, help="seed of the reclassification patches")
+    p.add_argument("--no-split", action="store_true",
+                   help="do not split a higher factor's lesion region among the lowest factor's lesions it holds "
+                        "(the paper's cascade exactly; by default two lesions that f = 1 separates stay two at f = 4)")
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     return p
@@ -64,7 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         detector = LiverDetector(args.m, folds=args.f, checkpoint=args.chk, patch_model_dir=args.patch_model,
                                  factors=args.factors, device=args.device, register=args.register,
-                                 num_patches=args.num_patches, seed=args.seed, use_mirroring=not args.disable_tta)
+                                 num_patches=args.num_patches, seed=args.seed, use_mirroring=not args.disable_tta,
+                                 split=not args.no_split)
         result = run_folder(detector, args.i, args.o, num_parts=args.num_parts, part_id=args.part_id,
                             overwrite=args.overwrite, report=not args.no_report)
     except InputError as e:

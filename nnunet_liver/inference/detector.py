@@ -58,6 +58,9 @@ class LiverDetector:
     num_patches, max_reclassify_volume_cm3, min_score_cm3 : reclassification settings (10, 64 cm3, 0.5 cm3).
     seed : seeds the reclassification patches per case (results are reproducible).
     use_mirroring : nnU-Net's test-time mirroring for UNet-whole.
+    split : split every higher factor's lesion region that holds two or more of the lowest factor's lesions among
+        them (:mod:`nnunet_liver.postprocessing.split`; on by default, a departure from Wang et al.); ``False``
+        reproduces the paper's cascade exactly.
 
     Raises
     ------
@@ -69,7 +72,7 @@ class LiverDetector:
                  patch_model_dir: Optional[str] = None, factors: Sequence[float] = (1.0, 4.0), device: str = "cpu",
                  register: bool = False, num_patches: int = 10, max_reclassify_volume_cm3: float = 64.0,
                  min_score_cm3: float = 0.5, seed: int = 0, use_mirroring: bool = True,
-                 patch_folds: Optional[Sequence] = None):
+                 patch_folds: Optional[Sequence] = None, split: bool = True):
         factors = tuple(sorted({float(f) for f in factors}))
         if not factors or any(not np.isfinite(f) or f <= 0 for f in factors):
             raise InputError(f"--factors {list(factors)}: sensitivity factors must be finite and > 0")
@@ -89,6 +92,7 @@ class LiverDetector:
         self.num_patches, self.seed = int(num_patches), int(seed)
         self.max_reclassify_volume_cm3, self.min_score_cm3 = float(max_reclassify_volume_cm3), float(min_score_cm3)
         self.use_mirroring = bool(use_mirroring)
+        self.split = bool(split)
 
     @property
     def channel_names(self) -> tuple:
@@ -108,7 +112,7 @@ class LiverDetector:
         else:
             recls["patch_size"] = list(self.patch_model.patch_size)
         return {"factors": [float(f) for f in self.factors], "device": str(self.device), "register": self.register,
-                "mirroring": self.use_mirroring, "reclassification": recls}
+                "mirroring": self.use_mirroring, "split": self.split, "reclassification": recls}
 
     def models(self) -> dict:
         out = {"whole": self.model.describe(), "patch": None}
@@ -133,15 +137,25 @@ class LiverDetector:
             files = [files.get(n) for n in self.channel_names]
         return self.detect_case(CaseFiles(case_id, list(files)))
 
-    def detect_case(self, case: CaseFiles) -> CaseResult:
-        """The cascade on one discovered case (see :func:`nnunet_liver.inference.cases.discover_cases`)."""
+    def predict_case(self, case: CaseFiles):
+        """Load ``case`` and run UNet-whole: ``(LoadedCase, probabilities)``, the first step of :meth:`detect_case`."""
         from nnunet_liver.inference.predict import predict_probabilities
+
+        loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
+        return loaded, predict_probabilities(self.predictor, self.model, loaded.data, loaded.spacing)
+
+    def detect_case(self, case: CaseFiles, prediction=None) -> CaseResult:
+        """The cascade on one discovered case (see :func:`nnunet_liver.inference.cases.discover_cases`).
+
+        ``prediction``: :meth:`predict_case`'s result for this case from a detector with the same UNet-whole and
+        registration, to post-process one prediction under several settings (it is not modified).
+        """
         from nnunet_liver.postprocessing.sensitivity import lesion_sensitivity_masks
         from nnunet_liver.postprocessing.seg2det import instance_map, seg2det
+        from nnunet_liver.postprocessing.split import split_lesions
 
         t0 = time.perf_counter()
-        loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
-        probabilities = predict_probabilities(self.predictor, self.model, loaded.data, loaded.spacing)
+        loaded, probabilities = self.predict_case(case) if prediction is None else prediction
         t_predict = time.perf_counter() - t0
         maps = lesion_sensitivity_masks(probabilities, tuple(sorted(set(self.factors) | {1.0})))
         maps = {float(f): m for f, m in maps.items()}
@@ -152,8 +166,11 @@ class LiverDetector:
         rng = np.random.default_rng([self.seed, _stable_hash(loaded.case_id)])
         prepared = None  # the case on UNet-patch's grid, computed once for every factor
         for f in self.factors:
-            detections[f] = seg2det(maps[f], loaded.spacing, images=images, probabilities=probabilities,
-                                    origin=ref.GetOrigin(), direction=ref.GetDirection())
+            kw = dict(images=images, probabilities=probabilities, origin=ref.GetOrigin(), direction=ref.GetDirection())
+            if self.split and f != self.factors[0]:  # keep the lowest factor's lesions apart (postprocessing.split)
+                detections[f] = split_lesions(maps[f], detections[self.factors[0]], loaded.spacing, **kw)
+            else:
+                detections[f] = seg2det(maps[f], loaded.spacing, **kw)
             if self.patch_model is None:
                 reclassified[f], recls_results[f] = detections[f], {}
             else:

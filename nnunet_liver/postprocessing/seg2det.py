@@ -240,7 +240,7 @@ def _check_spacing(spacing) -> Tuple[float, float, float]:
 
 def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, np.ndarray]] = None,
             liver_mask: Optional[np.ndarray] = None, probabilities=None, origin=None, direction=None,
-            ring_mm: float = 2.0) -> List[Lesion]:
+            ring_mm: float = 2.0, instances=None) -> List[Lesion]:
     """Individual lesions of a label map, by the slice-overlap rule, with a volume vote for the type.
 
     Parameters
@@ -256,6 +256,10 @@ def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, n
         gives ``score`` (max probability of the lesion's own type inside it) and ``mean_probability`` per type.
     origin, direction : SimpleITK-style (x, y, z) origin and 9-element direction, optional (world centroids).
     ring_mm : width of the border ring for the EC feature (mm).
+    instances : integer (Z, Y, X), optional
+        the lesions as an instance map (0 = none), used instead of the slice-overlap rule: every nonzero id is one
+        lesion (e.g. :func:`nnunet_liver.postprocessing.split.split_instances`); its voxels must be lesion voxels
+        of ``label_map``. Types, measurements and features are computed as for any lesion.
 
     Returns
     -------
@@ -273,7 +277,7 @@ def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, n
     sp = _check_spacing(spacing)
     voxel_cm3 = sp[0] * sp[1] * sp[2] / 1000.0
     fg = lesion_foreground(lm)
-    components = lesion_components(fg)
+    components = lesion_components(fg) if instances is None else _instance_components(instances, fg)
     if not components:
         return []
 
@@ -317,6 +321,21 @@ def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, n
             _add_probabilities(les, probabilities)
         out.append(les)
     return out
+
+
+def _instance_components(instances, fg: np.ndarray) -> List[Tuple[Tuple[slice, slice, slice], np.ndarray]]:
+    """``(bbox slices, bool mask of the bbox)`` per nonzero id of an instance map whose ids lie on ``fg``."""
+    from scipy import ndimage
+
+    inst = np.asarray(instances)
+    if inst.shape != fg.shape or not np.issubdtype(inst.dtype, np.integer):
+        raise ValueError(f"instances must be an integer array of the label map's shape {fg.shape}, got "
+                         f"{inst.dtype} {inst.shape}")
+    if inst.size and inst.min() < 0:
+        raise ValueError("instances must be >= 0 (0 = no lesion)")
+    if np.any((inst > 0) & ~fg):
+        raise ValueError("instances cover voxels that are not lesion voxels (labels 1..6) of the label map")
+    return [(box, inst[box] == i) for i, box in enumerate(ndimage.find_objects(inst), start=1) if box is not None]
 
 
 def _add_probabilities(les: Lesion, probabilities) -> None:
