@@ -105,7 +105,7 @@ def checks(fig: dict) -> dict:
 
 def markdown(fig: dict, timings: dict = None) -> str:
     out = [f"Test set: {fig['cases']} phantom cases. Reference lesions below 0.5 cm3 are ignored, and so are "
-           f"unmatched predictions below 0.5 cm3 (seed 003, Table I).", ""]
+           f"unmatched predictions below 0.5 cm3 (Wang et al., Table I).", ""]
     rc = fig["reference_counts"]
     bins = [k for k in next(iter(rc.values())) if k != "Total"] + ["Total"]
     out += ["**Table I layout: reference lesions per type and volume (cm3)**", "",
