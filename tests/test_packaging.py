@@ -47,7 +47,7 @@ def _python_files(*folders):
 def _imported_modules(files) -> dict:
     """{top-level module: first file importing it} for absolute imports outside the standard library."""
     own = ({"nnunet_liver", "tests", "conftest"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
-           | {p.stem for p in (ROOT / "scripts").glob("*.py")})
+           | {p.stem for p in (ROOT / "scripts").glob("*.py")} | {p.stem for p in (ROOT / "benchmarks").glob("*.py")})
     found = {}
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
