@@ -69,32 +69,45 @@ def _reference(logits, pm, cm, lm, props):
     return np.ascontiguousarray(probs, dtype=np.float32)
 
 
-def _check(logits, pm, cm, lm, props, spacing, as_torch=False, expect_mode=None, min_lesions=1):
-    """``as_torch``: torch logits, and the slabs kept as torch tensors (the code path of a CUDA device)."""
+def _compare(logits, pm, cm, lm, props, spacing, as_torch=False):
+    """The slab path and the reference on one case: ``(got, probs, ref_maps)``.
+
+    ``as_torch``: torch logits, and the slabs kept as torch tensors (the code path of a CUDA device)."""
     probs = _reference(logits, pm, cm, lm, props)
     ref_maps = lesion_sensitivity_masks(probs, FACTORS)
     inp = torch.from_numpy(logits) if as_torch else logits
     got = maps_from_logits(inp, pm, cm, lm, copy.deepcopy(props), FACTORS, numpy_on_host=not as_torch)
-    if expect_mode:
-        assert got.slab_mode == expect_mode
+    return got, probs, ref_maps
+
+
+def _problems(got, probs, ref_maps, spacing) -> list:
+    """Every way the slab path's output differs from the reference (empty: identical), and the lesions compared.
+
+    Maps and every lesion field are compared exactly; score, mean probability and LiverMax with a relative tolerance
+    of 1e-6: torch's softmax of a slab may differ from the whole volume's in the last bit (its vectorised and scalar
+    loops split the voxels differently)."""
+    problems, n = [], 0
     for f in FACTORS:
-        assert got.maps[f].dtype == np.uint8 and got.maps[f].shape == probs.shape[1:]
-        np.testing.assert_array_equal(got.maps[f], ref_maps[f], err_msg=f"factor {f}")
-    # probabilities: torch's softmax of a slab may differ from the whole volume's in the last bit (its vectorised
-    # and scalar loops split the voxels differently), hence a relative tolerance of a few float32 ulps
-    assert got.liver_max == pytest.approx(liver_max(probs, ref_maps[1.0]), rel=1e-6, abs=1e-12)
-    n = 0
+        m = got.maps[f]
+        if m.dtype != np.uint8 or m.shape != probs.shape[1:]:
+            problems.append(f"factor {f}: map {m.dtype} {m.shape}, expected uint8 {probs.shape[1:]}")
+        elif not np.array_equal(m, ref_maps[f]):
+            problems.append(f"factor {f}: {int((m != ref_maps[f]).sum())} voxels differ")
+    if got.liver_max != pytest.approx(liver_max(probs, ref_maps[1.0]), rel=1e-6, abs=1e-12):
+        problems.append(f"LiverMax {got.liver_max} != {liver_max(probs, ref_maps[1.0])}")
     for f in FACTORS:
         dense = [l.to_dict() for l in seg2det(ref_maps[f], spacing, probabilities=probs)]
         sparse = [l.to_dict() for l in seg2det(got.maps[f], spacing, probabilities=got.lesion_probabilities)]
-        assert len(dense) == len(sparse)
+        if len(dense) != len(sparse):
+            problems.append(f"factor {f}: {len(sparse)} lesions, expected {len(dense)}")
         for a, b in zip(dense, sparse):
-            assert b.pop("score") == pytest.approx(a.pop("score"), rel=1e-6)
-            assert b.pop("mean_probability") == pytest.approx(a.pop("mean_probability"), rel=1e-6)
-            assert a == b  # every other field exactly
+            for key in ("score", "mean_probability"):
+                if b.pop(key) != pytest.approx(a.pop(key), rel=1e-6):
+                    problems.append(f"factor {f}, lesion {a['id']}: {key} differs")
+            if a != b:
+                problems.append(f"factor {f}, lesion {a['id']}: {sorted(k for k in a if a[k] != b.get(k))} differ")
         n += len(dense)
-    assert n >= min_lesions
-    return got, probs
+    return problems, n
 
 
 @pytest.fixture
@@ -109,7 +122,10 @@ def test_separate_z_equals_nnunet(small_slabs, order_z):
     pm, cm, lm = _managers(kwargs={"is_seg": False, "order": 1, "order_z": order_z, "force_separate_z": None})
     logits, props = _case((21, 12, 14), spacing, (9, 5, 6))
     for as_torch in (False, True):
-        _check(logits, pm, cm, lm, props, spacing, as_torch=as_torch, expect_mode="separate_z")
+        got, probs, ref_maps = _compare(logits, pm, cm, lm, props, spacing, as_torch=as_torch)
+        assert got.slab_mode == "separate_z"
+        problems, n = _problems(got, probs, ref_maps, spacing)
+        assert problems == [] and n >= 1
 
 
 @pytest.mark.parametrize("order", [1, 3])
@@ -117,7 +133,10 @@ def test_3d_zoom_equals_nnunet(small_slabs, order):
     spacing = (1.0, 0.75, 0.75)  # isotropic enough: one 3D resize
     pm, cm, lm = _managers(kwargs={"is_seg": False, "order": order, "order_z": 0, "force_separate_z": None})
     logits, props = _case((19, 13, 11), spacing, (6, 5, 4), seed=1)
-    _check(logits, pm, cm, lm, props, spacing, expect_mode="zoom")
+    got, probs, ref_maps = _compare(logits, pm, cm, lm, props, spacing)
+    assert got.slab_mode == "zoom"
+    problems, n = _problems(got, probs, ref_maps, spacing)
+    assert problems == [] and n >= 1
 
 
 def test_cropping_box_and_torch_input(small_slabs):
@@ -125,7 +144,10 @@ def test_cropping_box_and_torch_input(small_slabs):
     pm, cm, lm = _managers()
     bbox = [[2, 15], [3, 12], [1, 10]]
     logits, props = _case((18, 14, 12), spacing, (5, 4, 4), bbox=bbox, seed=2)
-    got, probs = _check(logits, pm, cm, lm, props, spacing, as_torch=True, expect_mode="zoom")
+    got, probs, ref_maps = _compare(logits, pm, cm, lm, props, spacing, as_torch=True)
+    assert got.slab_mode == "zoom"
+    problems, n = _problems(got, probs, ref_maps, spacing)
+    assert problems == [] and n >= 1
     outside = np.ones(probs.shape[1:], bool)
     outside[2:15, 3:12, 1:10] = False
     assert not got.maps[4.0][outside].any()  # background outside the cropping box
@@ -138,20 +160,45 @@ def test_transposed_plan(small_slabs, transpose):
     bbox = [[1, 16], [0, 13], [2, 11]]
     net = (4, 5, 6)
     logits, props = _case((17, 13, 12), spacing, net, transpose=transpose, bbox=bbox, seed=3)
-    _check(logits, pm, cm, lm, props, spacing)
-    _check(logits, pm, cm, lm, props, spacing, as_torch=True)
+    for as_torch in (False, True):
+        problems, n = _problems(*_compare(logits, pm, cm, lm, props, spacing, as_torch=as_torch), spacing)
+        assert problems == [] and n >= 1
 
 
 def test_identity_and_torch_resampler(small_slabs):
     spacing = (6.0, 4.0, 4.0)  # the network's own grid: nnU-Net returns the logits unchanged
     pm, cm, lm = _managers()
     logits, props = _case((7, 9, 8), spacing, (7, 9, 8), seed=4)
-    _check(logits, pm, cm, lm, props, spacing, expect_mode="identity")
+    got, probs, ref_maps = _compare(logits, pm, cm, lm, props, spacing)
+    assert got.slab_mode == "identity"
+    problems, n = _problems(got, probs, ref_maps, spacing)
+    assert problems == [] and n >= 1
     spacing = (1.0, 0.75, 0.75)
     pm, cm, lm = _managers(fn="resample_torch_fornnunet", kwargs={"is_seg": False, "force_separate_z": None,
                                                                   "memefficient_seg_resampling": False})
     logits, props = _case((15, 12, 10), spacing, (5, 4, 4), seed=5)
-    _check(logits, pm, cm, lm, props, spacing, as_torch=True, expect_mode="whole")
+    got, probs, ref_maps = _compare(logits, pm, cm, lm, props, spacing, as_torch=True)
+    assert got.slab_mode == "whole"
+    problems, n = _problems(got, probs, ref_maps, spacing)
+    assert problems == [] and n >= 1
+
+
+def test_comparison_catches_a_flipped_voxel_and_a_shifted_score(small_slabs):
+    """The comparison the tests above rely on reports a single changed voxel and a changed lesion probability."""
+    spacing = (1.0, 0.75, 0.75)
+    pm, cm, lm = _managers()
+    logits, props = _case((19, 13, 11), spacing, (6, 5, 4), seed=1)
+    got, probs, ref_maps = _compare(logits, pm, cm, lm, props, spacing)
+    flipped = copy.deepcopy(got)
+    lesion = (flipped.maps[4.0] >= 1) & (flipped.maps[4.0] <= 6)
+    z, y, x = map(int, np.argwhere(lesion)[0])
+    flipped.maps[4.0][z, y, x] = 7  # one lesion voxel becomes liver
+    problems, _ = _problems(flipped, probs, ref_maps, spacing)
+    assert "factor 4.0: 1 voxels differ" in problems
+    shifted = copy.deepcopy(got)
+    shifted.liver_max = {k: v * 1.01 + 1e-3 for k, v in got.liver_max.items()}
+    problems, _ = _problems(shifted, probs, ref_maps, spacing)
+    assert any(p.startswith("LiverMax") for p in problems)
 
 
 def test_slab_resampler_bitwise(small_slabs):
