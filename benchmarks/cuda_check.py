@@ -98,9 +98,9 @@ class Profile:
 
 
 PROFILES = {
-    # the IFM and patch trainers' _demo variants: 1 epoch of 50 iterations (nnUNet_liver_demo_epochs=1)
-    "cuda": Profile(train_cases=10, train_shape=(32, 128, 128), whole_trainer="LiverIFMTrainer_demo",
-                    patch_trainer="LesionShufflePatchTrainer_demo", folds=5, train_folds=5,
+    # the IFM and patch trainers' demo-sized variants for 1 epoch of 50 iterations
+    "cuda": Profile(train_cases=10, train_shape=(32, 128, 128), whole_trainer="LiverIFMTrainer_demo_1epoch",
+                    patch_trainer="LesionShufflePatchTrainer_demo_1epoch", folds=5, train_folds=5,
                     detect_shape=(300, 512, 512), detect_spacing=(1.25, 0.75, 0.75), tensor_shape=(64, 256, 256),
                     bench_ifm_args=["--patch", "64", "160", "160", "--batch", "2", "--stages", "6", "--rounds", "3",
                                     "--repeats", "3"],
@@ -607,11 +607,11 @@ def check_trainers(ctx: Context, r: CheckResult) -> None:
     p = ctx.p
     n_jobs = p.train_folds + 1
     threads = max(1, ctx.cpus // n_jobs)
-    # demo trainers: one epoch of 50 iterations; data-augmentation workers shared out among the parallel runs
+    # data-augmentation workers shared out among the parallel runs
     da = "0" if not ctx.cuda else str(max(1, min(4, (ctx.cpus - n_jobs) // n_jobs)))
     # torch.compile's worker pool too: inductor would start one worker per core in each of the parallel trainings
     env = ctx.threads_env(threads, nnUNet_n_proc_DA=da, nnUNet_def_n_proc=str(max(1, threads)),
-                          nnUNet_liver_demo_epochs="1", TORCHINDUCTOR_COMPILE_THREADS=str(max(1, threads)))
+                          TORCHINDUCTOR_COMPILE_THREADS=str(max(1, threads)))
     dev = "cuda" if ctx.cuda else "cpu"
     jobs = {f"train_whole_fold{f}": [console("nnUNetv2_train"), WHOLE_ID, "3d_fullres", f, "-tr", p.whole_trainer,
                                      "-device", dev] for f in range(p.train_folds)}
@@ -688,7 +688,7 @@ def check_ddp(ctx: Context, r: CheckResult) -> None:
         raise Skip(f"two-GPU DDP (nnUNetv2_train -num_gpus 2) needs two CUDA GPUs; this machine has {n}")
     if ctx.whole_model is None:
         raise Skip("needs the trainers check's planned dataset, which did not finish")
-    env = ctx.threads_env(max(1, ctx.cpus // 2), nnUNet_n_proc_DA="2", nnUNet_liver_demo_epochs="1")
+    env = ctx.threads_env(max(1, ctx.cpus // 2), nnUNet_n_proc_DA="2")
     cmd = [console("nnUNetv2_train"), WHOLE_ID, "3d_fullres", "all", "-tr", ctx.p.whole_trainer, "-num_gpus", "2"]
     res = ctx.runner.run("train_whole_ddp", cmd, env, r.budget_s)
     flags = _training_flags(ctx.whole_model / "fold_all")
@@ -895,9 +895,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest allowed difference of probability figures between the device and the CPU run "
                         "(nnU-Net predicts with fp16 autocast on CUDA, fp32 on the CPU; default: %(default)s)")
     p.add_argument("--whole-trainer", default=None,
-                   help="UNet-whole trainer (default: LiverIFMTrainer_demo on CUDA, LiverIFMTrainer_tiny on the CPU)")
+                   help="UNet-whole trainer (default: LiverIFMTrainer_demo_1epoch on CUDA, LiverIFMTrainer_tiny on "
+                        "the CPU)")
     p.add_argument("--patch-trainer", default=None,
-                   help="UNet-patch trainer (default: LesionShufflePatchTrainer_demo on CUDA, _tiny on the CPU)")
+                   help="UNet-patch trainer (default: LesionShufflePatchTrainer_demo_1epoch on CUDA, _tiny on the CPU)")
     p.add_argument("--only", nargs="+", default=None, choices=[c[0] for c in CHECKS],
                    help="run only these checks (with those they need)")
     p.add_argument("--child-detect", action="store_true", help=argparse.SUPPRESS)

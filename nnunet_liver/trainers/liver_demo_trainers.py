@@ -156,6 +156,12 @@ class LiverIFMTrainer_demoUnweighted_400epochs(LiverIFMTrainer_demoUnweighted):
     demo_num_epochs = 400
 
 
+class LiverIFMTrainer_demo_1epoch(LiverIFMTrainer_demo):
+    """``LiverIFMTrainer_demo`` for one epoch (50 iterations): the CUDA check's short real training run."""
+
+    demo_num_epochs = 1
+
+
 class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
     """UNet-patch of the demo: lesion-shuffle patches of 16 x 64 x 64 voxels, demo-sized network."""
 
@@ -194,6 +200,12 @@ class LesionShufflePatchTrainer_demo_220epochs(LesionShufflePatchTrainer_demo):
     """``LesionShufflePatchTrainer_demo`` for 220 epochs: the shipped UNet-patch's settings."""
 
     demo_num_epochs = 220
+
+
+class LesionShufflePatchTrainer_demo_1epoch(LesionShufflePatchTrainer_demo):
+    """``LesionShufflePatchTrainer_demo`` for one epoch (50 iterations): the CUDA check's short real training run."""
+
+    demo_num_epochs = 1
 
 
 class LesionShufflePatchTrainer_demoPresentDice(LesionShufflePatchTrainer_demo):
