@@ -23,7 +23,7 @@ import numpy as np
 from nnunet_liver.labels import LESION_IDS, LESION_NAMES, majority_type, name_of
 
 __all__ = ["Lesion", "seg2det", "instance_map", "lesion_mask", "lesions_from_instance_map", "lesion_foreground",
-           "slice_overlap_components", "lesion_components",
+           "SLICE_OVERLAP_FOOTPRINT", "slice_overlap_components", "lesion_components",
            "max_axial_diameter_mm"]
 
 @dataclass
@@ -98,6 +98,13 @@ def lesion_foreground(label_map: np.ndarray) -> np.ndarray:
     if lm.dtype == np.uint8:
         return (lm - np.uint8(LESION_IDS[0])) < np.uint8(len(LESION_IDS))  # wraps 0 to 255: one compare
     return (lm >= LESION_IDS[0]) & (lm <= LESION_IDS[-1])
+
+
+#: the slice-overlap rule as a structuring element (8-connected in-plane, face neighbours through-plane): the same
+#: components as :func:`slice_overlap_components`, for flood fills such as the split's watershed
+SLICE_OVERLAP_FOOTPRINT = np.zeros((3, 3, 3), dtype=bool)
+SLICE_OVERLAP_FOOTPRINT[1] = True
+SLICE_OVERLAP_FOOTPRINT[0, 1, 1] = SLICE_OVERLAP_FOOTPRINT[2, 1, 1] = True
 
 
 def slice_overlap_components(fg: np.ndarray) -> Tuple[np.ndarray, int]:

@@ -29,12 +29,10 @@ from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_liver.postprocessing.seg2det import SLICE_OVERLAP_FOOTPRINT
+
 __all__ = ["split_instances", "split_lesions", "SplitResult", "SLICE_OVERLAP_FOOTPRINT"]
 
-#: seg2det's connectivity as a structuring element: 8-connected in-plane, face neighbours through-plane
-SLICE_OVERLAP_FOOTPRINT = np.zeros((3, 3, 3), dtype=bool)
-SLICE_OVERLAP_FOOTPRINT[1] = True
-SLICE_OVERLAP_FOOTPRINT[0, 1, 1] = SLICE_OVERLAP_FOOTPRINT[2, 1, 1] = True
 
 
 def _check(high_map, markers, spacing) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float, float]]:
