@@ -73,7 +73,7 @@ def run(model, tmp_path_factory):
 
 def test_dicom_matches_nifti_and_bad_studies_stay_apart(run):
     out = run["out"]
-    assert run["rc"] == 1 and digest(run["in"]) == run["digest_before"]
+    assert run["rc"] == 2 and digest(run["in"]) == run["digest_before"]  # bad studies are bad input (2)
     rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv", encoding="utf-8"))}
     assert {c: r["status"] for c, r in rows.items()} == {"twin": "done", "patient1": "done", "broken": "failed",
                                                           "ambiguous": "failed"}
@@ -105,7 +105,7 @@ def test_phase_map_rescues_the_ambiguous_study(run, tmp_path):
                                spacing=(5.0, 4.0, 4.0), channel_names=("V",))
     inp = tmp_path / "in"
     shutil.copytree(run["in"] / "ambiguous", inp / "ambiguous")
-    assert main(["-i", str(inp), "-o", str(tmp_path / "o1"), "-m", v_model, "--device", "cpu"]) == 1
+    assert main(["-i", str(inp), "-o", str(tmp_path / "o1"), "-m", v_model, "--device", "cpu"]) == 2
     out = inp / "o2"  # inside the input folder: its SEG and SR must not join the study on the next run
     for _ in range(2):
         assert main(["-i", str(inp), "-o", str(out), "-m", v_model, "--device", "cpu", "--phase-map", "31=V"]) == 0

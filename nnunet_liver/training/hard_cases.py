@@ -215,7 +215,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-c", "--configuration", default="3d_fullres", help="default: %(default)s")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
     args = parser.parse_args(argv)
-    return run_cli(parser.prog, lambda: prepare_hard_cases(args.dataset, args.configuration, args.plans))
+
+    def work() -> None:
+        prepare_hard_cases(args.dataset, args.configuration, args.plans)
+
+    return run_cli(parser.prog, work)
 
 
 if __name__ == "__main__":
