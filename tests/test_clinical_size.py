@@ -80,3 +80,25 @@ def test_case_that_does_not_fit_fails_alone(coarse_model, tmp_path, monkeypatch,
     msg = rows["a_big"]["error"]
     assert "\n" not in msg and msg.startswith("case a_big: ") and error.__name__ in msg
     assert os.path.isfile(out / "a_big_error.txt") and not os.path.exists(out / "a_big.json")
+
+
+def test_int16_case_gives_the_float32_results(coarse_model, tmp_path, monkeypatch):
+    """Holding the case as int16 changes nothing: every output equals that of the same case held as float32."""
+    import nnunet_liver.inference.cases as cases
+
+    img = paint_case(2)
+    img[5:9, 30:36, 20:28] = 110
+    write_case(tmp_path, "c", img)
+    det = LiverDetector(coarse_model, folds=[0], factors=(1, 4))
+    case = discover_cases(str(tmp_path), 4)[0]
+    small = det.detect_case(case)
+    monkeypatch.setattr(cases, "holds_int16", lambda array: False)
+    wide = det.detect_case(case)
+    assert small.case.data.dtype == np.int16 and wide.case.data.dtype == np.float32
+    np.testing.assert_array_equal(small.case.data, wide.case.data)
+    for key in ("lesions", "patient", "detections_by_factor"):
+        assert small.record[key] == wide.record[key]
+    assert len(small.record["lesions"]) >= 1
+    np.testing.assert_array_equal(small.instance_map, wide.instance_map)
+    for f in (1.0, 4.0):
+        np.testing.assert_array_equal(small.label_maps[f], wide.label_maps[f])

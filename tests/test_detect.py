@@ -310,3 +310,39 @@ def test_interrupted_run_leaves_no_half_output(models, tmp_path, monkeypatch):
     res = runner.run_folder(det, str(inp), str(out), progress=False)  # the rerun redoes it
     assert res.done == ["c"] and not res.skipped
     validate(json.load(open(out / "c.json", encoding="utf-8")))
+
+
+def test_patch_model_reuses_the_whole_models_preprocessing(models, tmp_path):
+    """A UNet-patch whose nnU-Net preprocessing equals UNet-whole's takes UNet-whole's preprocessed image: the
+    results are those of preprocessing the case a second time; a UNet-patch on another grid preprocesses its own."""
+    from nnunet_liver.inference import LiverDetector
+    from nnunet_liver.inference.cases import discover_cases
+
+    img = paint_case(3)
+    write_case(tmp_path / "in", "c", img)
+    (case,) = discover_cases(str(tmp_path / "in"), 4)
+    twin = write_rule_model(str(tmp_path / "patch"), patch_dataset_json_labels(), PATCH_CENTERS, [20.0] * 8,
+                            folds=(0,), patch_size=(8, 24, 24), spacing=(2.5, 2.0, 2.0))  # UNet-whole's grid
+    det = LiverDetector(models["whole"], folds=[0, 1], patch_model_dir=twin, factors=(1, 4))
+    assert det.share_preprocessing
+    assert not LiverDetector(models["whole"], patch_model_dir=models["patch"]).share_preprocessing  # 2 mm grid
+    loaded, predicted = det.predict_case(case)
+    assert predicted.preprocessed is not None
+    shared = det.detect_case(case, prediction=(loaded, predicted))
+    det.share_preprocessing = False
+    own = det.detect_case(case)
+    recls = [les["reclassification"] for les in shared.record["lesions"]]
+    assert len(recls) >= 1 and all(r["num_patches"] == 10 for r in recls)
+    for key in ("lesions", "patient", "detections_by_factor"):
+        assert shared.record[key] == own.record[key]
+    np.testing.assert_array_equal(shared.instance_map, own.instance_map)
+
+
+def test_the_demo_pair_preprocesses_alike():
+    from nnunet_liver.inference.model import load_model
+    from nnunet_liver.inference.predict import same_preprocessing
+
+    whole, patch = load_model("demo", which="whole"), load_model("demo", which="patch")
+    assert same_preprocessing(whole, patch) and same_preprocessing(patch, whole)
+    patch.configuration_manager.configuration["spacing"] = [5.0, 4.0, 4.0]
+    assert not same_preprocessing(whole, patch)

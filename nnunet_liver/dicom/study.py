@@ -27,7 +27,7 @@ import numpy as np
 from nnunet_liver.dicom.index import DicomStudy, SeriesHeaders
 from nnunet_liver.dicom.phase import MIN_CONFIDENCE, SKIP, Acquisition, assign_phases, measure_enhancement
 from nnunet_liver.dicom.series import SeriesGeometry, candidate_series, read_series, series_geometry
-from nnunet_liver.inference.cases import LoadedCase, _json_ready, _same_geometry, validate_case_id
+from nnunet_liver.inference.cases import LoadedCase, _json_ready, _same_geometry, store_phase, validate_case_id
 from nnunet_liver.labels import MISSING_PHASE_VALUE
 from nnunet_liver.utils.io import InputError
 
@@ -211,10 +211,10 @@ def load_dicom_case(study: DicomStudy, channel_names: Sequence[str], allow_missi
             registration[p] = _json_ready(report)
         else:
             arrays[p] = sitk.GetArrayFromImage(images[p])
-    shape = arrays[ref_phase].shape
-    data = np.empty((len(names),) + tuple(shape), dtype=np.float32)
+    shape = (len(names),) + tuple(arrays[ref_phase].shape)
+    data = None
     for c, p in enumerate(names):
-        data[c] = arrays[p] if p in arrays else MISSING_PHASE_VALUE
+        data = store_phase(data, c, arrays.pop(p) if p in arrays else np.int16(MISSING_PHASE_VALUE), shape)
     record = dict(found.record, phases_not_used=unused, reference_phase=ref_phase,
                   reference_series_uid=found.series[ref_phase].uid)
     inputs = {p: (os.path.dirname(found.geometry[p].files[0]) if p in found.geometry else None) for p in names}

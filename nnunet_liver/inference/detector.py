@@ -87,6 +87,11 @@ class LiverDetector:
 
             self.patch_model = PatchModel(patch_model_dir, patch_folds, checkpoint, device=self.device)
         self.predictor = make_predictor(self.model, self.device, use_mirroring=use_mirroring)
+        from nnunet_liver.inference.predict import same_preprocessing
+
+        #: UNet-patch takes UNet-whole's preprocessed image when the two preprocess alike (the bundled pair does)
+        self.share_preprocessing = self.patch_model is not None and same_preprocessing(self.model,
+                                                                                       self.patch_model.model)
         self.factors = factors
         self.register = bool(register)
         self.num_patches, self.seed = int(num_patches), int(seed)
@@ -147,7 +152,8 @@ class LiverDetector:
 
         loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
         factors = self.factors if factors is None else tuple(sorted({float(f) for f in factors}))
-        return loaded, predict_maps(self.predictor, self.model, loaded.data, loaded.spacing, factors)
+        return loaded, predict_maps(self.predictor, self.model, loaded.data, loaded.spacing, factors,
+                                    keep_preprocessed=self.share_preprocessing)
 
     def detect_case(self, case: CaseFiles, prediction=None) -> CaseResult:
         """The cascade on one discovered case (see :func:`nnunet_liver.inference.cases.discover_cases`).
@@ -185,7 +191,8 @@ class LiverDetector:
                 from nnunet_liver.inference.patch_model import reclassify_on_case
 
                 if prepared is None and detections[f]:
-                    prepared = self.patch_model.prepare_image(loaded.data, loaded.spacing)
+                    shared = predicted.preprocessed if self.share_preprocessing else None
+                    prepared = self.patch_model.prepare_image(loaded.data, loaded.spacing, preprocessed=shared)
                 reclassified[f], recls_results[f] = reclassify_on_case(
                     self.patch_model, prepared, detections[f], instance_map(detections[f], shape), maps[f], rng,
                     n=self.num_patches, max_volume_cm3=self.max_reclassify_volume_cm3,

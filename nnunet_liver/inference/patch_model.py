@@ -36,18 +36,25 @@ class PatchModel:
     def describe(self) -> dict:
         return self.model.describe()
 
-    def prepare_image(self, data: np.ndarray, spacing: Sequence[float]) -> dict:
+    def prepare_image(self, data: np.ndarray, spacing: Sequence[float],
+                      preprocessed: Optional[Tuple[np.ndarray, dict]] = None) -> dict:
         """Preprocess a case's image for UNet-patch once (nnU-Net's preprocessor: crop, normalise, resample).
 
         Parameters
         ----------
-        data : (C, Z, Y, X) float32 HU on the whole-CT grid. spacing : (z, y, x) mm.
+        data : (C, Z, Y, X) HU on the whole-CT grid. spacing : (z, y, x) mm.
+        preprocessed : UNet-whole's preprocessed image and properties (``CaseMaps.preprocessed``), used as they are
+            when the two models preprocess alike (:func:`~nnunet_liver.inference.predict.same_preprocessing`: the
+            same arrays nnU-Net's preprocessor would give here); ``None``: preprocess ``data``.
 
         Returns
         -------
         a dict for :meth:`prepare_masks` holding the image (C, z, y, x) normalised on UNet-patch's grid.
         """
-        image, _, properties = preprocess_like_training(self.model, data, spacing)
+        if preprocessed is not None:
+            image, properties = preprocessed
+        else:
+            image, _, properties = preprocess_like_training(self.model, data, spacing)
         return {"image": image, "properties": properties, "data_shape": data.shape, "spacing": tuple(spacing)}
 
     def prepare_masks(self, prepared: dict, instance_map: np.ndarray, liver_mask: np.ndarray

@@ -4,14 +4,14 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from nnunet_liver.inference.model import LoadedModel
 
 __all__ = ["predict_probabilities", "predict_logits", "predict_maps", "maps_from_logits", "CaseMaps",
-           "preprocess_like_training", "resample_seg_like"]
+           "preprocess_like_training", "resample_seg_like", "same_preprocessing"]
 
 
 def preprocess_like_training(model: LoadedModel, data: np.ndarray, spacing, seg: np.ndarray = None):
@@ -30,12 +30,108 @@ def preprocess_like_training(model: LoadedModel, data: np.ndarray, spacing, seg:
     """
     preprocessor = model.configuration_manager.preprocessor_class(verbose=False)
     properties = {"spacing": [float(s) for s in spacing]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        out, _, properties = preprocessor.run_case_npy(data, None, properties, model.plans_manager,
-                                                       model.configuration_manager, model.dataset_json)
+    if _channelwise_exact(preprocessor, model.configuration_manager):
+        out, properties = _run_case_by_channel(preprocessor, data, properties, model.plans_manager,
+                                               model.configuration_manager)
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            out, _, properties = preprocessor.run_case_npy(data, None, properties, model.plans_manager,
+                                                           model.configuration_manager, model.dataset_json)
     if seg is None:
         return out, None, properties
     return out, resample_seg_like(model, seg, properties, out.shape[1:]), properties
+
+
+#: nnU-Net's image resampling functions that resample every channel on its own (a channel's output depends on that
+#: channel only), so that resampling channel by channel gives nnU-Net's values
+_CHANNELWISE_RESAMPLING = ("resample_data_or_seg_to_shape",)
+
+
+def _channelwise_exact(preprocessor, configuration_manager) -> bool:
+    """Whether :func:`_run_case_by_channel` gives ``run_case_npy``'s image exactly: nnU-Net's own
+    ``DefaultPreprocessor`` (not a subclass, which may change any step) and a channel-independent resampling."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    return (type(preprocessor) is DefaultPreprocessor
+            and configuration_manager.configuration.get("resampling_fn_data") in _CHANNELWISE_RESAMPLING)
+
+
+def _run_case_by_channel(preprocessor, data: np.ndarray, properties: dict, plans_manager, configuration_manager):
+    """``DefaultPreprocessor.run_case_npy`` for an image without segmentation, one channel at a time.
+
+    nnU-Net's ``run_case_npy`` first copies the whole case to float32, and its resampling then converts the whole
+    copy to float64: for a four-phase 600 x 512 x 512 CT that is 2.5 + 5 GB on top of the case, plus the spline
+    filter's copy of a channel. The steps are per channel except the cropping box (the nonzero mask of all
+    channels), so this runs nnU-Net's own functions in the same order: ``crop_to_nonzero`` on the whole case (it
+    only compares voxels with 0, whatever their dtype), then, channel by channel, the float32 copy, the channel's
+    normaliser (as ``_normalize`` picks it) and ``resampling_fn_data`` on that channel alone. Only one channel's
+    copies exist at a time; the values are nnU-Net's, bit for bit (tested against ``run_case_npy`` with CT and
+    masked z-score normalisation, separate-z and 3D resampling, a cropping box, a transposed plan).
+    """
+    from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+    data = data.transpose([0, *[i + 1 for i in plans_manager.transpose_forward]])
+    original_spacing = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+    properties["shape_before_cropping"] = data.shape[1:]
+    data, seg, bbox = crop_to_nonzero(data, None)  # views of the case, and the nonzero mask as nnU-Net's seg
+    properties["bbox_used_for_cropping"] = bbox
+    properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
+    target_spacing = list(configuration_manager.spacing)
+    if len(target_spacing) < len(data.shape[1:]):
+        target_spacing = [original_spacing[0]] + target_spacing
+    new_shape = compute_new_shape(data.shape[1:], original_spacing, target_spacing)
+    out = None
+    intensity = plans_manager.foreground_intensity_properties_per_channel
+    for c in range(data.shape[0]):
+        channel = data[c:c + 1].astype(np.float32)  # run_case_npy's copy, one channel
+        # _normalize picks channel c's normaliser by its index: hand it a view whose channel 0 is ours, and the
+        # scheme, mask use and statistics of channel c
+        channel = _normalize_channel(preprocessor, channel, seg, configuration_manager, intensity, c)
+        resampled = configuration_manager.resampling_fn_data(channel, new_shape, original_spacing, target_spacing)
+        del channel
+        if out is None:
+            out = np.empty((data.shape[0],) + tuple(resampled.shape[1:]), dtype=resampled.dtype)
+        out[c] = resampled[0]
+        del resampled
+    return out, properties
+
+
+def _normalize_channel(preprocessor, channel: np.ndarray, seg: np.ndarray, configuration_manager, intensity: dict,
+                       c: int) -> np.ndarray:
+    """nnU-Net's ``_normalize`` on the one-channel array ``channel`` as channel ``c`` of the case."""
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    config = dict(configuration_manager.configuration)
+    config["normalization_schemes"] = [configuration_manager.normalization_schemes[c]]
+    config["use_mask_for_norm"] = [configuration_manager.use_mask_for_norm[c]]
+    return preprocessor._normalize(channel, seg, ConfigurationManager(config), {"0": intensity[str(c)]})
+
+
+def same_preprocessing(a: LoadedModel, b: LoadedModel) -> bool:
+    """Whether nnU-Net's ``run_case_npy`` gives the same image for models ``a`` and ``b`` on any case: the same
+    preprocessor class, axis transpose, target spacing, normalisation per channel (scheme, mask use, the dataset's
+    intensity statistics) and image resampling function, on the same channels.
+
+    Then UNet-patch can take UNet-whole's preprocessed image instead of preprocessing the whole case a second time
+    (the bundled demo models share their plans: at 600 x 512 x 512 that second pass costs minutes and peaks at
+    several GB of float32 and float64 copies of the case).
+    """
+    pa, pb, ca, cb = a.plans_manager, b.plans_manager, a.configuration_manager, b.configuration_manager
+
+    def channels(m):
+        names = m.dataset_json.get("channel_names", m.dataset_json.get("modality", {}))
+        return [names[k] for k in sorted(names, key=int)]
+
+    return (ca.preprocessor_class is cb.preprocessor_class
+            and list(pa.transpose_forward) == list(pb.transpose_forward)
+            and [float(s) for s in ca.spacing] == [float(s) for s in cb.spacing]
+            and list(ca.normalization_schemes) == list(cb.normalization_schemes)
+            and list(ca.use_mask_for_norm) == list(cb.use_mask_for_norm)
+            and pa.foreground_intensity_properties_per_channel == pb.foreground_intensity_properties_per_channel
+            and ca.configuration.get("resampling_fn_data") == cb.configuration.get("resampling_fn_data")
+            and ca.configuration.get("resampling_fn_data_kwargs") == cb.configuration.get("resampling_fn_data_kwargs")
+            and channels(a) == channels(b))
 
 
 def resample_seg_like(model: LoadedModel, seg: np.ndarray, properties: dict, new_shape, order=None) -> np.ndarray:
@@ -58,20 +154,25 @@ def resample_seg_like(model: LoadedModel, seg: np.ndarray, properties: dict, new
     return np.asarray(cm.resampling_fn_seg(seg, tuple(new_shape), original_spacing, target_spacing, **kwargs))
 
 
-def predict_logits(predictor, model: LoadedModel, data: np.ndarray, spacing):
+def predict_logits(predictor, model: LoadedModel, data: np.ndarray, spacing, keep_preprocessed: bool = False):
     """The folds' ensembled logits on the network's grid, and nnU-Net's preprocessing properties of the case.
 
     The fold loop is nnU-Net's own (``predictor.predict_logits_from_preprocessed_data``: every fold's sliding
     window, summed and divided by the number of folds); the result is returned as float32 (C, z', y', x').
+    ``keep_preprocessed``: also return the preprocessed image (C, z', y', x') as a third element (for a UNet-patch
+    with the same preprocessing, :func:`same_preprocessing`).
     """
     import torch
 
     pre, _, properties = preprocess_like_training(model, data, spacing)
     tensor = torch.from_numpy(pre)
-    del pre
+    if not keep_preprocessed:
+        del pre
     predictor.list_of_parameters = model.parameters
     with contextlib.redirect_stdout(io.StringIO()):
         logits = predictor.predict_logits_from_preprocessed_data(tensor)
+    if keep_preprocessed:
+        return logits.float(), properties, pre
     return logits.float(), properties
 
 
@@ -114,26 +215,40 @@ class CaseMaps:
     probabilities at every voxel the highest factor labels as lesion (what seg2det's score and mean probability per
     type read); ``liver_max``: LiverMax, per lesion type the highest probability inside the predicted liver (labels
     1..8 of the f = 1 map; 0.0 when that is empty); ``slab_mode``: which exact slab rule resampled the logits
-    (see :mod:`nnunet_liver.inference.slab_resampling`).
+    (see :mod:`nnunet_liver.inference.slab_resampling`); ``preprocessed``: UNet-whole's preprocessed image and
+    nnU-Net's properties ``(image (C, z', y', x'), properties)`` when asked for (``keep_preprocessed``), else None.
     """
     maps: Dict[float, np.ndarray]
     lesion_probabilities: object
     liver_max: Dict[str, float]
     slab_mode: str = ""
+    preprocessed: Optional[Tuple[np.ndarray, dict]] = None
 
 
-def predict_maps(predictor, model: LoadedModel, data: np.ndarray, spacing, factors: Sequence[float]) -> CaseMaps:
+def predict_maps(predictor, model: LoadedModel, data: np.ndarray, spacing, factors: Sequence[float],
+                 keep_preprocessed: bool = False) -> CaseMaps:
     """UNet-whole on one case: the label map of every sensitivity factor (and 1.0) plus the lesion statistics.
 
     Equals :func:`predict_probabilities` followed by ``lesion_sensitivity_masks``, seg2det's probability statistics
     and ``liver_max``, without holding the (14, Z, Y, X) probabilities: see :func:`maps_from_logits`.
+    ``keep_preprocessed``: keep the preprocessed image in ``CaseMaps.preprocessed`` (a copy of nnU-Net's properties
+    beside it).
     """
-    logits, properties = predict_logits(predictor, model, data, spacing)
+    import copy
+
+    if keep_preprocessed:
+        logits, properties, pre = predict_logits(predictor, model, data, spacing, keep_preprocessed=True)
+        kept = (pre, copy.deepcopy(properties))
+    else:
+        logits, properties = predict_logits(predictor, model, data, spacing)
+        kept = None
     resampler = getattr(model.configuration_manager.resampling_fn_probabilities, "func", None)
     if "torch" in getattr(resampler, "__name__", "") and predictor.device.type != "cpu":
         logits = logits.to(predictor.device)  # nnU-Net's torch resamplers return their input's device
-    return maps_from_logits(logits, model.plans_manager, model.configuration_manager, predictor.label_manager,
-                            properties, factors)
+    result = maps_from_logits(logits, model.plans_manager, model.configuration_manager, predictor.label_manager,
+                              properties, factors)
+    result.preprocessed = kept
+    return result
 
 
 def maps_from_logits(logits, plans_manager, configuration_manager, label_manager, properties,

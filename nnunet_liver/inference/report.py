@@ -51,7 +51,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 def _grey_rgb(image2d: np.ndarray) -> np.ndarray:
     lo, hi = CT_WINDOW_HU
-    grey = np.clip((image2d - lo) / (hi - lo), 0, 1)
+    grey = np.clip((np.asarray(image2d, dtype=np.float32) - lo) / (hi - lo), 0, 1)
     return np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
