@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = os.path.dirname(os.path.abspath(__file__))
     p.add_argument("--work", required=True, help="work folder (cases, outputs, logs; kept)")
-    p.add_argument("--dicom", default=os.path.join(here, "..", "..", "..", "shared", "realdata", "hcc048_pv_dicom"))
+    p.add_argument("--dicom", default=os.path.join(here, "..", "..", "shared", "realdata", "hcc048_pv_dicom"),
+                   help="the portal-venous DICOM series (default: ../shared/realdata/hcc048_pv_dicom beside the repository)")
     p.add_argument("--slices", type=int, nargs="*", default=[119, 357, 600])
     p.add_argument("--z-spacing", type=float, default=1.0, help="slice spacing of the stacked cases (mm)")
     p.add_argument("--native", action="store_true", help="also the study at its own slice spacing")
