@@ -64,11 +64,11 @@ def test_case_that_does_not_fit_fails_alone(coarse_model, tmp_path, monkeypatch,
     write_case(inp, "b_ok", paint_case(2))
     real = predict.predict_maps
 
-    def predict_maps(predictor, model, data, spacing, factors):
+    def predict_maps(predictor, model, data, spacing, factors, **kwargs):
         if data.shape[1] > 20:  # the "big" case
             raise error("CUDA out of memory. Tried to allocate 5.20 GiB\nmore details" if error is not MemoryError
                         else "Unable to allocate 5.20 GiB for an array with shape (14, 357, 512, 512)")
-        return real(predictor, model, data, spacing, factors)
+        return real(predictor, model, data, spacing, factors, **kwargs)
 
     monkeypatch.setattr(predict, "predict_maps", predict_maps)
     det = LiverDetector(coarse_model, folds=[0])
