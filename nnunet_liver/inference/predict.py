@@ -42,6 +42,16 @@ def preprocess_like_training(model: LoadedModel, data: np.ndarray, spacing, seg:
     return out, resample_seg_like(model, seg, properties, out.shape[1:]), properties
 
 
+def _spacings(plans_manager, configuration_manager, properties):
+    """(the case's spacing, the network's spacing), both in the plans' axis order, as ``run_case_npy`` takes them: a
+    2D configuration's spacing keeps the case's own first axis."""
+    original = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+    target = list(configuration_manager.spacing)
+    if len(target) < len(original):
+        target = [original[0]] + target
+    return original, target
+
+
 #: nnU-Net's image resampling functions that resample every channel on its own (a channel's output depends on that
 #: channel only), so that resampling channel by channel gives nnU-Net's values
 _CHANNELWISE_RESAMPLING = ("resample_data_or_seg_to_shape",)
@@ -72,14 +82,11 @@ def _run_case_by_channel(preprocessor, data: np.ndarray, properties: dict, plans
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
     data = data.transpose([0, *[i + 1 for i in plans_manager.transpose_forward]])
-    original_spacing = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+    original_spacing, target_spacing = _spacings(plans_manager, configuration_manager, properties)
     properties["shape_before_cropping"] = data.shape[1:]
     data, seg, bbox = crop_to_nonzero(data, None)  # views of the case, and the nonzero mask as nnU-Net's seg
     properties["bbox_used_for_cropping"] = bbox
     properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
-    target_spacing = list(configuration_manager.spacing)
-    if len(target_spacing) < len(data.shape[1:]):
-        target_spacing = [original_spacing[0]] + target_spacing
     new_shape = compute_new_shape(data.shape[1:], original_spacing, target_spacing)
     out = None
     intensity = plans_manager.foreground_intensity_properties_per_channel
@@ -146,10 +153,7 @@ def resample_seg_like(model: LoadedModel, seg: np.ndarray, properties: dict, new
     pm, cm = model.plans_manager, model.configuration_manager
     seg = seg.transpose([0, *[i + 1 for i in pm.transpose_forward]])
     seg = seg[(slice(None),) + bounding_box_to_slice(properties["bbox_used_for_cropping"])]
-    original_spacing = [properties["spacing"][i] for i in pm.transpose_forward]
-    target_spacing = list(cm.spacing)
-    if len(target_spacing) < 3:
-        target_spacing = [original_spacing[0]] + target_spacing
+    original_spacing, target_spacing = _spacings(pm, cm, properties)
     kwargs = {} if order is None else {"order": order, "order_z": order}
     return np.asarray(cm.resampling_fn_seg(seg, tuple(new_shape), original_spacing, target_spacing, **kwargs))
 
