@@ -308,10 +308,15 @@ def split_section(ref_dir, runs: dict, base_recls, pairs: dict) -> str:
 
 #: the detector runs of the split section, as LiverDetector settings with the bundled models (``patch_model_dir``
 #: None: no reclassification); the folders are ``det_NAME``
-SPLIT_RUNS = {"Base": dict(factors=(1,), patch_model_dir=None),
-              "Base_ReCls": dict(factors=(1,)),
+SPLIT_RUNS = {"Base": dict(factors=(1,), patch_model_dir=None, split=False),
+              "Base_ReCls": dict(factors=(1,), split=False),
               "High_ReCls": dict(factors=(1, 4), split=False),
-              "High_ReCls_split": dict(factors=(1, 4), split=True)}
+              "High_ReCls_split": dict(factors=(1, 4), split=True, marker_factor=None)}
+#: the same with the marker factor (the detector's default): f = 1's regions split among f = 0.25's lesions too
+MARKER_RUNS = {"Base_markers": dict(factors=(1,), patch_model_dir=None),
+               "Base_ReCls_markers": dict(factors=(1,)),
+               "High_markers": dict(factors=(1, 4), patch_model_dir=None),
+               "High_ReCls_markers": dict(factors=(1, 4))}
 
 
 def detect_runs(input_dir, out_root, runs=None, model="demo", patch="demo", progress=True) -> dict:
@@ -329,7 +334,7 @@ def detect_runs(input_dir, out_root, runs=None, model="demo", patch="demo", prog
     runs = SPLIT_RUNS if runs is None else runs
     dets = {name: LiverDetector(model, **{"patch_model_dir": patch, **kw}) for name, kw in runs.items()}
     first = next(iter(dets.values()))
-    all_factors = sorted({f for det in dets.values() for f in det.factors})  # one prediction serves every run
+    all_factors = sorted({f for det in dets.values() for f in det.map_factors})  # one prediction serves every run
     folders = {name: Path(out_root) / f"det_{name}" for name in runs}
     for f in folders.values():
         f.mkdir(parents=True, exist_ok=True)
@@ -357,6 +362,9 @@ def main(argv=None) -> int:
                    help="the High+ReCls run with the instance-preserving split (the detector's default), --high-recls "
                         "being the --no-split run: writes the split section instead (lesion table with FN_merged, "
                         "patient classes, the causes of 'uncertain' and the consensus options)")
+    p.add_argument("--run", nargs="+", default=[], metavar="NAME=DIR",
+                   help="with --high-recls-split: more rows for the lesion table (e.g. the MARKER_RUNS folders: "
+                        "'Base, markers=det_Base_markers')")
     p.add_argument("-o", default=None, help="markdown output (default: print)")
     a = p.parse_args(argv)
     if a.high_recls_split:
@@ -365,6 +373,11 @@ def main(argv=None) -> int:
         runs = {"Base": a.base} if a.base else {}
         runs.update({"Base+ReCls": a.base_recls, "High+ReCls, --no-split (paper)": a.high_recls,
                      "High+ReCls, split": a.high_recls_split})
+        for item in a.run:
+            name, sep, folder = item.rpartition("=")
+            if not sep or not name:
+                p.error(f"--run {item!r}: expected NAME=DIR")
+            runs[name] = folder
         text = split_section(a.ref, runs, a.base_recls, {"--no-split": a.high_recls, "split": a.high_recls_split})
     else:
         if not a.base:

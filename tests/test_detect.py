@@ -167,6 +167,11 @@ def test_reclassification_drops_and_retypes(models, tmp_path, transposed):
     assert rec["detections_by_factor"]["4"]["before_reclassification"] == 2
     assert rec["detections_by_factor"]["4"]["after_reclassification"] == 1
     assert len(rec["detections_by_factor"]["4"]["dropped_detection_ids"]) == 1
+    (gone,) = rec["detections_by_factor"]["4"]["dropped"]  # what was removed, and why, for a human to check
+    assert gone["detection_id"] == rec["detections_by_factor"]["4"]["dropped_detection_ids"][0]
+    assert gone["reclassification"]["kept"] is False and gone["volume_cm3"] > 0 and len(gone["centroid_mm"]) == 3
+    # the weak lesion is too small to reach 0.5 cm3 on UNet-patch's grid: dropped without a network call, and says so
+    assert gone["reclassification"]["score_cm3"] is None and "< 0.5 cm3" in gone["reclassification"]["skipped"]
     (les,) = rec["lesions"]
     assert les["id"] == 1 and les["type"] == "Meta" and les["label"] == 3 and les["sensitivity"] == "same"
     assert les["reclassification"]["type_before"] == "HCC" and les["reclassification"]["kept"]
@@ -346,3 +351,36 @@ def test_the_demo_pair_preprocesses_alike():
     assert same_preprocessing(whole, patch) and same_preprocessing(patch, whole)
     patch.configuration_manager.configuration["spacing"] = [5.0, 4.0, 4.0]
     assert not same_preprocessing(whole, patch)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_masks_of_all_factors_in_one_pass_equal_one_pass_each(models, tmp_path, transposed):
+    """``prepare_masks_many`` packs every factor's lesion ids and liver into one code resampled once: the same
+    arrays as one ``prepare_masks`` call per factor (nearest neighbour, resampled 2.5 -> 2 mm, a cropping box,
+    a transposed plan); too many ids for an exact float64 code fall back to one pass each; empty maps."""
+    from nnunet_liver.inference.patch_model import PatchModel
+    from nnunet_liver.inference.predict import preprocess_like_training
+
+    patch = models["patch"] if not transposed else write_rule_model(
+        str(tmp_path / "p"), patch_dataset_json_labels(), PATCH_CENTERS, [20.0] * 8, patch_size=(8, 24, 24),
+        spacing=(2.0, 2.0, 2.0), transpose_forward=(1, 2, 0))
+    pm = PatchModel(patch)
+    data = np.stack([paint_case(1)] * 4)
+    data[:, :, :2] = 0  # a zero border: nnU-Net crops it away
+    prepared = pm.prepare_image(data, (2.5, 2.0, 2.0))
+    assert sorted(b[0] for b in prepared["properties"]["bbox_used_for_cropping"]) == [0, 0, 2]  # y cropped
+    rng = np.random.default_rng(7)
+    shape = data.shape[1:]
+    pairs = []
+    for n_ids in (3, 60, 0):  # f = 1, f = 4 with many ids, an empty factor
+        ids = rng.integers(0, n_ids + 1, shape) * (rng.random(shape) < 0.3) if n_ids else np.zeros(shape, int)
+        pairs.append((ids.astype(np.uint16), rng.random(shape) < 0.5))
+    together = pm.prepare_masks_many(prepared, pairs)
+    for (ids, liver), got in zip(pairs, together):
+        want = pm.prepare_masks(prepared, ids, liver)
+        assert all(np.array_equal(a, b) for a, b in zip(got[:3], want[:3])) and got[3] == want[3]
+    assert together[2][1].max() == 0 and together[0][1].max() == 3
+    # more ids than an exact float64 code holds for 4 maps: one pass each, same results
+    big = [(np.where(ids > 0, ids.astype(np.int64) * 20000, 0), liver) for ids, liver in pairs[:2]] * 2
+    for (ids, liver), got in zip(big, pm.prepare_masks_many(prepared, big)):
+        assert np.array_equal(got[1], pm.prepare_masks(prepared, ids, liver)[1])

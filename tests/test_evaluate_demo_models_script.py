@@ -96,3 +96,11 @@ def test_uncertain_causes_and_consensus_options():
     # nothing shared: shared-lesions-first is the paper's rule; floors apply to both factors
     assert E.patient_options(_lesions(), _lesions((np.s_[2, 8, 8], hcc))) == \
         {"paper": "uncertain", "floor": "normal", "same-first": "uncertain"}
+
+
+def test_extra_rows_need_name_and_folder(tmp_path, capsys):
+    """``--run NAME=DIR`` adds a row to the split section's table; a value without '=' is a usage error."""
+    args = ["-ref", str(tmp_path), "--base-recls", "a", "--high-recls", "b", "--high-recls-split", "c"]
+    with pytest.raises(SystemExit) as e:
+        E.main(args + ["--run", "no-folder"])
+    assert e.value.code == 2 and "expected NAME=DIR" in capsys.readouterr().err

@@ -265,7 +265,9 @@ def test_no_split_is_the_papers_cascade(models, tmp_path):
     def strip(rec):
         return {k: v for k, v in rec.items() if k not in ("timing_s", "settings")}
     assert strip(res[True]["plain"].record) == strip(res[False]["plain"].record)
-    assert {**res[True]["plain"].record["settings"], "split": False} == res[False]["plain"].record["settings"]
+    assert {**res[True]["plain"].record["settings"], "split": False, "marker_factor": None,
+            "min_marker_cm3": None} == \
+        res[False]["plain"].record["settings"]
     assert np.array_equal(res[True]["plain"].instance_map, res[False]["plain"].instance_map)
     # one prediction post-processed by both detectors = two full runs (evaluate_demo_models.detect_runs)
     from nnunet_liver.inference.cases import discover_cases
@@ -310,3 +312,72 @@ def test_detect_runs_equals_separate_detector_runs(models, tmp_path):
             rec.pop("timing_s")
         assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
         assert np.array_equal(sitk_array(a_img), sitk_array(b_img))
+
+
+def paint_joined_at_f1():
+    """Liver 60 HU; two HCC blocks (150 HU) joined by a 110 HU bridge. With the rule model (HCC centre 150, liver 60,
+    width 40) a voxel is lesion at factor f when its HU exceeds 105 - 8.89 ln f: f = 1 and 4 call the bridge lesion
+    (105, 92.7 HU), f = 0.25 does not (117.3 HU). Plus a lone 100 HU lesion only f = 4 finds."""
+    img = np.full((20, 48, 40), -1000, np.float32)
+    img[3:17, 6:42, 4:36] = 60
+    img[6:10, 10:18, 8:14] = 150
+    img[6:10, 10:18, 16:22] = 150
+    img[6:10, 12:16, 14:16] = 110
+    img[12:14, 30:34, 24:28] = 100
+    return img
+
+
+@pytest.mark.slow
+def test_marker_factor_keeps_apart_what_f1_joins(models, tmp_path):
+    """The lowest factor's region holding two of the marker factor's (0.25) lesions is split among them, and the
+    f = 4 region follows; marker_factor=None (or 0 on the command line) gives the previous split; the marker factor
+    must lie below the lowest factor; one prediction serves all settings."""
+    from nnunet_liver.inference import LiverDetector
+    from nnunet_liver.inference.cases import discover_cases
+    from nnunet_liver.inference.cli import main
+    from nnunet_liver.utils.io import InputError
+
+    write_case(tmp_path / "in", "joined", paint_joined_at_f1())
+    (case,) = discover_cases(str(tmp_path / "in"), 4)
+    default = LiverDetector(models["whole"], folds=[0])
+    assert default.marker_factor == 0.25 and default.map_factors == (0.25, 1.0, 4.0)
+    prediction = default.predict_case(case)
+    maps = prediction[1].maps
+    spacing = prediction[0].spacing
+    assert [len(seg2det(maps[f], spacing)) for f in (0.25, 1.0, 4.0)] == [2, 1, 2]  # f = 1 joins the pair
+    res = default.detect_case(case, prediction=prediction)
+    validate(res.record)
+    assert res.record["settings"]["marker_factor"] == 0.25
+    assert [(l["type"], l["sensitivity"]) for l in res.record["lesions"]] == [("HCC", "same")] * 2 + [("HCC", "diff")]
+    # the two pieces are f = 1's (and f = 4's) joined region, cut in two, each holding one marker lesion
+    joined = seg2det(maps[4.0], spacing)[0].global_mask(maps[4.0].shape)
+    assert np.array_equal((res.instance_map == 1) | (res.instance_map == 2), joined)
+    for lesion in seg2det(maps[0.25], spacing):
+        assert len(np.unique(res.instance_map[lesion.global_mask(maps[0.25].shape)])) == 1
+    assert res.record["patient"]["class_by_factor"] == {"1": "HCC", "4": "HCC"}
+    # each marker-factor lesion is 4 x 8 x 6 voxels of 10 mm3 = 1.92 cm3: a floor above that leaves no marker
+    assert res.record["settings"]["min_marker_cm3"] == 0.5
+    floor = LiverDetector(models["whole"], folds=[0], min_marker_cm3=2.0).detect_case(case, prediction=prediction)
+    assert [l["sensitivity"] for l in floor.record["lesions"]] == ["same", "diff"]
+    with pytest.raises(InputError, match="min_marker_cm3"):
+        LiverDetector(models["whole"], folds=[0], min_marker_cm3=-1)
+    # without markers: f = 1 keeps the pair as one lesion, so f = 4 (split among f = 1's lesions) does too
+    plain = LiverDetector(models["whole"], folds=[0], marker_factor=None).detect_case(case, prediction=prediction)
+    assert plain.record["settings"]["marker_factor"] is None and plain.record["settings"]["min_marker_cm3"] is None
+    assert [l["sensitivity"] for l in plain.record["lesions"]] == ["same", "diff"]
+    assert np.array_equal(plain.instance_map == 1, joined)
+    # Base (f = 1 alone) splits too; --no-split ignores the marker factor (the paper exactly)
+    base = LiverDetector(models["whole"], folds=[0], factors=(1,)).detect_case(case, prediction=prediction)
+    assert len(base.lesions) == 2 and np.array_equal(base.instance_map > 0, seg2det(maps[1.0], spacing)[0]
+                                                     .global_mask(maps[1.0].shape))
+    paper = LiverDetector(models["whole"], folds=[0], split=False, marker_factor=0.5)
+    assert paper.marker_factor is None and paper.settings()["marker_factor"] is None
+    for bad in (1.0, 2.0, -0.5, float("nan")):
+        with pytest.raises(InputError, match="--marker-factor"):
+            LiverDetector(models["whole"], folds=[0], marker_factor=bad)
+    # the command line: --marker-factor 0 turns it off
+    out = tmp_path / "off"
+    assert main(["-i", str(tmp_path / "in"), "-o", str(out), "-m", models["whole"], "--patch-model", "none",
+                 "--no-report", "--marker-factor", "0"]) == 0
+    rec, _ = read_outputs(out, "joined")
+    assert rec["settings"]["marker_factor"] is None and len(rec["lesions"]) == 2

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-split", action="store_true",
                    help="do not split a higher factor's lesion region among the lowest factor's lesions it holds "
                         "(the paper's cascade exactly; by default two lesions that f = 1 separates stay two at f = 4)")
+    p.add_argument("--marker-factor", type=float, default=None, metavar="F",
+                   help="with the split, the lowest factor's regions are split among the lesions of this lower "
+                        "factor of at least 0.5 cm3 (default 0.25: two lesions f = 1 joins but f = 0.25 keeps apart "
+                        "stay two); 0 turns this off")
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--phase-map", nargs="+", default=None, metavar="SERIES=PHASE",
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     detector = LiverDetector(args.m, folds=args.f, checkpoint=args.chk, patch_model_dir=args.patch_model,
                              factors=args.factors, device=args.device, register=args.register,
                              num_patches=args.num_patches, seed=args.seed, use_mirroring=not args.disable_tta,
-                             split=not args.no_split)
+                             split=not args.no_split,
+                             **({} if args.marker_factor is None else {"marker_factor": args.marker_factor}))
     result = run_folder(detector, args.i, args.o, num_parts=args.num_parts, part_id=args.part_id,
                         overwrite=args.overwrite, report=not args.no_report,
                         phase_map=parse_phase_map(args.phase_map))

@@ -22,6 +22,11 @@ __all__ = ["LiverDetector", "CaseResult", "SCHEMA_VERSION", "factor_key"]
 
 SCHEMA_VERSION = "1.0"
 
+#: the lowest reported factor's regions are split among this factor's lesions (``LiverDetector(marker_factor=)``)
+DEFAULT_MARKER_FACTOR = 0.25
+#: ... and only among those of at least this volume (cm3)
+DEFAULT_MIN_MARKER_CM3 = 0.5
+
 
 def factor_key(f: float) -> str:
     """JSON key of a sensitivity factor: ``1.0 -> "1"``, ``2.5 -> "2.5"``."""
@@ -61,6 +66,13 @@ class LiverDetector:
     split : split every higher factor's lesion region that holds two or more of the lowest factor's lesions among
         them (:mod:`nnunet_liver.postprocessing.split`; on by default, a departure from Wang et al.); ``False``
         reproduces the paper's cascade exactly.
+    marker_factor : with ``split``, the lowest factor's own regions are split the same way among the lesions of
+        this lower factor (default 0.25 = 1 / 4, the paper's high factor mirrored: lesions only the most confident
+        voxels form, which keep apart neighbours that f = 1 already joins); its lesions serve as markers only and
+        are never reported. ``None`` (or 0): the lowest factor's regions are not split.
+    min_marker_cm3 : the marker factor's lesions smaller than this are not markers (default 0.5 cm3, the smallest
+        lesion the paper counts): at a low factor a lesion whose type is uncertain breaks into small cores, which
+        are not separate lesions.
 
     Raises
     ------
@@ -72,10 +84,17 @@ class LiverDetector:
                  patch_model_dir: Optional[str] = None, factors: Sequence[float] = (1.0, 4.0), device: str = "cpu",
                  register: bool = False, num_patches: int = 10, max_reclassify_volume_cm3: float = 64.0,
                  min_score_cm3: float = 0.5, seed: int = 0, use_mirroring: bool = True,
-                 patch_folds: Optional[Sequence] = None, split: bool = True):
+                 patch_folds: Optional[Sequence] = None, split: bool = True,
+                 marker_factor: Optional[float] = DEFAULT_MARKER_FACTOR,
+                 min_marker_cm3: float = DEFAULT_MIN_MARKER_CM3):
         factors = tuple(sorted({float(f) for f in factors}))
         if not factors or any(not np.isfinite(f) or f <= 0 for f in factors):
             raise InputError(f"--factors {list(factors)}: sensitivity factors must be finite and > 0")
+        marker_factor = None if not split or marker_factor is None or float(marker_factor) == 0 else \
+            float(marker_factor)
+        if marker_factor is not None and not (np.isfinite(marker_factor) and 0 < marker_factor < factors[0]):
+            raise InputError(f"--marker-factor {marker_factor:g}: must be > 0 and below the lowest sensitivity "
+                             f"factor {factors[0]:g} (0 turns the lowest factor's split off)")
         self.device = _check_device(device)
         self.model: LoadedModel = load_model(model_dir, folds, checkpoint, which="whole")
         if self.model.num_classes != 14:
@@ -98,6 +117,15 @@ class LiverDetector:
         self.max_reclassify_volume_cm3, self.min_score_cm3 = float(max_reclassify_volume_cm3), float(min_score_cm3)
         self.use_mirroring = bool(use_mirroring)
         self.split = bool(split)
+        self.marker_factor = marker_factor
+        self.min_marker_cm3 = float(min_marker_cm3)
+        if not (np.isfinite(self.min_marker_cm3) and self.min_marker_cm3 >= 0):
+            raise InputError(f"min_marker_cm3 {min_marker_cm3}: must be a finite volume >= 0 (cm3)")
+
+    @property
+    def map_factors(self) -> tuple:
+        """The factors whose label maps the cascade reads: the reported ones and the marker factor."""
+        return tuple(sorted(set(self.factors) | ({self.marker_factor} if self.marker_factor is not None else set())))
 
     @property
     def channel_names(self) -> tuple:
@@ -117,7 +145,9 @@ class LiverDetector:
         else:
             recls["patch_size"] = list(self.patch_model.patch_size)
         return {"factors": [float(f) for f in self.factors], "device": str(self.device), "register": self.register,
-                "mirroring": self.use_mirroring, "split": self.split, "reclassification": recls}
+                "mirroring": self.use_mirroring, "split": self.split, "marker_factor": self.marker_factor,
+                "min_marker_cm3": self.min_marker_cm3 if self.marker_factor is not None else None,
+                "reclassification": recls}
 
     def models(self) -> dict:
         out = {"whole": self.model.describe(), "patch": None}
@@ -151,7 +181,7 @@ class LiverDetector:
         from nnunet_liver.inference.predict import predict_maps
 
         loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
-        factors = self.factors if factors is None else tuple(sorted({float(f) for f in factors}))
+        factors = self.map_factors if factors is None else tuple(sorted({float(f) for f in factors}))
         return loaded, predict_maps(self.predictor, self.model, loaded.data, loaded.spacing, factors,
                                     keep_preprocessed=self.share_preprocessing)
 
@@ -169,34 +199,50 @@ class LiverDetector:
         loaded, predicted = self.predict_case(case) if prediction is None else prediction
         t_predict = time.perf_counter() - t0
         maps, probabilities = predicted.maps, predicted.lesion_probabilities
-        missing = [f for f in self.factors if f not in maps]
+        missing = [f for f in self.map_factors if f not in maps]
         if missing:
             raise ValueError(f"the prediction passed to detect_case has no label map for factors {missing}; "
-                             f"compute it with predict_case(case, factors) covering {list(self.factors)}")
+                             f"compute it with predict_case(case, factors) covering {list(self.map_factors)}")
         ref = loaded.reference
         images = loaded.images_by_phase()
         shape = loaded.data.shape[1:]
         detections, reclassified, recls_results = {}, {}, {}
         rng = np.random.default_rng([self.seed, _stable_hash(loaded.case_id)])
         prepared = None  # the case on UNet-patch's grid, computed once for every factor
+        # markers of the lowest factor's split: the marker factor's lesions (geometry only, never reported)
+        markers = None
+        if self.marker_factor is not None:
+            markers = [m for m in seg2det(maps[self.marker_factor], loaded.spacing)
+                       if m.volume_cm3 >= self.min_marker_cm3]
         for f in self.factors:
             kw = dict(images=images, probabilities=probabilities, origin=ref.GetOrigin(), direction=ref.GetDirection())
             if self.split and f != self.factors[0]:  # keep the lowest factor's lesions apart (postprocessing.split)
                 detections[f] = split_lesions(maps[f], detections[self.factors[0]], loaded.spacing, **kw)
+            elif markers is not None:  # the lowest factor keeps apart what the marker factor separates
+                detections[f] = split_lesions(maps[f], markers, loaded.spacing, **kw)
             else:
                 detections[f] = seg2det(maps[f], loaded.spacing, **kw)
+        masks = {}
+        with_lesions = [f for f in self.factors if detections[f]]
+        if self.patch_model is not None and with_lesions:
+            from nnunet_liver.inference.patch_model import prepare_factor_masks
+
+            shared = predicted.preprocessed if self.share_preprocessing else None
+            prepared = self.patch_model.prepare_image(loaded.data, loaded.spacing, preprocessed=shared)
+            # every factor's lesion ids and liver on UNet-patch's grid in one resampling pass
+            masks = prepare_factor_masks(self.patch_model, prepared,
+                                         {f: instance_map(detections[f], shape) for f in with_lesions},
+                                         {f: maps[f] for f in with_lesions})
+        for f in self.factors:  # in factor order: the patch positions draw from rng as one factor after another
             if self.patch_model is None:
                 reclassified[f], recls_results[f] = detections[f], {}
             else:
                 from nnunet_liver.inference.patch_model import reclassify_on_case
 
-                if prepared is None and detections[f]:
-                    shared = predicted.preprocessed if self.share_preprocessing else None
-                    prepared = self.patch_model.prepare_image(loaded.data, loaded.spacing, preprocessed=shared)
                 reclassified[f], recls_results[f] = reclassify_on_case(
-                    self.patch_model, prepared, detections[f], instance_map(detections[f], shape), maps[f], rng,
-                    n=self.num_patches, max_volume_cm3=self.max_reclassify_volume_cm3,
-                    min_score_cm3=self.min_score_cm3)
+                    self.patch_model, prepared, detections[f], None, None, rng, n=self.num_patches,
+                    max_volume_cm3=self.max_reclassify_volume_cm3, min_score_cm3=self.min_score_cm3,
+                    masks=masks.get(f))
         record, final = self._record(loaded, predicted.liver_max, detections, reclassified, recls_results)
         record["timing_s"] = {"load_and_predict": round(t_predict, 3),
                               "total": round(time.perf_counter() - t0, 3)}
@@ -208,8 +254,7 @@ class LiverDetector:
         same_ids = self._same_ids(reclassified)
         final, lesions_json = _final_lesions(reclassified[self.factors[-1]], recls_results[self.factors[-1]],
                                              same_ids)
-        dropped = {factor_key(f): sorted(int(i) for i, r in recls_results[f].items() if not r.kept)
-                   for f in self.factors}
+        dropped = {factor_key(f): _dropped_lesions(detections[f], recls_results[f]) for f in self.factors}
         ref = loaded.reference
         record = {
             "schema_version": SCHEMA_VERSION,
@@ -227,7 +272,9 @@ class LiverDetector:
             "settings": self.settings(),
             "detections_by_factor": {factor_key(f): {"before_reclassification": len(detections[f]),
                                                      "after_reclassification": len(reclassified[f]),
-                                                     "dropped_detection_ids": dropped[factor_key(f)]}
+                                                     "dropped_detection_ids": [d["detection_id"] for d in
+                                                                               dropped[factor_key(f)]],
+                                                     "dropped": dropped[factor_key(f)]}
                                      for f in self.factors},
             "lesions": lesions_json,
             "patient": self._patient(reclassified, livermax),
@@ -270,6 +317,20 @@ def _final_lesions(lesions, recls_results, same_ids):
         lesions_json.append(entry)
         final.append(dataclasses.replace(les, id=new_id))
     return final, lesions_json
+
+
+def _dropped_lesions(detections, recls_results) -> list:
+    """What reclassification removed, for a human to look at: each dropped detection's id, type, volume, centroid,
+    whole-CT score and its reclassification result (score in cm3 or why no network call was made), by id."""
+    out = []
+    for les in detections:
+        r = recls_results.get(les.id)
+        if r is None or r.kept:
+            continue
+        out.append({"detection_id": int(les.id), "type": name_of(les.label), "volume_cm3": float(les.volume_cm3),
+                    "centroid_mm": [float(v) for v in les.centroid_mm],
+                    "score": None if les.score is None else float(les.score), "reclassification": r.to_dict()})
+    return out
 
 
 def _stable_hash(text: str) -> int:

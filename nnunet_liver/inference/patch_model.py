@@ -10,7 +10,7 @@ from nnunet_liver.inference.model import LoadedModel, load_model
 from nnunet_liver.inference.predict import preprocess_like_training
 from nnunet_liver.labels import LIVER_REGION_IDS
 
-__all__ = ["PatchModel", "reclassify_on_case"]
+__all__ = ["PatchModel", "reclassify_on_case", "prepare_factor_masks"]
 
 
 class PatchModel:
@@ -67,22 +67,56 @@ class PatchModel:
         spacing (z, y, x) mm of UNet-patch's grid), in the network's axis order (the plans' ``transpose_forward``
         applied, as its patch size and spacing are; (z, y, x) for the usual identity transpose).
         """
+        return self.prepare_masks_many(prepared, [(instance_map, liver_mask)])[0]
+
+    def prepare_masks_many(self, prepared: dict, pairs: Sequence[Tuple[np.ndarray, np.ndarray]]) -> List[tuple]:
+        """:meth:`prepare_masks` for several ``(instance_map, liver_mask)`` pairs (one per sensitivity factor) in ONE
+        nearest-neighbour pass over the whole-CT grid: the same results as one call per pair.
+
+        Each pair becomes one label map (lesion ids 1..n, liver without lesion n + 1); the maps are packed into one
+        integer code (``sum_k map_k * base**k``) that is resampled once. Nearest neighbour copies each output voxel
+        from one input voxel chosen by the coordinates alone, so unpacking gives every map's own result; codes stay
+        below 2**53, where nnU-Net's float64 resampling holds integers exactly (otherwise one pass per pair).
+        """
         from nnunet_liver.inference.predict import resample_seg_like
 
-        # one label map carries both: lesion ids 1..n, liver (without lesion) n + 1
-        combined = instance_map.astype(np.int32)
-        liver_id = int(combined.max()) + 1
-        combined[(combined == 0) & liver_mask] = liver_id
         image = prepared["image"]
-        # nearest neighbour: one pass for any number of lesion ids (per-label interpolation costs a pass per id)
-        seg = resample_seg_like(self.model, combined[None], prepared["properties"], image.shape[1:], order=0)[0]
-        seg = seg.astype(np.int32)
-        # everything stays in the network's axis order (plans' transpose_forward), like its patch size and spacing
         spacing_pp = tuple(float(s) for s in self.model.configuration_manager.spacing)
-        seg[seg < 0] = 0
-        liver = seg > 0
-        instances = np.where(seg == liver_id, 0, seg)
-        return np.ascontiguousarray(image, dtype=np.float32), instances, liver, spacing_pp
+        liver_ids = [int(ids.max()) + 1 if ids.size else 1 for ids, _ in pairs]  # liver without lesion: n + 1
+        base = max(liver_ids, default=0) + 1
+        packed = len(pairs) > 1 and base ** len(pairs) < 2 ** 53
+        dtype = np.int32 if base ** (len(pairs) if packed else 1) < 2 ** 31 else np.int64
+
+        def combined(k):  # one label map: lesion ids 1..n, liver (without lesion) n + 1
+            ids, liver_mask = pairs[k]
+            c = ids.astype(dtype)
+            c[(c == 0) & liver_mask] = liver_ids[k]
+            return c
+
+        def resample(label_map):  # nearest neighbour: one pass for any number of ids (per-label costs one per id)
+            return resample_seg_like(self.model, label_map[None], prepared["properties"], image.shape[1:],
+                                     order=0)[0].astype(np.int64)
+
+        if packed:  # built in place, one factor's map at a time (memory: two int32 volumes)
+            code = combined(0)
+            for k in range(1, len(pairs)):
+                code += combined(k) * dtype(base ** k)
+            code = resample(code)
+            segs = []
+            for _ in pairs:
+                code, seg = np.divmod(code, base)
+                segs.append(seg)
+        else:
+            segs = [resample(combined(k)) for k in range(len(pairs))]
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        out = []
+        for seg, liver_id in zip(segs, liver_ids):
+            # in the network's axis order (plans' transpose_forward), like its patch size and spacing
+            seg = seg.astype(np.int32)
+            seg[seg < 0] = 0
+            liver = seg > 0
+            out.append((image, np.where(seg == liver_id, 0, seg), liver, spacing_pp))
+        return out
 
     def predict_patches(self, patches: np.ndarray) -> np.ndarray:
         """Labels (N, pz, py, px) for a batch (N, C, pz, py, px); one forward pass per fold, softmax averaged."""
@@ -98,23 +132,37 @@ class PatchModel:
                 out = out[0] if isinstance(out, (list, tuple)) else out
                 p = torch.softmax(out.float(), 1)
                 probabilities = p if probabilities is None else probabilities + p
+        if probabilities.device.type == "cpu":  # numpy's argmax is several times faster there; same first-index rule
+            return probabilities.numpy().argmax(1)
         return probabilities.argmax(1).cpu().numpy()
 
 
 def reclassify_on_case(patch_model: PatchModel, prepared: dict, lesions: List, instance_map: np.ndarray,
                        label_map: np.ndarray, rng: np.random.Generator, n: int = 10, max_volume_cm3: float = 64.0,
-                       min_score_cm3: float = 0.5) -> Tuple[List, Dict[int, object]]:
+                       min_score_cm3: float = 0.5, masks: Optional[tuple] = None) -> Tuple[List, Dict[int, object]]:
     """Reclassify one factor's lesions on a case; see ``reclassify``.
 
     ``prepared`` comes from ``patch_model.prepare_image`` (once per case); ``instance_map`` (lesion ids) and
     ``label_map`` (the factor's 13-class map, whose labels 1..8 are the liver) are on the whole-CT grid.
+    ``masks``: their :meth:`PatchModel.prepare_masks` result when already computed (``prepare_masks_many`` for all
+    factors at once, see :func:`prepare_factor_masks`); ``instance_map`` and ``label_map`` are then not read.
     """
     from nnunet_liver.postprocessing.reclassify import reclassify
 
     if not lesions:
         return [], {}
-    liver_mask = np.isin(label_map, LIVER_REGION_IDS)
-    image, instances, liver, spacing_pp = patch_model.prepare_masks(prepared, instance_map, liver_mask)
+    if masks is None:
+        masks = patch_model.prepare_masks(prepared, instance_map, np.isin(label_map, LIVER_REGION_IDS))
+    image, instances, liver, spacing_pp = masks
     return reclassify(lesions, instances, liver, image, spacing_pp, patch_model.predict_patches, n=n,
                       patch_size=patch_model.patch_size, max_volume_cm3=max_volume_cm3, min_score_cm3=min_score_cm3,
                       rng=rng)
+
+
+def prepare_factor_masks(patch_model: PatchModel, prepared: dict, instance_maps: Dict[float, np.ndarray],
+                         label_maps: Dict[float, np.ndarray]) -> Dict[float, tuple]:
+    """Every factor's lesion ids and liver (labels 1..8 of its map) on UNet-patch's grid in one resampling pass:
+    ``{factor: prepare_masks result}`` for ``reclassify_on_case(masks=...)``."""
+    factors = list(instance_maps)
+    pairs = [(instance_maps[f], np.isin(label_maps[f], LIVER_REGION_IDS)) for f in factors]
+    return dict(zip(factors, patch_model.prepare_masks_many(prepared, pairs)))

@@ -22,6 +22,9 @@ Choices:
   gives the same pieces.
 - A marker is the part of a lowest-factor lesion inside the region (with the usual factors the lowest factor's
   lesions lie inside the higher factor's regions; other label maps are accepted).
+- The detector applies the same split one level lower too: the lowest reported factor's regions (f = 1) are cut among
+  the lesions of a lower marker factor (0.25 by default), which keeps apart neighbours that f = 1 already joins
+  (``LiverDetector(marker_factor=)``, ``--marker-factor``; DETECT.md).
 """
 from __future__ import annotations
 
