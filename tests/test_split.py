@@ -200,14 +200,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_detect import WHOLE_CENTERS, models, read_outputs, validate, write_case  # noqa: E402,F401
 
 
-def paint_pair():
-    """Liver 60 HU, two HCC blocks (150 HU) 2 voxels apart joined by a 100 HU bridge only f = 4 calls lesion, and
-    a lone 100 HU lesion only f = 4 finds."""
+def paint_pair(bridge_hu: float = 100.0):
+    """Liver 60 HU, two HCC blocks (150 HU) 2 voxels apart joined by a bridge (100 HU: only f = 4 calls it lesion),
+    and a lone 100 HU lesion only f = 4 finds."""
     img = np.full((20, 48, 40), -1000, np.float32)
     img[3:17, 6:42, 4:36] = 60
     img[6:10, 10:18, 8:14] = 150
     img[6:10, 10:18, 16:22] = 150
-    img[6:10, 12:16, 14:16] = 100
+    img[6:10, 12:16, 14:16] = bridge_hu
     img[12:14, 30:34, 24:28] = 100
     return img
 
@@ -315,16 +315,10 @@ def test_detect_runs_equals_separate_detector_runs(models, tmp_path):
 
 
 def paint_joined_at_f1():
-    """Liver 60 HU; two HCC blocks (150 HU) joined by a 110 HU bridge. With the rule model (HCC centre 150, liver 60,
-    width 40) a voxel is lesion at factor f when its HU exceeds 105 - 8.89 ln f: f = 1 and 4 call the bridge lesion
-    (105, 92.7 HU), f = 0.25 does not (117.3 HU). Plus a lone 100 HU lesion only f = 4 finds."""
-    img = np.full((20, 48, 40), -1000, np.float32)
-    img[3:17, 6:42, 4:36] = 60
-    img[6:10, 10:18, 8:14] = 150
-    img[6:10, 10:18, 16:22] = 150
-    img[6:10, 12:16, 14:16] = 110
-    img[12:14, 30:34, 24:28] = 100
-    return img
+    """``paint_pair`` with a 110 HU bridge. With the rule model (HCC centre 150, liver 60, width 40) a voxel is lesion
+    at factor f when its HU exceeds 105 - 8.89 ln f: f = 1 and 4 call the bridge lesion (105, 92.7 HU), f = 0.25
+    does not (117.3 HU)."""
+    return paint_pair(bridge_hu=110.0)
 
 
 @pytest.mark.slow
