@@ -359,7 +359,6 @@ def test_masks_of_all_factors_in_one_pass_equal_one_pass_each(models, tmp_path, 
     arrays as one ``prepare_masks`` call per factor (nearest neighbour, resampled 2.5 -> 2 mm, a cropping box,
     a transposed plan); too many ids for an exact float64 code fall back to one pass each; empty maps."""
     from nnunet_liver.inference.patch_model import PatchModel
-    from nnunet_liver.inference.predict import preprocess_like_training
 
     patch = models["patch"] if not transposed else write_rule_model(
         str(tmp_path / "p"), patch_dataset_json_labels(), PATCH_CENTERS, [20.0] * 8, patch_size=(8, 24, 24),

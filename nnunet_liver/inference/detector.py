@@ -208,7 +208,6 @@ class LiverDetector:
         shape = loaded.data.shape[1:]
         detections, reclassified, recls_results = {}, {}, {}
         rng = np.random.default_rng([self.seed, _stable_hash(loaded.case_id)])
-        prepared = None  # the case on UNet-patch's grid, computed once for every factor
         # markers of the lowest factor's split: the marker factor's lesions (geometry only, never reported)
         markers = None
         if self.marker_factor is not None:
@@ -228,8 +227,8 @@ class LiverDetector:
             from nnunet_liver.inference.patch_model import prepare_factor_masks
 
             shared = predicted.preprocessed if self.share_preprocessing else None
+            # the case on UNet-patch's grid once, and every factor's lesion ids and liver in one resampling pass
             prepared = self.patch_model.prepare_image(loaded.data, loaded.spacing, preprocessed=shared)
-            # every factor's lesion ids and liver on UNet-patch's grid in one resampling pass
             masks = prepare_factor_masks(self.patch_model, prepared,
                                          {f: instance_map(detections[f], shape) for f in with_lesions},
                                          {f: maps[f] for f in with_lesions})
@@ -240,9 +239,8 @@ class LiverDetector:
                 from nnunet_liver.inference.patch_model import reclassify_on_case
 
                 reclassified[f], recls_results[f] = reclassify_on_case(
-                    self.patch_model, prepared, detections[f], None, None, rng, n=self.num_patches,
-                    max_volume_cm3=self.max_reclassify_volume_cm3, min_score_cm3=self.min_score_cm3,
-                    masks=masks.get(f))
+                    self.patch_model, masks.get(f), detections[f], rng, n=self.num_patches,
+                    max_volume_cm3=self.max_reclassify_volume_cm3, min_score_cm3=self.min_score_cm3)
         record, final = self._record(loaded, predicted.liver_max, detections, reclassified, recls_results)
         record["timing_s"] = {"load_and_predict": round(t_predict, 3),
                               "total": round(time.perf_counter() - t0, 3)}

@@ -137,22 +137,18 @@ class PatchModel:
         return probabilities.argmax(1).cpu().numpy()
 
 
-def reclassify_on_case(patch_model: PatchModel, prepared: dict, lesions: List, instance_map: np.ndarray,
-                       label_map: np.ndarray, rng: np.random.Generator, n: int = 10, max_volume_cm3: float = 64.0,
-                       min_score_cm3: float = 0.5, masks: Optional[tuple] = None) -> Tuple[List, Dict[int, object]]:
+def reclassify_on_case(patch_model: PatchModel, masks: Optional[tuple], lesions: List, rng: np.random.Generator,
+                       n: int = 10, max_volume_cm3: float = 64.0, min_score_cm3: float = 0.5
+                       ) -> Tuple[List, Dict[int, object]]:
     """Reclassify one factor's lesions on a case; see ``reclassify``.
 
-    ``prepared`` comes from ``patch_model.prepare_image`` (once per case); ``instance_map`` (lesion ids) and
-    ``label_map`` (the factor's 13-class map, whose labels 1..8 are the liver) are on the whole-CT grid.
-    ``masks``: their :meth:`PatchModel.prepare_masks` result when already computed (``prepare_masks_many`` for all
-    factors at once, see :func:`prepare_factor_masks`); ``instance_map`` and ``label_map`` are then not read.
+    ``masks``: the factor's lesion ids and liver on UNet-patch's grid, a :meth:`PatchModel.prepare_masks` result
+    (:func:`prepare_factor_masks` computes every factor's in one pass); ``None`` only when there are no lesions.
     """
     from nnunet_liver.postprocessing.reclassify import reclassify
 
     if not lesions:
         return [], {}
-    if masks is None:
-        masks = patch_model.prepare_masks(prepared, instance_map, np.isin(label_map, LIVER_REGION_IDS))
     image, instances, liver, spacing_pp = masks
     return reclassify(lesions, instances, liver, image, spacing_pp, patch_model.predict_patches, n=n,
                       patch_size=patch_model.patch_size, max_volume_cm3=max_volume_cm3, min_score_cm3=min_score_cm3,
@@ -162,7 +158,7 @@ def reclassify_on_case(patch_model: PatchModel, prepared: dict, lesions: List, i
 def prepare_factor_masks(patch_model: PatchModel, prepared: dict, instance_maps: Dict[float, np.ndarray],
                          label_maps: Dict[float, np.ndarray]) -> Dict[float, tuple]:
     """Every factor's lesion ids and liver (labels 1..8 of its map) on UNet-patch's grid in one resampling pass:
-    ``{factor: prepare_masks result}`` for ``reclassify_on_case(masks=...)``."""
+    ``{factor: prepare_masks result}`` for :func:`reclassify_on_case`."""
     factors = list(instance_maps)
     pairs = [(instance_maps[f], np.isin(label_maps[f], LIVER_REGION_IDS)) for f in factors]
     return dict(zip(factors, patch_model.prepare_masks_many(prepared, pairs)))
