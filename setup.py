@@ -21,7 +21,7 @@ setup(
     packages=find_packages(include=["nnunet_liver", "nnunet_liver.*"]) + ["nnunet_liver.dataset_conversion"],
     package_dir={"nnunet_liver.dataset_conversion": "dataset_conversion"},
     include_package_data=True,
-    package_data={"nnunet_liver": ["demo_models/**/*", "inference/*.json"]},
+    package_data={"nnunet_liver": ["demo_models/**/*", "inference/*.json", "characterize/*.yaml"]},
     # what the package imports (tests/test_packaging.py checks it), plus dynamic-network-architectures, whose
     # PlainConvUNet the bundled demo models' plans name and nnU-Net builds by that name
     install_requires=[
@@ -46,8 +46,19 @@ setup(
         "pylibjpeg>=2.0",
         "pylibjpeg-openjpeg>=2.0",
         "pylibjpeg-libjpeg>=2.0",
+        # the DICOM node (nnunet-liver-node: C-STORE SCP / SCU) and the DICOMweb client (QIDO/WADO/STOW-RS)
+        "pynetdicom>=2.1",
+        "dicomweb-client>=0.59",
+        "requests>=2.28",
+        # the second-stage characterization (nnunet_liver/characterize): tables and logistic regressions
+        "pandas>=2",
+        "scikit-learn>=1.2",
     ],
-    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2", "jsonschema>=4", "blosc2"]},
+    # dcmqi: the QIICR tools (segimage2itkimage, tid1500reader) read our DICOM SEG and SR back independently
+    # radiomics for the characterization: pyradiomics as the maintained build that installs on Python 3.11 with
+    # numpy 2 (built from source, about 20 s); the test extra has it so that CI tests the radiomics models
+    extras_require={"characterize": ["pyradiomics-bhklab>=3.1.4"],
+                    "test": ["pytest>=7", "jsonschema>=4", "blosc2", "dcmqi>=1.5", "pyradiomics-bhklab>=3.1.4"]},
     entry_points={
         "console_scripts": [
             "nnunet-liver-phantom=nnunet_liver.phantom.cli:main",
@@ -56,6 +67,8 @@ setup(
             "nnunet-liver-detect=nnunet_liver.inference.cli:main",
             "nnunet-liver-demo=nnunet_liver.demo:main",
             "nnunet-liver-plan=nnunet_liver.planning:main",
+            "nnunet-liver-node=nnunet_liver.node.cli:main",
+            "nnunet-liver-characterize=nnunet_liver.characterize.cli:main",
         ],
     },
 )

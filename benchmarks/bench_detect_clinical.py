@@ -18,7 +18,7 @@ and its children):
 * cascade: ``nnunet-liver-detect -m MODEL -f FOLDS --device cpu`` -- every sensitivity factor, seg2det, patient
   results, CASE.json, lesion map, summary.csv and report.html.
 
-Targets (issue "clinical-size CT"): cascade / plain <= 1.0 in peak RSS and <= 1.15 in time; the 600-slice case
+Targets: cascade / plain <= 1.0 in peak RSS and <= 1.15 in time; the 600-slice case
 under 12 GB. ``--methods cascade`` measures the cascade alone (for the sizes where the plain prediction would not fit
 the machine). Run it under the shared lock (``flock /tmp/heavy.lock python benchmarks/bench_detect_clinical.py ...``).
 """

@@ -63,7 +63,7 @@ PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 WHOLE_ID, WHOLE_NAME = 941, "Dataset941_CudaCheckWhole"
 PATCH_ID, PATCH_NAME = 942, "Dataset942_CudaCheckPatch"
 CLINICAL_NAME = "Dataset943_CudaCheckClinical"
-#: the issue's targets: IFM training step / plain step, cascade / plain nnU-Net prediction
+#: the targets: IFM training step / plain step, cascade / plain nnU-Net prediction
 TARGET_IFM_RATIO, TARGET_DETECT_RATIO = 1.3, 1.2
 #: JSON keys (anywhere in the path) whose numbers derive from softmax probabilities
 PROBABILITY_KEYS = ("score", "mean_probability", "livermax", "probabilit")

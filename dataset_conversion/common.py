@@ -238,8 +238,10 @@ def _start_append(folder: str, tmp: str, phases, names) -> dict:
         raise InputError(f"{folder}: --append with --phases {','.join(phases)} but the dataset has "
                          f"{','.join(layout)}")
     record_path = os.path.join(tmp, CONVERSION_FILE)
-    record = json.load(open(record_path, encoding="utf-8")) if os.path.isfile(record_path) else {
-        "schema_version": "1.0", "phases": layout, "sources": [], "cases": {}}
+    record = {"schema_version": "1.0", "phases": layout, "sources": [], "cases": {}}
+    if os.path.isfile(record_path):
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
     clash = sorted(set(names) & set(record["cases"]))
     for sub in ("imagesTr", "imagesTs"):
         d = os.path.join(tmp, sub)

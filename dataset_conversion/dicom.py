@@ -7,8 +7,8 @@ Each phase of the layout (``--phases``, default NC,A,V,D) is put on the referenc
 the first present phase of the layout): phases on another grid are registered to it with SimpleITK (Mattes mutual
 information, rigid by default, ``--transform affine``) as ``multiphase`` does; phases the study lacks become the
 constant missing channel. HU are written as int16. DICOM studies carry no reference label, so every case goes to
-``imagesTs``. A study that cannot be read or whose phases cannot be identified is skipped with one line on stderr
-(listed in ``conversion.json``); the other studies are converted.
+``imagesTs``. A study that cannot be read, whose phases cannot be identified or whose registration fails is skipped
+with one line on stderr (listed in ``conversion.json``); the other studies are converted.
 
 Example::
 
@@ -39,11 +39,12 @@ def convert_dicom_study(job) -> dict:
     import SimpleITK as sitk
 
     from nnunet_liver.dicom.study import load_dicom_case
+    from nnunet_liver.registration import RegistrationError
 
     out, phases, case, (study, transform) = job
     try:
         loaded = load_dicom_case(study, phases, allow_missing=True, registration_transform=transform)
-    except InputError as e:
+    except (InputError, RegistrationError) as e:  # this study is skipped, the others are converted
         return {"error": str(e)}
     channels = {}
     for c, phase in enumerate(phases):
@@ -56,7 +57,7 @@ def convert_dicom_study(job) -> dict:
     missing = write_channels(channels, phases, loaded.reference, folder, case)
     write_json_atomic(dict(loaded.dicom, registration=loaded.registration),
                       os.path.join(out, REPORT_FOLDER, f"{case}.json"))
-    return {"folder": study.folder, "study_uid": study.study_uid, "split": "test",
+    return {"folder": study.relative(study.folder), "study_uid": loaded.dicom["study_uid"], "split": "test",
             "reference_phase": loaded.dicom["reference_phase"], "missing_phases": missing,
             "series": {a["phase"]: a["series_uid"] for a in loaded.dicom["acquisitions"]},
             "confidence": {a["phase"]: a["confidence"] for a in loaded.dicom["acquisitions"]}}
@@ -96,8 +97,12 @@ def convert_dicom(inputs: Sequence[str], dataset_id: int = DEFAULT_DATASET_ID, n
     with open(os.path.join(folder, "conversion.json"), encoding="utf-8") as f:
         record = json.load(f)
     failed = {c: r["error"] for c, r in record["cases"].items() if "error" in r}
-    for case, message in failed.items():
-        print(f"nnunet-liver-convert: skipped study {case}: {message}", file=sys.stderr)
+    by_message: Dict[str, list] = {}
+    for case, message in failed.items():  # one line per problem (a folder of two patients fails both studies)
+        by_message.setdefault(message, []).append(case)
+    for message, names in by_message.items():
+        print(f"nnunet-liver-convert: skipped {'study' if len(names) == 1 else 'studies'} {', '.join(names)}: "
+              f"{message}", file=sys.stderr)
     if len(failed) == len(cases):
         if not append:  # nothing converted: leave no empty dataset behind
             import shutil

@@ -36,6 +36,9 @@ there. A case without a prediction gets no hard cases (listed in ``hard_cases_no
 with no prediction for any case is an error.
 
 The output is written to a temporary folder and renamed, so a failed run leaves nothing behind.
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 

@@ -115,8 +115,10 @@ def headline(summary: dict, detections: str) -> dict:
     return {"cases": cases,
             "lesion": {k: les["All"][k] for k in ("TP", "FL", "FP", "FN", "precision", "recall", "recall_rough")},
             "malignant_lesion": {k: les["Malign"][k] for k in ("TP", "FL", "FP", "FN", "precision", "recall")},
-            "patient": {k: pat[k] for k in ("cases", "uncertain", "malignancy_sensitivity",
-                                            "malignancy_specificity", "class_accuracy")}}
+            "patient": dict(cases=pat["cases"], uncertain=pat["uncertain"],
+                            malignancy_sensitivity=pat["malignancy_sensitivity"],
+                            malignancy_specificity=pat["malignancy_specificity"],
+                            class_accuracy=pat["class_accuracy"])}
 
 
 def _pct(v) -> str:

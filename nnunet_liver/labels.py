@@ -7,7 +7,7 @@ ARCHITECTURE.md, "Label scheme".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
 
 __all__ = [
     "LabelInfo", "LABELS", "BACKGROUND", "HCC", "ICC", "META", "HEM", "OTHER", "CYST", "LIVER",
@@ -99,8 +99,20 @@ def is_lesion(label_id: int) -> bool:
     return int(label_id) in LESION_IDS
 
 
-def is_malignant(label_id: int) -> bool:
-    return int(label_id) in MALIGNANT_IDS
+def is_malignant(label: Union[int, str]) -> Optional[bool]:
+    """The package's one malignancy accessor, for a label id, a label name or a patient class.
+
+    True for HCC, ICC and Meta (``MALIGNANT_IDS``); False for the benign lesion types, the organs, background and
+    :data:`NORMAL`; None for :data:`UNCERTAIN` (the sensitivity factors disagree: no decision). Names are
+    case-insensitive; an unknown name raises ValueError.
+    """
+    if isinstance(label, str):
+        if label == UNCERTAIN:
+            return None
+        if label == NORMAL:
+            return False
+        return id_of(label) in MALIGNANT_IDS
+    return int(label) in MALIGNANT_IDS
 
 
 def priority_rank(label_id: int) -> int:

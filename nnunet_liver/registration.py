@@ -16,9 +16,14 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-__all__ = ["register_to_reference", "mutual_information", "resample_to"]
+__all__ = ["register_to_reference", "mutual_information", "resample_to", "RegistrationError"]
 
 _TRANSFORMS = ("rigid", "affine")
+
+
+class RegistrationError(RuntimeError):
+    """Registering one phase onto another failed on valid images: a failed step (exit 1), not bad input. The
+    message names the case and the phases."""
 
 
 def _float(image):

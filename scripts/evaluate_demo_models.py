@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Seed 003's tables for the demo models from three ``nnunet-liver-detect`` runs on a phantom test set.
+"""Wang et al.'s tables for the demo models from three ``nnunet-liver-detect`` runs on a phantom test set.
 
 Used by ``scripts/train_demo_models.py --stages evaluate``; runnable alone on existing detector outputs::
 
@@ -14,6 +14,9 @@ the consensus cases, with recall-rough). Without a UNet-patch (``--high``) the r
 ``--patch-model none``) and the consensus is theirs. Patient classes are read from each run's ``CASE.json``: Base and
 Base+ReCls ran with the single factor 1; High+ReCls ran with factors 1 and 4, so its ``class_by_factor["4"]`` is
 High+ReCls's class and its ``class`` the consensus.
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 
@@ -23,13 +26,18 @@ import json
 import sys
 from pathlib import Path
 
-from nnunet_liver.labels import LESION_NAMES
+from nnunet_liver.labels import LESION_NAMES, UNCERTAIN
 
 TYPES = LESION_NAMES + ("All", "Malign")
 
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def table_dict(rows: dict) -> dict:
+    """{row name: row as a dict} of a lesion table ({name: ``LesionRow``}), for the markdown and the JSON."""
+    return {k: r.to_dict() for k, r in rows.items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,16 +91,17 @@ def compute(ref_dir, det_dirs: dict) -> dict:
     pred[high] = _classes(det_dirs[high], "4")
     consensus = "Base+ReCls & High+ReCls" if high == "High+ReCls" else "Base & High"
     pred[consensus] = _classes(det_dirs[high])
-    patient = {k: M.patient_table((ref_class[c], v[c]) for c in ref_class) for k, v in pred.items()}
-    agree = {c for c, v in pred[consensus].items() if v != "uncertain"}
-    consensus_lesion = M.lesion_table(c.match for c in res[high].cases if c.case in agree)
-    return {"lesion": {k: r.lesion for k, r in res.items()}, "patient": patient, "consensus_lesion": consensus_lesion,
+    patient = {k: M.patient_table((ref_class[c], v[c]) for c in ref_class).to_dict() for k, v in pred.items()}
+    agree = {c for c, v in pred[consensus].items() if v != UNCERTAIN}
+    consensus_lesion = table_dict(M.lesion_table(c.match for c in res[high].cases if c.case in agree))
+    return {"lesion": {k: table_dict(r.lesion) for k, r in res.items()}, "patient": patient,
+            "consensus_lesion": consensus_lesion,
             "reference_counts": next(iter(res.values())).reference_counts, "cases": len(ref_class),
             "consensus_cases": len(agree), "high": high, "consensus": consensus}
 
 
 def checks(fig: dict) -> dict:
-    """The issue's acceptance checks on the figures (True/False each; the first two need the ReCls runs)."""
+    """The demo models' acceptance checks on the figures (True/False each; the first two need the ReCls runs)."""
     les, pat = fig["lesion"], fig["patient"][fig["consensus"]]
     out = {}
     if "High+ReCls" in les and "Base+ReCls" in les:
@@ -130,7 +139,7 @@ def markdown(fig: dict, timings: dict = None) -> str:
     out += ["", f"**Table V layout: {high} on the consensus cases ({fig['consensus_cases']} of {fig['cases']})**",
             "", lesion_table_md({high: fig["consensus_lesion"]},
                                 cols=("FN", "FP", "FL", "TP", "precision", "recall", "recall_rough")), ""]
-    out += ["**Checks (issue 6)**", ""] + [f"- {k}: {'yes' if v else 'NO'}" for k, v in checks(fig).items()]
+    out += ["**Acceptance checks**", ""] + [f"- {k}: {'yes' if v else 'NO'}" for k, v in checks(fig).items()]
     if high == "High":
         out.append("- the ReCls checks (fewer FN, fewer FP) need a UNet-patch: not evaluated")
     if timings:
@@ -147,9 +156,9 @@ def write_results(test, det_dirs, timings, out_md) -> dict:
     return fig
 
 
-# --- issue 21: the instance-preserving split, the "uncertain" consensus and its options --------------------------
+# --- the instance-preserving split, the "uncertain" consensus and its options ---------------------------------
 
-#: lesions at least this large count as "found" in the split section (the issue's second held-out set)
+#: lesions at least this large count as "found" in the split section (as the second held-out set counts them)
 FOUND_MIN_CM3 = 1.0
 #: the volume floor of the patient-class option measured (declared before any measurement: the smallest lesion the
 #: second held-out set counts)
@@ -254,7 +263,7 @@ def consensus_analysis(ref_dir, base_recls_dir, high_dir) -> dict:
             raise RuntimeError(f"{c.case}: the Base+ReCls run's f = 1 lesions do not give the High+ReCls run's f = 1 "
                                f"class ({classify_patient(f1)} vs {c1}): not the same detector settings")
         row = {"ref": c.ref_class, "f1": c1, "f4": c4, **patient_options(f1, f4)}
-        if row["paper"] == "uncertain":
+        if row["paper"] == UNCERTAIN:
             truth = [l for l in read_reference(str(Path(ref_dir) / f"{c.case}.nii.gz"))[3] if l.volume_cm3 >= 0.5]
             row["cause"] = uncertain_cause(f1, f4, c1, c4, truth)
         out[c.case] = row
@@ -276,7 +285,8 @@ def split_section(ref_dir, runs: dict, base_recls, pairs: dict) -> str:
     out = ["| Run | FN | FN_merged | FP | FL | TP | precision | recall | Malign FN | Malign FP | "
            f"found >= {FOUND_MIN_CM3:g} cm3 |", "|---|" + "---:|" * 10]
     for name, d in runs.items():
-        a, mal = _evaluate(str(ref_dir), str(d)).lesion["All"], _evaluate(str(ref_dir), str(d)).lesion["Malign"]
+        lesion = table_dict(_evaluate(str(ref_dir), str(d)).lesion)
+        a, mal = lesion["All"], lesion["Malign"]
         k, n = found(ref_dir, d)
         out.append(f"| {name} | {a['FN']} | {a['FN_merged']} | {a['FP']} | {a['FL']} | {a['TP']} | "
                    f"{_pct(a['precision'])} | {_pct(a['recall'])} | {mal['FN']} | {mal['FP']} | {k}/{n} |")
@@ -288,7 +298,7 @@ def split_section(ref_dir, runs: dict, base_recls, pairs: dict) -> str:
         for key, rule in (("f1", "Base+ReCls alone"), ("f4", "High+ReCls alone"), ("paper", "consensus (paper)"),
                           ("floor", f"consensus, lesions >= {PATIENT_FLOOR_CM3:g} cm3"),
                           ("same-first", "consensus, shared lesions first")):
-            p = M.patient_table((r["ref"], r[key]) for r in rows.values())
+            p = M.patient_table((r["ref"], r[key]) for r in rows.values()).to_dict()
             out.append(f"| {label} | {rule} | {_pct(p['malignancy_sensitivity'])} ({p['malignant_tp']}/"
                        f"{p['malignant_tp'] + p['malignant_fn']}) | {_pct(p['malignancy_specificity'])} "
                        f"({p['malignant_tn']}/{p['malignant_tn'] + p['malignant_fp']}) | {p['uncertain']} | "

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_liver.inference.cases import discover_cases, holds_int16, load_case, store_phase
+from nnunet_liver.case import holds_int16, store_phase
+from nnunet_liver.inference.cases import discover_cases, load_case
 from nnunet_liver.labels import MISSING_PHASE_VALUE
 
 

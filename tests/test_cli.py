@@ -156,3 +156,26 @@ def test_command_outputs_are_readable_by_others(tmp_path, umask):
         wrong = {p: oct(m) for p, m in modes.items()
                  if m != (0o755 if os.path.isdir(os.path.join(folder, p)) else 0o644)}
         assert not wrong, (folder.name, wrong)
+
+
+def test_every_command_main_ends_in_run_cli():
+    """Every ``main`` of the package (console scripts and ``python -m`` commands) returns ``run_cli(...)``, or
+    another command's ``main`` (``nnunet_liver.dataset_conversion.patches``), so all fail with the same codes. The
+    test helpers of ``nnunet_liver/testing/`` are no user commands (``testing.netns`` replaces itself by ``exec``)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    mains = {}
+    for folder in ("nnunet_liver", "dataset_conversion"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.relative_to(root).parts[:2] == ("nnunet_liver", "testing"):
+                continue
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                if isinstance(node, ast.FunctionDef) and node.name == "main":
+                    last = node.body[-1]
+                    call = last.value if isinstance(last, ast.Return) else None
+                    name = getattr(getattr(call, "func", None), "id", "")
+                    mains[path.relative_to(root).as_posix()] = name == "run_cli" or name.endswith("main")
+    assert len(mains) >= 8 and "nnunet_liver/training/warm_start.py" in mains
+    assert all(mains.values()), [p for p, ok in mains.items() if not ok]

@@ -74,7 +74,7 @@ def test_case_that_does_not_fit_fails_alone(coarse_model, tmp_path, monkeypatch,
     det = LiverDetector(coarse_model, folds=[0])
     result = run_folder(det, str(inp), str(out), progress=False, report=False)
     assert result.done == ["b_ok"] and list(result.failed) == ["a_big"]
-    rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv", encoding="utf-8"))}
+    rows = {r["case"]: r for r in csv.DictReader((out / "summary.csv").read_text(encoding="utf-8").splitlines())}
     assert rows["b_ok"]["status"] == "done"
     assert rows["a_big"]["status"] == "failed"
     msg = rows["a_big"]["error"]
@@ -84,7 +84,7 @@ def test_case_that_does_not_fit_fails_alone(coarse_model, tmp_path, monkeypatch,
 
 def test_int16_case_gives_the_float32_results(coarse_model, tmp_path, monkeypatch):
     """Holding the case as int16 changes nothing: every output equals that of the same case held as float32."""
-    import nnunet_liver.inference.cases as cases
+    import nnunet_liver.case as cases
 
     img = paint_case(2)
     img[5:9, 30:36, 20:28] = 110

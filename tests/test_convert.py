@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,7 +68,7 @@ def hash_tree(folder):
     for r, _, files in os.walk(folder):
         for f in files:
             p = os.path.join(r, f)
-            out[p] = (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
+            out[p] = (hashlib.sha256(Path(p).read_bytes()).hexdigest(), os.stat(p).st_mtime_ns)
     return out
 
 
@@ -84,7 +85,7 @@ def test_msd_liver_remap_and_single_phase_layout(tmp_path, capsys):
     rc, errors, _ = run(["msd", "-i", task, "-d", 600, "-o", raw, "--tumor-type", "HCC"], capsys)
     assert rc == 0 and not errors
     out = raw / "Dataset600_MSD_Liver"
-    meta = json.load(open(out / "dataset.json", encoding="utf-8"))
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "V"} and meta["labels"] == L.dataset_json_labels()
     assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
     src = read(task / "labelsTr" / "liver_0.nii.gz")
@@ -122,7 +123,7 @@ def test_msd_merge_tasks_four_phase_layout_and_workers(tmp_path, capsys):
                          "NC,A,V,D", "--tumor-type", "Meta", "-np", 2], capsys)
     assert rc == 0, errors
     out = raw / "Dataset602_MSD_Liver_Spleen_HepaticVessel"
-    meta = json.load(open(out / "dataset.json", encoding="utf-8"))
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "NC", "1": "A", "2": "V", "3": "D"} and meta["numTraining"] == 6
     for ch in (0, 1, 3):
         assert np.all(read(out / "imagesTr" / f"spleen_0_{ch:04d}.nii.gz") == L.MISSING_PHASE_VALUE)
@@ -180,7 +181,7 @@ def test_multiphase_registers_fills_missing_and_keeps_label(tmp_path, capsys):
     assert np.array_equal(read(out / "labelsTr" / "pat01.nii.gz"), moved.label)
     assert np.all(read(out / "imagesTr" / "pat01_0003.nii.gz") == L.MISSING_PHASE_VALUE)  # no D
     assert np.array_equal(read(out / "imagesTr" / "pat01_0002.nii.gz"), np.rint(moved.images["V"]))
-    report = json.load(open(out / "registration" / "pat01.json", encoding="utf-8"))
+    report = json.loads((out / "registration" / "pat01.json").read_text(encoding="utf-8"))
     organs = np.zeros(moved.label.shape, bool)
     organs[2:-2] = moved.label[2:-2] > 0
     for ch, p in ((0, "NC"), (1, "A")):
@@ -193,7 +194,7 @@ def test_multiphase_registers_fills_missing_and_keeps_label(tmp_path, capsys):
     assert set(report["phases"]) == {"NC", "A"} and report["reference_phase"] == "V"
     assert all(r["metric_after"] < r["metric_before"] for r in report["phases"].values())
     # the unlabelled case goes to imagesTs with NC and A missing
-    assert json.load(open(out / "dataset.json", encoding="utf-8"))["numTraining"] == 1
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 1
     assert np.all(read(out / "imagesTs" / "pat02_0000.nii.gz") == L.MISSING_PHASE_VALUE)
     assert not np.all(read(out / "imagesTs" / "pat02_0003.nii.gz") == L.MISSING_PHASE_VALUE)
 
@@ -209,8 +210,8 @@ def test_append_merges_single_and_multiphase(tmp_path, capsys):
                         capsys)
     assert rc == 0, errors
     out = raw / "Dataset607_Merged"
-    assert json.load(open(out / "dataset.json", encoding="utf-8"))["numTraining"] == 3
-    record = json.load(open(out / "conversion.json", encoding="utf-8"))
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 3
+    record = json.loads((out / "conversion.json").read_text(encoding="utf-8"))
     assert [s["kind"] for s in record["sources"]] == ["msd", "multiphase"]
     assert sorted(record["cases"]) == ["liver_0", "liver_1", "pat01"]
     snapshot = hash_tree(out)

@@ -36,7 +36,7 @@ def test_two_phase_hcc_case_registers_onto_delayed_grid(tmp_path, capsys):
     for ch in (0, 2):  # NC and V are missing
         assert np.all(sitk.GetArrayFromImage(read(out / "imagesTr" / f"hcc_tace_1720_{ch:04d}.nii.gz"))
                       == L.MISSING_PHASE_VALUE)
-    report = json.load(open(out / "registration" / "hcc_tace_1720.json", encoding="utf-8"))["phases"]["A"]
+    report = json.loads((out / "registration" / "hcc_tace_1720.json").read_text(encoding="utf-8"))["phases"]["A"]
     print(f"\nhcc_tace_1720 A -> D: Mattes MI {report['metric_before']:.4f} -> {report['metric_after']:.4f}, "
           f"correlation {report['correlation_before']:.3f} -> {report['correlation_after']:.3f}, "
           f"translation (x, y, z) mm {np.round(report['translation_mm_xyz'], 2).tolist()}")
@@ -54,6 +54,6 @@ def test_real_venous_case_as_single_phase(tmp_path, capsys):
     rc = convert_main(["multiphase", "-i", str(src), "-d", "651", "-o", str(raw), "--phases", "V"])
     assert rc == 0, capsys.readouterr().err
     out = raw / "Dataset651_MultiPhase"
-    assert json.load(open(out / "dataset.json", encoding="utf-8"))["channel_names"] == {"0": "V"}
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["channel_names"] == {"0": "V"}
     assert np.array_equal(sitk.GetArrayFromImage(read(out / "labelsTr" / "totalseg_example.nii.gz")),
                           sitk.GetArrayFromImage(read(src / "label.nii.gz")))

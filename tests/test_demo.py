@@ -1,4 +1,4 @@
-"""``nnunet-liver-demo`` and the bundled demo models (issue 6).
+"""``nnunet-liver-demo`` and the bundled demo models.
 
 The end-to-end test runs the installed command (or ``python -m nnunet_liver.demo`` where the console script is not
 installed) in a subprocess and checks its figures against floors (see ``nnunet_liver/demo_models/MODEL_CARD.md``),

@@ -125,7 +125,7 @@ def test_end_to_end_without_patch_model(models, tmp_path):
     assert rec["model"]["whole"]["folds"] == ["0", "1"] and rec["geometry"]["reference_phase"] == "V"
     assert rec["geometry"]["origin_xyz_mm"] == list(ORIGIN)
     # summary + report
-    rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
+    rows = list(csv.DictReader((out / "summary.csv").read_text(encoding="utf-8").splitlines()))
     assert [(r["case"], r["status"], r["num_lesions"], r["num_diff"]) for r in rows] == [("case_a", "done", "2", "1")]
     report = (out / "report.html").read_text()
     assert report.count("<img") == 1 + 2 * 4 and "case_a" in report  # overview + each lesion in 4 phases
@@ -195,6 +195,29 @@ def test_skip_finished_and_overwrite(models, tmp_path):
     assert res.done == ["c1"] and os.stat(out / "c1.json").st_mtime_ns != stamp
 
 
+def test_the_report_draws_in_the_ct_window_of_the_models_plans(models, tmp_path):
+    """The runner hands UNet-whole's CT window (the one nnunet-liver-plan writes into the plans) to the report: a
+    rule model (no intensity normalisation, so its predictions stay the same) whose plans carry a 0..100 HU window."""
+    import shutil
+
+    from nnunet_liver.inference import LiverDetector, run_folder
+    from nnunet_liver.planning import apply_ct_window
+
+    whole = tmp_path / "whole"
+    shutil.copytree(models["whole"], whole)
+    with open(whole / "plans.json", encoding="utf-8") as f:
+        plans = json.load(f)
+    plans["foreground_intensity_properties_per_channel"] = \
+        apply_ct_window(plans, (0.0, 100.0))["foreground_intensity_properties_per_channel"]
+    (whole / "plans.json").write_text(json.dumps(plans))
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "c1", paint_case(0))
+    det = LiverDetector(str(whole))
+    assert det.model.ct_window == (0.0, 100.0)
+    assert run_folder(det, str(inp), str(out), progress=False).done == ["c1"]
+    assert "window 0 to 100 HU" in (out / "report.html").read_text(encoding="utf-8")
+
+
 def test_sharding_covers_every_case_once(models, tmp_path):
     from nnunet_liver.inference import LiverDetector, run_folder
 
@@ -208,10 +231,11 @@ def test_sharding_covers_every_case_once(models, tmp_path):
         res = run_folder(det, str(inp), str(out), num_parts=3, part_id=part, progress=False, report=False)
         assert res.ok and not res.skipped
         done += res.done
-        rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
+        rows = list(csv.DictReader((out / "summary.csv").read_text(encoding="utf-8").splitlines()))
         assert [r["case"] for r in rows] == ids  # every case listed, not-yet-run ones as pending
     assert sorted(done) == ids and len(done) == len(set(done))
-    assert {r["status"] for r in csv.DictReader(open(out / "summary.csv", encoding="utf-8"))} == {"done"}
+    rows = csv.DictReader((out / "summary.csv").read_text(encoding="utf-8").splitlines())
+    assert {r["status"] for r in rows} == {"done"}
     assert main(["-i", str(inp), "-o", str(out), "-m", models["whole"], "--num-parts", "2", "--part-id", "2"]) == 2
 
 
@@ -232,7 +256,7 @@ def test_bad_inputs_fail_their_case_only(models, tmp_path, capsys):
     write_case(inp, "..evil", good)                                         # path-like id
     code = main(["-i", str(inp), "-o", str(out), "-m", models["whole"], "--no-report"])
     assert code == 2  # bad input, as everywhere; the good case still ran
-    rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv", encoding="utf-8"))}
+    rows = {r["case"]: r for r in csv.DictReader((out / "summary.csv").read_text(encoding="utf-8").splitlines())}
     assert rows["good"]["status"] == "done"
     expected = {"missing": "missing", "garbage": "cannot read", "nan": "NaN", "flat": "3D",
                 "grid": "different grid", "..evil": "not a plain file name"}
@@ -274,7 +298,8 @@ def test_bad_model_folders_fail_at_start(models, tmp_path, capsys):
 
 
 def test_missing_phase_fill_and_case_ids(tmp_path):
-    from nnunet_liver.inference.cases import CaseFiles, discover_cases, load_case, validate_case_id
+    from nnunet_liver.case import validate_case_id
+    from nnunet_liver.inference.cases import CaseFiles, discover_cases, load_case
     from nnunet_liver.labels import MISSING_PHASE_VALUE
 
     write_case(tmp_path, "p", paint_case(0), phases=(0, 1, 2))
@@ -314,7 +339,7 @@ def test_interrupted_run_leaves_no_half_output(models, tmp_path, monkeypatch):
     assert not [p for p in os.listdir(out) if p.startswith(".tmp_")]
     res = runner.run_folder(det, str(inp), str(out), progress=False)  # the rerun redoes it
     assert res.done == ["c"] and not res.skipped
-    validate(json.load(open(out / "c.json", encoding="utf-8")))
+    validate(json.loads((out / "c.json").read_text(encoding="utf-8")))
 
 
 def test_patch_model_reuses_the_whole_models_preprocessing(models, tmp_path):
@@ -345,7 +370,7 @@ def test_patch_model_reuses_the_whole_models_preprocessing(models, tmp_path):
 
 def test_the_demo_pair_preprocesses_alike():
     from nnunet_liver.inference.model import load_model
-    from nnunet_liver.inference.predict import same_preprocessing
+    from nnunet_liver.nnunet_mirror import same_preprocessing
 
     whole, patch = load_model("demo", which="whole"), load_model("demo", which="patch")
     assert same_preprocessing(whole, patch) and same_preprocessing(patch, whole)
@@ -367,7 +392,7 @@ def test_masks_of_all_factors_in_one_pass_equal_one_pass_each(models, tmp_path, 
     data = np.stack([paint_case(1)] * 4)
     data[:, :, :2] = 0  # a zero border: nnU-Net crops it away
     prepared = pm.prepare_image(data, (2.5, 2.0, 2.0))
-    assert sorted(b[0] for b in prepared["properties"]["bbox_used_for_cropping"]) == [0, 0, 2]  # y cropped
+    assert sorted(b[0] for b in prepared.properties["bbox_used_for_cropping"]) == [0, 0, 2]  # y cropped
     rng = np.random.default_rng(7)
     shape = data.shape[1:]
     pairs = []
@@ -377,9 +402,12 @@ def test_masks_of_all_factors_in_one_pass_equal_one_pass_each(models, tmp_path, 
     together = pm.prepare_masks_many(prepared, pairs)
     for (ids, liver), got in zip(pairs, together):
         want = pm.prepare_masks(prepared, ids, liver)
-        assert all(np.array_equal(a, b) for a, b in zip(got[:3], want[:3])) and got[3] == want[3]
-    assert together[2][1].max() == 0 and together[0][1].max() == 3
+        assert got.prepared is want.prepared is prepared
+        assert np.array_equal(got.instances, want.instances) and np.array_equal(got.liver, want.liver)
+        assert got.instances.dtype == np.int32 and got.liver.dtype == bool
+        assert got.instances.shape == got.liver.shape == prepared.image.shape[1:]
+    assert together[2].instances.max() == 0 and together[0].instances.max() == 3
     # more ids than an exact float64 code holds for 4 maps: one pass each, same results
     big = [(np.where(ids > 0, ids.astype(np.int64) * 20000, 0), liver) for ids, liver in pairs[:2]] * 2
     for (ids, liver), got in zip(big, pm.prepare_masks_many(prepared, big)):
-        assert np.array_equal(got[1], pm.prepare_masks(prepared, ids, liver)[1])
+        assert np.array_equal(got.instances, pm.prepare_masks(prepared, ids, liver).instances)

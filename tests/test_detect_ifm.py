@@ -2,6 +2,7 @@
 and the whole cascade with a trained UNet-patch, on phantoms."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,8 +36,8 @@ def _write_phantom(folder, case_id, seed, phases=("NC", "A", "V")):
 def _check_outputs(out, case_id):
     import jsonschema
 
-    rec = json.load(open(os.path.join(out, f"{case_id}.json"), encoding="utf-8"))
-    jsonschema.validate(rec, json.load(open(schema_path(), encoding="utf-8")))
+    rec = json.loads(Path(os.path.join(out, f"{case_id}.json")).read_text(encoding="utf-8"))
+    jsonschema.validate(rec, json.loads(Path(schema_path()).read_text(encoding="utf-8")))
     arr = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, f"{case_id}_lesions.nii.gz")))
     assert sorted(l["id"] for l in rec["lesions"]) == sorted(int(i) for i in np.unique(arr) if i)
     return rec, arr

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def run(model, tmp_path_factory):
 def test_dicom_matches_nifti_and_bad_studies_stay_apart(run):
     out = run["out"]
     assert run["rc"] == 2 and digest(run["in"]) == run["digest_before"]  # bad studies are bad input (2)
-    rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv", encoding="utf-8"))}
+    rows = {r["case"]: r for r in csv.DictReader((out / "summary.csv").read_text(encoding="utf-8").splitlines())}
     assert {c: r["status"] for c, r in rows.items()} == {"twin": "done", "patient1": "done", "broken": "failed",
                                                           "ambiguous": "failed"}
     assert "non-uniform slice spacing" in rows["broken"]["error"]
@@ -94,7 +95,7 @@ def test_dicom_matches_nifti_and_bad_studies_stay_apart(run):
 
     from nnunet_liver.inference import schema_path
 
-    jsonschema.validate(rb, json.loads(open(schema_path(), encoding="utf-8").read()))
+    jsonschema.validate(rb, json.loads(Path(schema_path()).read_text(encoding="utf-8")))
     acq = {x["phase"]: x["series_number"] for x in rb["dicom"]["acquisitions"]}
     assert acq == {p: n for p, (n, _) in SERIES.items()} and rb["dicom"]["outputs"]["seg"] == "patient1_seg.dcm"
 

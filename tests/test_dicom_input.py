@@ -9,12 +9,11 @@ import SimpleITK as sitk
 pydicom = pytest.importorskip("pydicom")
 
 from nnunet_liver.dicom.index import index_studies  # noqa: E402
-from nnunet_liver.dicom.phase import Acquisition, assign_phases, parse_phase_map  # noqa: E402
+from nnunet_liver.dicom.phase import parse_phase_map  # noqa: E402
 from nnunet_liver.dicom.series import read_series, series_geometry  # noqa: E402
 from nnunet_liver.dicom.study import identify_study, load_dicom_case  # noqa: E402
-from nnunet_liver.dicom.writer import new_uid, write_ct_series, write_dose_report  # noqa: E402
+from nnunet_liver.testing.dicom_writer import new_uid, write_ct_series, write_dose_report  # noqa: E402
 from nnunet_liver.testing.dicom_study import SERIES, expected_hu, phantom, write_study  # noqa: E402
-from nnunet_liver.labels import PHASES  # noqa: E402
 from nnunet_liver.utils.io import InputError  # noqa: E402
 
 # the repository's sibling shared/realdata (as the other real-data tests), or NNUNET_LIVER_REALDATA
@@ -115,16 +114,6 @@ def test_flipped_axes_geometry(tmp_path):
     assert img.TransformIndexToPhysicalPoint((1, 2, 3)) == pytest.approx((39.0, 27.0, 107.5))
 
 
-def test_assign_phases_time_order_is_a_constraint():
-    # image says A for the later one, NC for the earlier: times agree; swapped times make that impossible
-    a = Acquisition("x", 1, "", 0.0, None, 52.0, 45.0)
-    b = Acquisition("y", 2, "", 30.0, None, 70.0, 290.0)
-    assert {k: v["phase"] for k, v in assign_phases([a, b]).items()} == {"x": "NC", "y": "A"}
-    a.time, b.time = 30.0, 0.0  # now the NC-looking one comes last: NC before A is impossible
-    got = assign_phases([a, b])
-    assert PHASES.index(got["y"]["phase"]) < PHASES.index(got["x"]["phase"])
-
-
 # --- bad input: one line naming the problem ---------------------------------------------------------------------
 
 
@@ -168,7 +157,9 @@ def test_gap_duplicate_orientation_and_corrupt_files(case, tmp_path):
     data = (folder / f).read_bytes()
     (folder / f).write_bytes(data[:len(data) - 5000])  # truncated pixel data
     message = _error(tmp_path)
-    assert f in message and "cannot" in message
+    assert f in message and "truncated or corrupt pixel data" in message
+    assert "plugins" not in message  # an uncompressed file: no decoder would help
+    assert message.endswith("may be incorrect)")  # pydicom's message whole, not cut mid-word
 
 
 def test_unsupported_transfer_syntax(case, tmp_path):
@@ -200,7 +191,9 @@ def test_realdata_portal_venous_identified():
     found = identify_study(only_study(folder))
     (acq,) = found.record["acquisitions"]
     assert acq["phase"] == "V" and acq["confidence"] > 0.9
-    assert 90 < acq["liver_hu"] < 130 and 180 < acq["aorta_hu"] < 280
+    # the median of the aortic lumen along its track (about 170 HU in the abdomen, about 230 near the heart; the
+    # calcified plaque on its wall is left out)
+    assert 90 < acq["liver_hu"] < 130 and 150 < acq["aorta_hu"] < 230
 
 
 def test_realdata_two_phase_study_as_dicom(tmp_path):

@@ -71,17 +71,18 @@ def test_label_maps_end_to_end(folders, tmp_path, capsys):
     small = s["strata"]["<0.5"]  # every painted lesion is below 0.5 cm3
     assert (small["TP"], small["FL"], small["FP"], small["FN"]) == (1, 1, 1, 1)
     assert s["strata"][">64"]["TP"] == 0
-    rows = list(csv.DictReader(open(out / "lesion_table.csv", encoding="utf-8")))
+    rows = list(csv.DictReader((out / "lesion_table.csv").read_text(encoding="utf-8").splitlines()))
     assert [r["type"] for r in rows] == ["HCC", "ICC", "Meta", "Hem", "Other", "Cyst", "All", "Malign"]
-    per_case = list(csv.DictReader(open(out / "per_case.csv", encoding="utf-8")))
+    per_case = list(csv.DictReader((out / "per_case.csv").read_text(encoding="utf-8").splitlines()))
     assert [r["case"] for r in per_case] == ["case_a", "case_b", "case_c"]
     assert (out / "patient.csv").exists() and (out / "strata.csv").exists()
-    les = list(csv.DictReader(open(out / "lesions.csv", encoding="utf-8")))
+    les = list(csv.DictReader((out / "lesions.csv").read_text(encoding="utf-8").splitlines()))
     assert sorted((r["case"], r["outcome"], r["ref_type"], r["pred_type"]) for r in les) == [
         ("case_a", "FL", "Cyst", "Meta"), ("case_a", "TP", "HCC", "HCC"), ("case_b", "FN", "Meta", ""),
         ("case_b", "FP", "", "Cyst"), ("case_b", "ignored", "", "HCC")]
     assert {r["fn_merged"] for r in les} == {"False"}  # case_b's FN overlaps nothing: missed, not merged
-    counts = {r["type"]: r for r in csv.DictReader(open(out / "reference_counts.csv", encoding="utf-8"))}
+    counts = {r["type"]: r
+              for r in csv.DictReader((out / "reference_counts.csv").read_text(encoding="utf-8").splitlines())}
     assert counts["All"]["Total"] == "3" and counts["Malign"]["Total"] == "2" and counts["Cyst"]["<0.5"] == "1"
 
 
@@ -159,7 +160,7 @@ def test_case_dice_matches_nnunet_region_dice(folders, tmp_path):
     ref_dir, pred_dir = folders
     out = tmp_path / "out"
     main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(out), "--min-volume", "0.01", "-q"])
-    rows = {r["case"]: r for r in csv.DictReader(open(out / "per_case.csv", encoding="utf-8"))}
+    rows = {r["case"]: r for r in csv.DictReader((out / "per_case.csv").read_text(encoding="utf-8").splitlines())}
     for cid, (ref, pred) in _cases().items():
         for key, region in (("lesion", (1, 2, 3, 4, 5, 6)), ("liver_region", tuple(range(1, 9))), ("HCC", 1)):
             tp, fp, fn, _ = compute_tp_fp_fn_tn(region_or_label_to_mask(ref, region),

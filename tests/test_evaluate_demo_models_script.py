@@ -1,4 +1,4 @@
-"""scripts/evaluate_demo_models.py: the issue's checks and the model card's markdown, on painted cases."""
+"""scripts/evaluate_demo_models.py: the acceptance checks and the model card's markdown, on painted cases."""
 import sys
 from pathlib import Path
 
@@ -36,9 +36,10 @@ def _fig(base_fp=True):
         base = [l for l in base if l.type != "Cyst"]
     m = {"Base": match(ref, base), "Base+ReCls": match(ref, [l for l in base if l.type != "Cyst"]),
          "High+ReCls": match(ref, high)}
-    lesion = {k: M.lesion_table([v]) for k, v in m.items()}
-    patient = {k: M.patient_table([("HCC", "Meta")]) for k in m}
-    patient["Base+ReCls & High+ReCls"] = M.patient_table([("HCC", "Meta"), ("Cyst", "Cyst"), ("HCC", "uncertain")])
+    lesion = {k: E.table_dict(M.lesion_table([v])) for k, v in m.items()}
+    patient = {k: M.patient_table([("HCC", "Meta")]).to_dict() for k in m}
+    patient["Base+ReCls & High+ReCls"] = M.patient_table([("HCC", "Meta"), ("Cyst", "Cyst"),
+                                                          ("HCC", "uncertain")]).to_dict()
     return {"lesion": lesion, "patient": patient, "consensus_lesion": lesion["High+ReCls"],
             "reference_counts": M.reference_counts_table([ref]), "cases": 3, "consensus_cases": 2,
             "high": "High+ReCls", "consensus": "Base+ReCls & High+ReCls"}
@@ -58,7 +59,7 @@ def test_checks_follow_the_counts():
 
 def test_markdown_has_the_tables_and_the_merged_false_negatives():
     text = E.markdown(_fig(), {"Base": 60.0})
-    for title in ("Table I layout", "Table II layout", "Table IV layout", "Table V layout", "Checks (issue 6)"):
+    for title in ("Table I layout", "Table II layout", "Table IV layout", "Table V layout", "Acceptance checks"):
         assert title in text
     assert "(FN_merged: two neighbours detected as one; part of FN): Base 0 of 2, Base+ReCls 0 of 2, " \
            "High+ReCls 1 of 1." in text

@@ -20,13 +20,16 @@ from nnunet_liver.postprocessing import match, seg2det
 def test_lesion_row_reproduces_table_v(counts, expected):
     tp, fl, fp, fn, flp = counts
     r = lesion_row(tp, fl, fp, fn, flp)
-    assert (r["precision"], r["recall"], r["recall_rough"]) == pytest.approx(expected, abs=5e-4)
-    assert (r["TP"], r["FL"], r["FP"], r["FN"]) == (tp, fl, fp, fn)
+    assert (r.precision, r.recall, r.recall_rough) == pytest.approx(expected, abs=5e-4)
+    assert (r.tp, r.fl, r.fp, r.fn) == (tp, fl, fp, fn)
+    assert list(r.to_dict()) == ["FN", "FP", "FL", "TP", "FL_pred", "FN_merged", "precision", "recall",
+                                 "recall_rough"]
+    assert (r.to_dict()["TP"], r.to_dict()["FL_pred"]) == (tp, fl if flp is None else flp)
 
 
 def test_lesion_row_empty_is_undefined():
     r = lesion_row(0, 0, 0, 0)
-    assert r["precision"] is None and r["recall"] is None and r["recall_rough"] is None
+    assert r.precision is None and r.recall is None and r.recall_rough is None
 
 
 def test_lesion_table_malign_group_and_fl_pred():
@@ -38,11 +41,11 @@ def test_lesion_table_malign_group_and_fl_pred():
     ref[0:2, 8:12, 8:12] = META  # FN
     m = match(seg2det(ref, (1, 1, 1)), seg2det(pred, (1, 1, 1)), 0, 0)
     t = lesion_table([m])
-    assert (t["HCC"]["FL"], t["HCC"]["FL_pred"], t["HCC"]["TP"]) == (1, 1, 0)
-    assert t["Malign"]["TP"] == 1 and t["Malign"]["FL"] == 0 and t["Malign"]["FL_pred"] == 1
-    assert t["Malign"]["FN"] == 1
-    assert t["Malign"]["recall"] == pytest.approx(0.5) and t["Malign"]["precision"] == pytest.approx(0.5)
-    assert (t["All"]["TP"], t["All"]["FL"], t["All"]["FN"], t["All"]["FP"]) == (0, 2, 1, 0)
+    assert (t["HCC"].fl, t["HCC"].fl_pred, t["HCC"].tp) == (1, 1, 0)
+    assert t["Malign"].tp == 1 and t["Malign"].fl == 0 and t["Malign"].fl_pred == 1
+    assert t["Malign"].fn == 1
+    assert t["Malign"].recall == pytest.approx(0.5) and t["Malign"].precision == pytest.approx(0.5)
+    assert (t["All"].tp, t["All"].fl, t["All"].fn, t["All"].fp) == (0, 2, 1, 0)
 
 
 def test_size_bins_of_table_i():
@@ -54,11 +57,15 @@ def test_patient_table_golden():
     pairs = [("HCC", "HCC"), ("HCC", "Cyst"), ("Meta", "uncertain"), ("normal", "normal"),
              ("Cyst", "ICC"), ("Hem", "Hem"), ("normal", "Cyst")]
     t = patient_table(pairs)
-    assert (t["cases"], t["uncertain"], t["certain"], t["correct_class"]) == (7, 1, 6, 3)
-    assert (t["malignant_tp"], t["malignant_fn"], t["malignant_tn"], t["malignant_fp"]) == (1, 1, 3, 1)
-    assert t["malignancy_sensitivity"] == pytest.approx(0.5)
-    assert t["malignancy_specificity"] == pytest.approx(0.75)
-    assert t["class_accuracy"] == pytest.approx(0.5)
+    assert (t.cases, t.uncertain, t.certain, t.correct_class) == (7, 1, 6, 3)
+    assert (t.malignant_tp, t.malignant_fn, t.malignant_tn, t.malignant_fp) == (1, 1, 3, 1)
+    assert t.malignancy_sensitivity == pytest.approx(0.5)
+    assert t.malignancy_specificity == pytest.approx(0.75)
+    assert t.class_accuracy == pytest.approx(0.5)
+    assert t.to_dict()["uncertain"] == 1 and list(t.to_dict())[:4] == ["cases", "uncertain", "certain",
+                                                                       "correct_class"]
+    empty = patient_table([])
+    assert (empty.cases, empty.malignancy_sensitivity, empty.class_accuracy) == (0, None, None)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -74,8 +81,11 @@ def test_auc_undefined_and_table():
     assert auc_mann_whitney([0.1, 0.2], [True, True]) is None
     t = auc_table([({"HCC": 0.9, "Cyst": 0.1}, {"HCC"}), ({"HCC": 0.2, "Cyst": 0.8}, {"Cyst"}),
                    ({"HCC": 0.6}, set())])
-    assert t["HCC"]["auc"] == 1.0 and t["Cyst"]["auc"] == 1.0 and t["ICC"]["auc"] is None
-    assert t["mean"] == {"auc": 1.0, "types": 2}
+    assert t.per_type["HCC"].auc == 1.0 and t.per_type["Cyst"].auc == 1.0 and t.per_type["ICC"].auc is None
+    assert (t.mean, t.types, t.cases) == (1.0, 2, 3)
+    d = t.to_dict()
+    assert d["mean"] == {"auc": 1.0, "types": 2} and d["cases"] == 3
+    assert d["HCC"] == {"auc": 1.0, "positives": 1, "negatives": 2}
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -95,9 +105,9 @@ def test_froc_golden():
     hits = [True, False, True, False, False, True]
     f = froc(scores, hits, num_references=4, num_cases=2)
     # thresholds: FP/case 0, .5, .5, 1, 1.5, 1.5 ; sensitivity .25, .25, .5, .5, .5, .75
-    assert f["sensitivity_at"] == {"0.125": 0.25, "0.25": 0.25, "0.5": 0.5, "1": 0.5, "2": 0.75, "4": 0.75,
-                                   "8": 0.75}
-    assert froc([], [], 3, 2)["sensitivity_at"]["8"] == 0.0
+    assert f.sensitivity_at == {"0.125": 0.25, "0.25": 0.25, "0.5": 0.5, "1": 0.5, "2": 0.75, "4": 0.75, "8": 0.75}
+    assert f.to_dict()["curve"]["fp_per_case"] == f.fp_per_case == [0.0, 0.5, 0.5, 1.0, 1.5, 1.5]
+    assert froc([], [], 3, 2).sensitivity_at["8"] == 0.0
 
 
 def test_dice_matches_nnunet():
@@ -110,3 +120,14 @@ def test_dice_matches_nnunet():
         assert dice_from_counts(*confusion_counts(r, p)[:3]) == pytest.approx(2 * tp / (2 * tp + fp + fn))
     z = np.zeros((2, 2, 2), bool)
     assert dice_from_counts(*confusion_counts(z, z)[:3]) is None
+
+
+def test_dice_summary_mean_over_defined_cases_and_pooled():
+    from nnunet_liver.evaluation.metrics import dice_summary
+
+    s = dice_summary([(2, 1, 1), (0, 0, 0), (1, 0, 3)])  # per case 4/6, undefined, 2/5
+    assert (s.mean, s.cases) == (pytest.approx((4 / 6 + 2 / 5) / 2), 2)
+    assert s.pooled == pytest.approx(6 / 11)  # tp 3, fp 1, fn 4
+    assert list(s.to_dict()) == ["mean", "cases", "global"]
+    none = dice_summary([(0, 0, 0)])
+    assert (none.mean, none.cases, none.pooled) == (None, 0, None)

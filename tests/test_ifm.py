@@ -194,17 +194,15 @@ def test_dropout_probability_zero_keeps_everything():
 def test_presence_survives_nnunet_augmentation():
     """A missing phase is no longer constant after nnU-Net's augmentations; the wrapper makes it constant again."""
     from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer
-    import nnunet_liver.trainers.liver_trainers as lt
+
+    class NoDropout(LiverIFMTrainer):
+        phase_dropout_p = 0.0
+
     np.random.seed(0)
     torch.manual_seed(0)
-    old = lt.PHASE_DROPOUT_P
-    lt.PHASE_DROPOUT_P = 0.0
-    try:
-        tr = LiverIFMTrainer.get_training_transforms(
-            (8, 16, 16), (-0.5, 0.5), None, (1, 2), False,
-            use_mask_for_norm=[False] * 4, foreground_labels=list(range(1, 14)))
-    finally:
-        lt.PHASE_DROPOUT_P = old
+    tr = NoDropout.get_training_transforms(
+        (8, 16, 16), (-0.5, 0.5), None, (1, 2), False,
+        use_mask_for_norm=[False] * 4, foreground_labels=list(range(1, 14)))
     base = nnUNetTrainer.get_training_transforms(
         (8, 16, 16), (-0.5, 0.5), None, (1, 2), False,
         use_mask_for_norm=[False] * 4, foreground_labels=list(range(1, 14)))
@@ -247,6 +245,12 @@ def test_demo_trainers_use_their_own_phase_dropout():
         assert isinstance(ts[1], PhaseDropoutTransform) and ts[1].p == p
         assert cls.phase_dropout_p == p  # what training_settings.json records is what the transforms use
     assert dt.DEMO_PHASE_DROPOUT_P < PHASE_DROPOUT_P
+
+    class Variant(dt.LiverIFMTrainer_demo):
+        phase_dropout_p = 0.35
+
+    ts = Variant.get_training_transforms(*args, **kwargs).transforms
+    assert ts[1].p == Variant.phase_dropout_p == 0.35  # a variant's own value reaches the pipeline it records
     rates = dt.LesionShufflePatchTrainer_demo.scheme_rates
     assert abs(sum(rates.values()) - 1.0) < 1e-9
     assert rates["original_positive"] + rates["shuffled_positive"] > 0.5

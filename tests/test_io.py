@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,11 +51,11 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.json"
     with pytest.raises(RuntimeError):
         with atomic_path(str(target)) as tmp:
-            open(tmp, "w", encoding="utf-8").write("half")
+            Path(tmp).write_text("half", encoding="utf-8")
             raise RuntimeError("interrupted")
     assert os.listdir(tmp_path) == []
     with atomic_path(str(target)) as tmp:
-        open(tmp, "w", encoding="utf-8").write("whole")
+        Path(tmp).write_text("whole", encoding="utf-8")
     assert target.read_text() == "whole" and os.listdir(tmp_path) == ["out.json"]
 
 
@@ -62,11 +63,11 @@ def test_atomic_dir_renames_only_on_success(tmp_path):
     final = tmp_path / "Dataset501_X"
     with pytest.raises(RuntimeError):
         with atomic_dir(str(final)) as tmp:
-            open(os.path.join(tmp, "a.txt"), "w", encoding="utf-8").write("x")
+            Path(tmp, "a.txt").write_text("x", encoding="utf-8")
             raise RuntimeError("failed conversion")
     assert os.listdir(tmp_path) == []
     with atomic_dir(str(final)) as tmp:
-        open(os.path.join(tmp, "a.txt"), "w", encoding="utf-8").write("x")
+        Path(tmp, "a.txt").write_text("x", encoding="utf-8")
     assert (final / "a.txt").read_text() == "x"
     with pytest.raises(InputError, match="already exists"):
         with atomic_dir(str(final)):

@@ -38,3 +38,36 @@ def test_priority_rank_and_validation():
     labels.validate_label_values([0, 1, 13])
     with pytest.raises(ValueError, match=r"\[14, 20\]"):
         labels.validate_label_values([0, 14, 20])
+
+
+def test_is_malignant_is_the_one_accessor_for_ids_names_and_patient_classes():
+    assert [labels.is_malignant(i) for i in range(labels.NUM_CLASSES)] == \
+        [i in (labels.HCC, labels.ICC, labels.META) for i in range(labels.NUM_CLASSES)]
+    assert [labels.is_malignant(n) for n in labels.LESION_NAMES] == [True, True, True, False, False, False]
+    assert labels.is_malignant("meta") is True and labels.is_malignant("liver") is False
+    assert labels.is_malignant(labels.NORMAL) is False and labels.is_malignant(labels.UNCERTAIN) is None
+    with pytest.raises(ValueError, match="unknown label name"):
+        labels.is_malignant("tumour")
+
+
+def test_uncertain_is_spelt_in_labels_only():
+    """The patient class "uncertain" is ``labels.UNCERTAIN``: no other module of the package or the scripts spells
+    it (JSON keys counting uncertain cases excepted: ``PatientTable.uncertain``'s key, read back by the demo)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for folder in ("nnunet_liver", "dataset_conversion", "scripts"):
+        for path in (root / folder).rglob("*.py"):
+            if path.relative_to(root).as_posix() == "nnunet_liver/labels.py":
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            keys = {id(k) for d in ast.walk(tree) if isinstance(d, ast.Dict) for k in d.keys if k is not None}
+            keys |= {id(s.slice) for s in ast.walk(tree) if isinstance(s, ast.Subscript)}
+            docs = {id(n.body[0].value) for n in ast.walk(tree)
+                    if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                    and isinstance(n.body[0], ast.Expr)}
+            found += [f"{path.relative_to(root)}:{c.lineno}" for c in ast.walk(tree)
+                      if isinstance(c, ast.Constant) and c.value == labels.UNCERTAIN and id(c) not in keys | docs]
+    assert not found, f'"uncertain" spelt outside labels.py: {found}'

@@ -60,13 +60,13 @@ def test_fn_merged_when_one_detection_covers_two_lesions():
     assert r.to_dict()["merged_reference"] == [hcc_id]
     from nnunet_liver.evaluation.metrics import lesion_table
     t = lesion_table([r])
-    assert (t["All"]["FN"], t["All"]["FN_merged"]) == (2, 1)
-    assert (t["Malign"]["FN"], t["Malign"]["FN_merged"]) == (1, 1) and t["Cyst"]["FN_merged"] == 0
+    assert (t["All"].fn, t["All"].fn_merged) == (2, 1)
+    assert (t["Malign"].fn, t["Malign"].fn_merged) == (1, 1) and t["Cyst"].fn_merged == 0
     from nnunet_liver.evaluation.metrics import strata_table
     strata = strata_table([(r, {l.id: 1.0 if l.type == "HCC" else 3.0 for l in _det(ref)},
                             {l.id: 5.0 for l in _det(pred)})])
-    assert (strata["0.5-2"]["FN"], strata["0.5-2"]["FN_merged"]) == (1, 1)
-    assert (strata["2-4"]["FN"], strata["2-4"]["FN_merged"], strata["2-4"]["TP"]) == (1, 0, 1)
+    assert (strata["0.5-2"].fn, strata["0.5-2"].fn_merged) == (1, 1)
+    assert (strata["2-4"].fn, strata["2-4"].fn_merged, strata["2-4"].tp) == (1, 0, 1)
     # the size floor: a merged reference below it takes no part, so it is neither FN nor merged
     r = match(_det(ref), _det(pred), min_ref_volume_cm3=0.02, min_pred_volume_cm3=0)
     assert r.fn == 1 and r.merged_reference == []

@@ -20,6 +20,10 @@ DECLARED_NOT_IMPORTED = {
     "pylibjpeg-libjpeg": "pydicom decodes JPEG / JPEG-LS / lossless JPEG through it (entry point, never imported)",
     "pylibjpeg-openjpeg": "pydicom decodes JPEG 2000 through it (entry point, never imported)",
 }
+#: in the test extra for the executables they install, which the tests run (never imported)
+TEST_TOOLS_NOT_IMPORTED = {
+    "dcmqi": "segimage2itkimage and tid1500reader read our DICOM SEG and SR back (nnunet_liver.testing.dicom_check)",
+}
 
 
 def _setup_kwargs() -> dict:
@@ -72,9 +76,11 @@ def test_every_import_is_declared_and_every_declaration_used():
     kwargs = _setup_kwargs()
     required = {_dist(r) for r in kwargs["install_requires"]}
     test_extra = {_dist(r) for r in kwargs["extras_require"]["test"]}
+    # an optional extra (e.g. "characterize": radiomics) may provide a package import; its code says how to get it
+    optional = {_dist(r) for name, reqs in kwargs["extras_require"].items() if name != "test" for r in reqs}
     package_imports = _imported_modules(_python_files(*PACKAGE_DIRS))
-    undeclared = {m: f for m, f in package_imports.items() if not _providers(m) & required}
-    assert not undeclared, f"imported by the package, not in install_requires: {undeclared}"
+    undeclared = {m: f for m, f in package_imports.items() if not _providers(m) & (required | optional)}
+    assert not undeclared, f"imported by the package, not in install_requires or an optional extra: {undeclared}"
     test_imports = _imported_modules(_python_files(ROOT / "tests"))
     undeclared = {m: f for m, f in test_imports.items() if not _providers(m) & (required | test_extra)}
     assert not undeclared, f"imported by the tests, not in install_requires or the test extra: {undeclared}"
@@ -82,7 +88,9 @@ def test_every_import_is_declared_and_every_declaration_used():
     unused = required - used - set(DECLARED_NOT_IMPORTED)
     assert not unused, f"declared in install_requires, imported nowhere in the package: {sorted(unused)}"
     used_by_tests = set().union(*(_providers(m) for m in test_imports))
-    assert test_extra - used_by_tests - {"pytest"} == set()
+    assert test_extra - used_by_tests - {"pytest"} - set(TEST_TOOLS_NOT_IMPORTED) == set()
+    for dist in TEST_TOOLS_NOT_IMPORTED:
+        assert dist in test_extra, f"{dist}: listed as a test tool, not in the test extra"
 
 
 def test_bundled_plans_name_the_declared_network_package():
@@ -131,3 +139,32 @@ def test_text_files_are_opened_as_utf8():
     bad = [f"{p.relative_to(ROOT)}:{line}" for p in _python_files(*PACKAGE_DIRS) + [ROOT / "setup.py"]
            for line in _text_opens_without_encoding(p)]
     assert not bad, f"open()/read_text()/write_text() of text without encoding='utf-8': {bad}"
+
+
+def _unclosed_opens(path: Path):
+    """Line numbers of ``open()`` calls whose file is never bound to a name or a ``with``: an argument of another call
+    (``json.load(open(p))``) or the object of a method call (``open(p).read()``); the handle is left to the garbage
+    collector."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for parent in ast.walk(tree):
+        children = []
+        if isinstance(parent, ast.Call):
+            children = list(parent.args) + [k.value for k in parent.keywords]
+        elif isinstance(parent, ast.Attribute):
+            children = [parent.value]
+        for child in children:
+            if isinstance(child, ast.Call) and isinstance(child.func, ast.Name) and child.func.id == "open":
+                yield child.lineno
+
+
+def test_no_file_handle_is_left_open(tmp_path):
+    """``with open(...)``, ``Path.read_text`` or a handle kept and closed: never ``json.load(open(...))`` (the package,
+    the conversion scripts, the scripts, the benchmarks and the tests)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text('x = json.load(open("a"))\ny = open("b").read()\nwith open("c") as f:\n    pass\n'
+                     'z = open("d")\nz.close()\n', encoding="utf-8")
+    assert list(_unclosed_opens(probe)) == [1, 2]
+    files = _python_files(*PACKAGE_DIRS, ROOT / "scripts", ROOT / "benchmarks", ROOT / "tests")
+    assert len(files) > 50
+    bad = [f"{p.relative_to(ROOT)}:{line}" for p in files for line in _unclosed_opens(p)]
+    assert not bad, f"open() whose file is never closed: {bad}"

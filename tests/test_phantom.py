@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def _digest(folder):
     for root, _, files in os.walk(folder):
         for f in files:
             path = os.path.join(root, f)
-            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+            out[os.path.relpath(path, folder)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return out
 
 
@@ -56,10 +57,10 @@ def test_dataset_layout_truth_and_label_volumes(tmp_path):
     import SimpleITK as sitk
 
     out = write_phantom_dataset(tmp_path / "Dataset901_P", 4, seed=1, missing_delayed=1.0, progress=False, **SMALL)
-    meta = json.load(open(out / "dataset.json", encoding="utf-8"))
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "NC", "1": "A", "2": "V", "3": "D"}
     assert meta["labels"] == L.dataset_json_labels() and meta["numTraining"] == 4
-    truth = json.load(open(out / "truth.json", encoding="utf-8"))
+    truth = json.loads((out / "truth.json").read_text(encoding="utf-8"))
     assert sorted(truth["cases"]) == [f"phantom_{i:03d}" for i in range(4)]
     for case, entry in truth["cases"].items():
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"{case}.nii.gz")))
@@ -228,7 +229,7 @@ def test_min_lesion_volume_raises_the_floor_keeps_the_anatomy_and_is_recorded(tm
     out = tmp_path / "Dataset904_P"
     assert phantom_main(["-o", str(out), "-n", "2", "--seed", "2", "--shape", "16", "48", "48", "--spacing", "5", "4",
                          "4", "--min-lesion-volume", "2.5"]) == 0
-    assert json.load(open(out / "truth.json", encoding="utf-8"))["settings"]["min_lesion_cm3"] == 2.5
+    assert json.loads((out / "truth.json").read_text(encoding="utf-8"))["settings"]["min_lesion_cm3"] == 2.5
     capsys.readouterr()
     assert phantom_main(["-o", str(tmp_path / "Dataset905_P"), "-n", "1", "--min-lesion-volume", "0"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
@@ -241,7 +242,7 @@ def test_cli_writes_dataset_and_rejects_bad_phases(tmp_path, capsys):
     rc = phantom_main(["-o", str(out), "-n", "2", "--seed", "1", "--shape", "16", "48", "48", "--spacing", "5", "4",
                        "4", "--phases", "A,V", "--misalign-mm", "2"])
     assert rc == 0
-    meta = json.load(open(out / "dataset.json", encoding="utf-8"))
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "A", "1": "V"}
     assert sorted(os.listdir(out / "imagesTr"))[:2] == ["phantom_000_0000.nii.gz", "phantom_000_0001.nii.gz"]
     capsys.readouterr()

@@ -30,7 +30,7 @@ def test_plan_and_preprocess_accepts_phantom_dataset(tmp_path):
                           spacing=(5.0, 3.0, 3.0), missing_delayed=0.5, misalign_mm=3.0, progress=False)
     run_planner(env, "711")
     preprocessed = tmp_path / "preprocessed" / "Dataset711_LiverPhantom"
-    plans = json.load(open(preprocessed / "nnUNetPlans.json", encoding="utf-8"))
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text(encoding="utf-8"))
     assert plans["configurations"]["3d_fullres"]["spacing"] == [5.0, 3.0, 3.0]
-    fingerprint = json.load(open(preprocessed / "dataset_fingerprint.json", encoding="utf-8"))
+    fingerprint = json.loads((preprocessed / "dataset_fingerprint.json").read_text(encoding="utf-8"))
     assert len(fingerprint["foreground_intensity_properties_per_channel"]) == 4

@@ -1,4 +1,5 @@
-"""UNet-whole's preprocessing one channel at a time equals nnU-Net's ``run_case_npy`` bit for bit, with less memory."""
+"""UNet-whole's preprocessing one channel at a time equals nnU-Net's ``run_case_npy`` bit for bit, with less memory;
+a label map resampled like the image (``resample_seg_like``) equals ``run_case_npy``'s label map."""
 import copy
 import tracemalloc
 from types import SimpleNamespace
@@ -8,7 +9,8 @@ import pytest
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_liver.inference.predict import _channelwise_exact, preprocess_like_training
+from nnunet_liver.inference.predict import preprocess_like_training
+from nnunet_liver.nnunet_mirror import channelwise_exact, resample_seg_like
 
 STATS = [{"max": 3000.0, "mean": 60.0 + 10 * c, "median": 55.0, "min": -1024.0, "percentile_00_5": -200.0 + c,
           "percentile_99_5": 300.0 + 7 * c, "std": 40.0 + c} for c in range(4)]
@@ -69,7 +71,7 @@ def test_equals_run_case_npy(name):
     model = fake_model(**plan_kw)
     data = ct_case(**case_kw)
     before = data.copy()
-    assert _channelwise_exact(model.configuration_manager.preprocessor_class(), model.configuration_manager)
+    assert channelwise_exact(model.configuration_manager.preprocessor_class(), model.configuration_manager)
     ours, _, props = preprocess_like_training(model, data, spacing)
     ref, _, ref_props = DefaultPreprocessor(verbose=False).run_case_npy(
         data, None, {"spacing": list(spacing)}, model.plans_manager, model.configuration_manager,
@@ -82,6 +84,65 @@ def test_equals_run_case_npy(name):
         assert np.array_equal(np.asarray(props[key]), np.asarray(ref_props[key])), key
     if case_kw.get("border", True):
         assert tuple(props["shape_after_cropping_and_before_resampling"]) != tuple(props["shape_before_cropping"])
+
+
+def labels_case(shape=(14, 30, 26), seed=0):
+    """(1, Z, Y, X) labels 1..5 painted as boxes on 1 (no 0: nnU-Net marks zeros outside the nonzero mask -1)."""
+    rng = np.random.default_rng(seed)
+    seg = np.ones((1,) + shape, np.int16)
+    for label in range(2, 6):
+        lo = [int(rng.integers(0, s - 3)) for s in shape]
+        hi = [int(lo[i] + rng.integers(2, max(3, shape[i] // 2))) for i in range(3)]
+        seg[0, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = label
+    seg[0, 7, 12, 10] = 5  # a single voxel: per-label resampling may drop it
+    return seg
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("order", [None, 0])
+def test_resample_seg_like_equals_run_case_npy(name, order):
+    """The label map ``run_case_npy`` resamples with the image, from the image's properties alone: the plans' own
+    label resampling (``order=None``), or nearest neighbour (``order=0``, as nnU-Net resamples with
+    ``resampling_fn_seg_kwargs`` order 0)."""
+    plan_kw, spacing, case_kw = CASES[name]
+    model = fake_model(**plan_kw)
+    data, seg = ct_case(**case_kw), labels_case()
+    reference = model
+    if order == 0:
+        reference = fake_model(**plan_kw)
+        kwargs = reference.configuration_manager.configuration["resampling_fn_seg_kwargs"]
+        kwargs.update(order=0, order_z=0)
+    _, ref_seg, props = DefaultPreprocessor(verbose=False).run_case_npy(
+        data, seg, {"spacing": list(spacing)}, reference.plans_manager, reference.configuration_manager,
+        reference.dataset_json)
+    assert ref_seg.min() >= 1  # no -1: the comparison covers every voxel
+    before = seg.copy()
+    got = resample_seg_like(seg, props, ref_seg.shape[1:], model.plans_manager, model.configuration_manager,
+                            order=order)
+    np.testing.assert_array_equal(seg, before)
+    assert got.shape == ref_seg.shape
+    np.testing.assert_array_equal(got, ref_seg)
+    # the image's own properties, as preprocess_like_training hands them over
+    image, seg_pp, own = preprocess_like_training(model, data, spacing, seg)
+    if order is None:
+        np.testing.assert_array_equal(seg_pp, ref_seg)
+    assert [list(b) for b in own["bbox_used_for_cropping"]] == [list(b) for b in props["bbox_used_for_cropping"]]
+
+
+def test_resample_seg_like_tells_the_label_resampling_apart():
+    """Per-label linear and nearest neighbour differ on random labels (so the two pins above are not the same
+    test), and a shifted cropping box changes the result."""
+    model = fake_model(spacing=[2.0, 1.5, 1.5])
+    data = ct_case()
+    seg = np.random.default_rng(3).integers(1, 6, size=(1,) + data.shape[1:]).astype(np.int16)
+    _, ref_seg, props = DefaultPreprocessor(verbose=False).run_case_npy(
+        data, seg, {"spacing": [1.0, 0.8, 0.8]}, model.plans_manager, model.configuration_manager, model.dataset_json)
+    pm, cm = model.plans_manager, model.configuration_manager
+    nearest = resample_seg_like(seg, props, ref_seg.shape[1:], pm, cm, order=0)
+    assert (nearest != ref_seg).sum() > 0
+    shifted = copy.deepcopy(props)
+    shifted["bbox_used_for_cropping"][1] = [b + 1 for b in shifted["bbox_used_for_cropping"][1]]
+    assert (resample_seg_like(seg, shifted, ref_seg.shape[1:], pm, cm) != ref_seg).sum() > 0
 
 
 def test_a_changed_channel_scheme_changes_the_output():
@@ -101,9 +162,9 @@ def test_a_preprocessor_subclass_runs_nnunets_own_path():
         pass
 
     model = fake_model(spacing=[2.0, 1.5, 1.5])
-    assert not _channelwise_exact(Custom(), model.configuration_manager)
+    assert not channelwise_exact(Custom(), model.configuration_manager)
     model.configuration_manager.configuration["resampling_fn_data"] = "resample_torch_fornnunet"
-    assert not _channelwise_exact(DefaultPreprocessor(), model.configuration_manager)
+    assert not channelwise_exact(DefaultPreprocessor(), model.configuration_manager)
 
 
 def _peak_bytes(fn):

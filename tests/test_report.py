@@ -2,6 +2,7 @@
 import io
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def test_report_reads_figures_not_volumes(tmp_path, monkeypatch):
         raise AssertionError("the report must not read a volume")
 
     monkeypatch.setattr(sitk, "ReadImage", no_volumes)
-    html = open(write_report(str(tmp_path), ["c1"]), encoding="utf-8").read()
+    html = Path(write_report(str(tmp_path), ["c1"])).read_text(encoding="utf-8")
     assert html.count("<img") == 1 + 2 * 4 and "APHE" in html and ">140<" in html and folder.endswith("c1")
     assert html.index("#1 HCC") < html.index("#2 Cyst")
 
@@ -87,7 +88,31 @@ def test_report_without_figures_still_lists_lesions(tmp_path):
               "patient": {"class": "normal", "class_by_factor": {"1": "normal"}, "malignant": False, "livermax": {}},
               "lesions": []}
     (tmp_path / "c2.json").write_text(json.dumps(record))
-    html = open(write_report(str(tmp_path), ["c2"]), encoding="utf-8").read()
+    html = Path(write_report(str(tmp_path), ["c2"])).read_text(encoding="utf-8")
     assert "No lesion detected" in html and "<img" not in html
     with pytest.raises(FileNotFoundError):
         write_report(str(tmp_path), ["missing"])
+
+
+def test_figures_and_text_use_the_given_ct_window(tmp_path):
+    """The panels and the overview map HU to grey with the window they are given (the model's, from its plans);
+    the report names it."""
+    images, inst = painted()
+    liver = {}
+    for window in ((-150.0, 250.0), (0.0, 100.0)):
+        rgb = _decode(lesion_panels(images, inst, 1, "HCC", (5.0, 1.0, 1.0), size_px=120, window=window)["V"])
+        over = _decode(overview_png(images["V"], inst, None, (5.0, 1.0, 1.0), {1: "HCC"}, size_px=200,
+                                    window=window))
+        grey = (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
+        liver[window] = (np.bincount(rgb[grey][:, 0]).argmax(), np.bincount(over[np.all(over == over[..., :1],
+                                                                                         axis=2)][:, 0]).argmax())
+    assert liver[(-150.0, 250.0)] == (133, 133)  # 60 HU: (60 + 150) / 400 of the grey range
+    assert liver[(0.0, 100.0)] == (153, 153)  # 60 / 100
+    record = {"case": "c3", "phases_present": ["V"], "geometry": {"reference_phase": "V"},
+              "settings": {"reclassification": {"enabled": True}},
+              "patient": {"class": "HCC", "class_by_factor": {"1": "HCC"}, "malignant": True, "livermax": {}},
+              "lesions": [{"id": 1, "type": "HCC", "volume_cm3": 0.7, "diameter_mm": 8.5, "score": 0.9,
+                           "sensitivity": "same", "features": None}]}
+    (tmp_path / "c3.json").write_text(json.dumps(record))
+    html = Path(write_report(str(tmp_path), ["c3"], window=(0.0, 100.0))).read_text(encoding="utf-8")
+    assert "window 0 to 100 HU" in html

@@ -199,3 +199,19 @@ def test_bad_input():
         seg2det(np.zeros((4, 4), np.uint8), SP)
     with pytest.raises(ValueError, match="spacing"):
         seg2det(np.zeros((4, 4, 4), np.uint8), (1.0, 0.0, 1.0))
+
+
+def test_type_is_derived_from_the_label():
+    """A lesion has one type: its label's name, also after the label changes (reclassification re-types by label)."""
+    import dataclasses
+
+    lm = np.zeros((4, 8, 8), np.uint8)
+    lm[1:3, 2:5, 2:5] = HCC
+    (les,) = seg2det(lm, SP)
+    assert les.type == "HCC"
+    cyst = dataclasses.replace(les, label=CYST)
+    assert cyst.type == "Cyst" and les.type == "HCC"
+    d = cyst.to_dict()
+    assert list(d)[:3] == ["id", "label", "type"] and (d["label"], d["type"]) == (CYST, "Cyst")
+    with pytest.raises(TypeError):
+        dataclasses.replace(les, type="Meta")  # no separate type to set

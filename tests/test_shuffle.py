@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from nnunet_liver.labels import PATCH_LIVER, PATCH_MASKED
-from nnunet_liver.training.shuffle import (SCHEMES, component_type, crop, erase_lesions, case_lesions,
-                                                 make_reclassification_patches, sample_training_patch,
-                                                 transplant_lesion)
+from nnunet_liver.postprocessing.lesion_shuffle import crop, make_reclassification_patches, transplant_lesion
+from nnunet_liver.training.shuffle import SCHEMES, case_lesions, component_type, erase_lesions, sample_training_patch
 
 PATCH = (4, 12, 12)
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_liver.inference import slab_resampling
+from nnunet_liver import nnunet_mirror
 from nnunet_liver.inference.model import DEMO_MODELS_DIR
 from nnunet_liver.inference.predict import maps_from_logits
-from nnunet_liver.inference.slab_resampling import SlabResampler
+from nnunet_liver.nnunet_mirror import SlabResampler
 from nnunet_liver.postprocessing.patient import liver_max
 from nnunet_liver.postprocessing.seg2det import seg2det
 from nnunet_liver.postprocessing.sensitivity import LesionProbabilities, lesion_sensitivity_masks
@@ -113,7 +113,7 @@ def _problems(got, probs, ref_maps, spacing) -> list:
 @pytest.fixture
 def small_slabs(monkeypatch):
     """Slabs of a few rows, so every case crosses many slab boundaries."""
-    monkeypatch.setattr(slab_resampling, "_SLAB_VOXELS_CPU", 3 * 64)
+    monkeypatch.setattr(nnunet_mirror, "_SLAB_VOXELS_CPU", 3 * 64)
 
 
 @pytest.mark.parametrize("order_z", [0, 1])
@@ -216,6 +216,63 @@ def test_slab_resampler_bitwise(small_slabs):
         got = np.concatenate([res.resample(k0, k1) for k0, k1 in res.slabs()], axis=1)
         assert got.dtype == whole.dtype
         np.testing.assert_array_equal(got, whole)
+
+
+@pytest.fixture
+def fresh_zoom_check():
+    """The once-per-process check of scipy's private zoom routine runs again in the test, and after it."""
+    nnunet_mirror._scipy_zoom_rows.cache_clear()
+    yield
+    nnunet_mirror._scipy_zoom_rows.cache_clear()
+
+
+def _without_offset(x, zoom, shift, out, *rest):  # a scipy whose zoom_shift lost the output offset
+    if shift is not None:
+        raise TypeError("zoom_shift(): argument 'shift' must be None")
+    _ORIGINAL_ZOOM_SHIFT(x, zoom, shift, out, *rest)
+
+
+def _off_by_a_bit(x, zoom, shift, out, *rest):  # a scipy whose zoom_shift computes something else with an offset
+    _ORIGINAL_ZOOM_SHIFT(x, zoom, shift, out, *rest)
+    if shift is not None:
+        out += 1e-12
+
+
+def _original_zoom_shift():
+    from scipy.ndimage import _nd_image
+
+    return _nd_image.zoom_shift
+
+
+_ORIGINAL_ZOOM_SHIFT = _original_zoom_shift()
+
+
+def _no_private_api(self):
+    raise ImportError("cannot import name '_prepad_for_spline_filter'")
+
+
+@pytest.mark.parametrize("change", ["removed", "arguments", "values"])
+def test_a_changed_scipy_zoom_routine_falls_back_to_the_public_path(small_slabs, fresh_zoom_check, monkeypatch,
+                                                                     change):
+    """The 3D slab rule calls scipy's private routines (``zoom_shift`` with an output offset); should a scipy release
+    remove them, change their arguments or their values, the check against the public ``scipy.ndimage.zoom``
+    fails and nnU-Net's whole-volume resampling runs instead: the same maps and lesions."""
+    from scipy.ndimage import _nd_image
+
+    if change == "removed":
+        monkeypatch.setattr(nnunet_mirror._ZoomRows, "__init__", _no_private_api)
+    else:
+        monkeypatch.setattr(_nd_image, "zoom_shift", _without_offset if change == "arguments" else _off_by_a_bit)
+    spacing = (1.0, 0.75, 0.75)
+    pm, cm, lm = _managers(kwargs={"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None})
+    logits, props = _case((19, 13, 11), spacing, (6, 5, 4), seed=1)
+    got, probs, ref_maps = _compare(logits, pm, cm, lm, props, spacing)
+    assert got.slab_mode == "whole"
+    problems, n = _problems(got, probs, ref_maps, spacing)
+    assert problems == [] and n >= 1
+    monkeypatch.undo()
+    nnunet_mirror._scipy_zoom_rows.cache_clear()
+    assert SlabResampler(logits, pm, cm, props).mode == "zoom"  # the installed scipy passes the check
 
 
 def test_no_lesion_and_no_liver(small_slabs):

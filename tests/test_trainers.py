@@ -111,6 +111,68 @@ def test_ifm_network_from_plans_and_tiny_configuration():
     assert with_patch_size(cm, (16, 100, 128), pm.transpose_forward) is None
 
 
+TRAINER_PATCH_SIZES = {"LiverIFMTrainer": [64, 16, 64], "LiverIFMTrainer_tiny": [32, 16, 32],
+                       "LiverIFMTrainer_demo": [48, 16, 48], "LesionShufflePatchTrainer": [128, 16, 128],
+                       "LesionShufflePatchTrainer_tiny": [32, 16, 32], "LesionShufflePatchTrainer_demo": [64, 16, 64]}
+
+
+@pytest.mark.parametrize("name", list(TRAINER_PATCH_SIZES))
+def test_trainers_record_their_configuration_in_their_plans(name, tmp_path, monkeypatch):
+    """A trainer trains with ``training_configuration`` and writes it into its plans under the configuration's own
+    name (the plans nnU-Net saves with the model and in the checkpoint's init_args): nnU-Net's PlansManager then
+    resolves that configuration to exactly the trained one, which the hook leaves as it is (how ``load_model``
+    tells such a folder from an old one); nothing else in the plans changes."""
+    import copy
+
+    from nnunet_liver.trainers import liver_demo_trainers, liver_patch_trainer, liver_tiny_trainers
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    cls = next(getattr(m, name) for m in (liver_demo_trainers, liver_patch_trainer, liver_tiny_trainers,
+                                         nnunet_liver.trainers.liver_trainers) if hasattr(m, name))
+    p = plans()
+    p["continue_training"] = False
+    before = copy.deepcopy(p)
+    before.pop("continue_training")
+    patch = "Patch" in name
+    trainer = cls(p, "3d_fullres", 0, whole_json(labels=patch_dataset_json_labels()) if patch else whole_json(),
+                  torch.device("cpu"))
+    planned = PlansManager(before).get_configuration("3d_fullres")
+    assert trainer.planned_configuration.configuration == planned.configuration
+    trained = cls.training_configuration(PlansManager(before), planned)
+    assert list(trained.patch_size) == TRAINER_PATCH_SIZES[name]
+    assert trainer.configuration_manager.configuration == trained.configuration
+    assert trainer.my_init_kwargs["configuration"] == trainer.configuration_name == "3d_fullres"
+    saved = trainer.my_init_kwargs["plans"]
+    assert saved is trainer.plans_manager.plans  # what nnU-Net writes to plans.json and into the checkpoints
+    resolved = PlansManager(copy.deepcopy(saved)).get_configuration("3d_fullres")
+    assert resolved.configuration == trained.configuration
+    assert cls.training_configuration(PlansManager(saved), resolved).configuration == resolved.configuration
+    assert trainer.plans_manager.get_configuration("3d_fullres").configuration == trained.configuration
+    assert {k: v for k, v in saved.items() if k != "configurations"} == \
+        {k: v for k, v in before.items() if k != "configurations"}
+    changed = {k for k in planned.configuration if planned.configuration[k] != resolved.configuration[k]}
+    assert changed <= {"patch_size", "architecture", "batch_size"}
+    assert bool(changed) == (name != "LiverIFMTrainer")
+    if "demo" in name:
+        assert trainer.batch_size == resolved.batch_size == (2 if patch else 4)
+
+
+def test_recording_keeps_a_configurations_inheritance():
+    from nnunet_liver.trainers.liver_trainers import record_trained_configuration
+
+    p = plans()
+    p["configurations"]["3d_cascade"] = {"inherits_from": "3d_fullres", "data_identifier": "cascade"}
+    pm = PlansManager(p)
+    trained = LiverIFMTrainer_tiny.training_configuration(pm, pm.get_configuration("3d_cascade"))
+    recorded = record_trained_configuration(p, "3d_cascade", trained)
+    assert recorded.configuration == trained.configuration
+    assert p["configurations"]["3d_cascade"]["inherits_from"] == "3d_fullres"
+    assert p["configurations"]["3d_fullres"] == plans()["configurations"]["3d_fullres"]
+    assert set(p["configurations"]["3d_cascade"]) == {"inherits_from", "data_identifier", "patch_size",
+                                                       "architecture"}
+
+
 class FakeDataset:
     """In-memory stand-in for nnU-Net's preprocessed dataset (load_case -> data, seg, seg_prev, properties)."""
 
@@ -436,7 +498,7 @@ def test_tiny_ifm_model_trains_and_predicts_with_missing_delayed_phase(tiny_whol
 
 @pytest.mark.slow
 def test_tiny_patch_model_trains_and_predicts_reclassification_patches(tiny_patch_model, monkeypatch):
-    from nnunet_liver.training.shuffle import make_reclassification_patches
+    from nnunet_liver.postprocessing.lesion_shuffle import make_reclassification_patches
 
     ds = json.loads((tiny_patch_model.raw_dataset / "dataset.json").read_text())
     assert ds["labels"] == patch_dataset_json_labels()

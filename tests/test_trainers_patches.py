@@ -90,34 +90,49 @@ def test_convert_rejects_foreign_labels(tmp_path):
     assert not (tmp_path / "Dataset602_Patch").exists()
 
 
-@pytest.mark.slow
-def test_reclassification_applies_unet_patch_on_its_training_patch_size(tiny_patch_model):
-    """The plans saved with UNet-patch keep nnU-Net's planned patch size; the detector must use the size the
-    trainer actually trained on, as recorded by nnU-Net itself in fold_0/debug.json."""
+def _check_trained_configuration_recorded(model, which, monkeypatch):
+    """nnU-Net's planned patch size (nnUNet_preprocessed's plans) differs from the one the trainer trained with (as
+    nnU-Net recorded it in fold_0/debug.json); the model folder's plans.json and the checkpoint hold the trained
+    configuration under the configuration's own name, so nnU-Net's own initialiser and ``load_model`` apply the
+    network with it."""
     import ast
+    import contextlib
+    import io
 
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    import nnunet_liver
     from nnunet_liver.inference.model import load_model
 
-    debug = json.loads((Path(tiny_patch_model.model_folder) / "fold_0" / "debug.json").read_text())
-    trained = ast.literal_eval(debug["configuration_manager"])["patch_size"]
-    plans = json.loads((Path(tiny_patch_model.model_folder) / "plans.json").read_text())
-    planned = plans["configurations"]["3d_fullres"]["patch_size"]
-    assert trained != planned  # otherwise this test could not tell the two apart
-    loaded = load_model(str(tiny_patch_model.model_folder), folds=(0,), which="patch")
-    assert list(loaded.configuration_manager.patch_size) == list(trained)
+    folder = Path(model.model_folder)
+    debug = json.loads((folder / "fold_0" / "debug.json").read_text())
+    trained = ast.literal_eval(debug["configuration_manager"])
+    planned = json.loads((Path(model.env["nnUNet_preprocessed"]) / folder.parent.name / "nnUNetPlans.json")
+                         .read_text())["configurations"]["3d_fullres"]
+    assert trained["patch_size"] != planned["patch_size"]  # otherwise this test could not tell the two apart
+    recorded = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]
+    assert recorded["patch_size"] == trained["patch_size"] and recorded["architecture"] == trained["architecture"]
+    assert recorded["data_identifier"] == planned["data_identifier"]
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["init_args"]["configuration"] == "3d_fullres"
+    assert ckpt["init_args"]["plans"]["configurations"]["3d_fullres"]["patch_size"] == trained["patch_size"]
+    loaded = load_model(str(folder), folds=(0,), which=which)
+    assert loaded.configuration_recorded
+    assert list(loaded.configuration_manager.patch_size) == list(trained["patch_size"])
+    monkeypatch.setenv("nnUNet_extTrainer", nnunet_liver.TRAINERS_DIR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(folder), (0,), "checkpoint_final.pth")
+    assert predictor.configuration_manager.configuration == loaded.configuration_manager.configuration
 
 
 @pytest.mark.slow
-def test_detection_applies_unet_whole_on_its_training_patch_size(tiny_whole_model):
-    """Same for UNet-whole: a variant that trains on its own patch size (``_tiny``, ``_demo``) is applied with it,
-    as nnU-Net recorded it in fold_0/debug.json."""
-    import ast
+def test_reclassification_applies_unet_patch_on_its_training_patch_size(tiny_patch_model, monkeypatch):
+    _check_trained_configuration_recorded(tiny_patch_model, "patch", monkeypatch)
 
-    from nnunet_liver.inference.model import load_model
 
-    debug = json.loads((Path(tiny_whole_model.model_folder) / "fold_0" / "debug.json").read_text())
-    trained = ast.literal_eval(debug["configuration_manager"])["patch_size"]
-    plans = json.loads((Path(tiny_whole_model.model_folder) / "plans.json").read_text())
-    assert trained != plans["configurations"]["3d_fullres"]["patch_size"]
-    loaded = load_model(str(tiny_whole_model.model_folder), folds=(0,), which="whole")
-    assert list(loaded.configuration_manager.patch_size) == list(trained)
+@pytest.mark.slow
+def test_detection_applies_unet_whole_on_its_training_patch_size(tiny_whole_model, monkeypatch):
+    """Same for UNet-whole: a variant that trains on its own patch size (``_tiny``, ``_demo``) is applied with it."""
+    _check_trained_configuration_recorded(tiny_whole_model, "whole", monkeypatch)

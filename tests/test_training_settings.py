@@ -53,6 +53,29 @@ def test_warm_start_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and f"{missing}: no such checkpoint" in err
 
 
+def test_warm_start_exits_as_every_command(tmp_path, capsys, monkeypatch):
+    """run_cli's codes: an unknown trainer or a bad fold is bad input (2, one line); a failure while training is a
+    failed step (1)."""
+    from nnunet_liver.training import warm_start
+
+    ckpt = tmp_path / "a.pth"
+    ckpt.write_bytes(b"")
+    args = ["601", "3d_fullres", "0", "-tr", "NoSuchTrainer", "-init", str(ckpt), "-device", "cpu"]
+    assert warm_start_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{warm_start.PROG}: error: ") and "NoSuchTrainer" in err[0]
+    assert warm_start_main(["601", "3d_fullres", "x"] + args[3:]) == 2
+    assert "fold 'x'" in capsys.readouterr().err
+
+    def fails(*a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(warm_start, "train_from", fails)
+    assert warm_start_main(args) == 1
+    assert capsys.readouterr().err.strip() == f"{warm_start.PROG}: error: CUDA error: an illegal memory access was " \
+                                              f"encountered"
+
+
 @pytest.mark.slow
 def test_trained_model_settings_and_a_warm_start_read_back(tiny_whole_model, tmp_path):
     """nnUNetv2_train of a tiny trainer wrote its settings beside its checkpoint; a warm start of the same trainer

@@ -1,60 +1,97 @@
 """Which contrast phase (NC, A, V, D) each CT acquisition of a study is, with a confidence and the reasons.
 
-Evidence:
+Each acquisition gets a cost per phase from the evidence radiologists use (every term is recorded in the reasons):
 
-1. **The image.** :func:`measure_enhancement` locates, crudely but without a model, the liver (the commonest soft-tissue
-   value in the patient's right half of the body, away from the body wall and bone) and the aorta (the brightest
-   homogeneous blood-sized spot in front of the spine near the midline, bone excluded) on a few slices, and reads their
-   HU. Prototypes (liver, aorta) in HU: NC (50, 40), A (70, 280), V (105, 170), D (90, 120); with 15 HU of spread for
-   the liver and 50 HU for the aorta (patients and protocols differ), each acquisition gets a squared distance to each
-   phase. The real portal-venous series of HCC-TACE-Seg case HCC_048 (measured: liver about 114 HU, aorta about 235) lands on V.
-2. **Acquisition order.** When every acquisition has a time (AcquisitionTime, else ContentTime, else SeriesTime, with
-   the date), phases must follow time order (NC before A before V before D): assignments breaking it are excluded.
-   The gap after the arterial acquisition separates V from D, which the image alone often cannot (a real equilibrium
-   phase can keep an aorta near 200 HU): V comes 15-100 s after A, D more than 100 s after A (or more than 60 s after
-   V); a gap on the wrong side costs :data:`TIME_GAP_COST`.
-3. **Contrast tags.** An acquisition with ``ContrastBolusAgent`` empty while others of the study have it is pushed
-   towards NC (and one with it away from NC).
-4. **Series descriptions.** Keywords (``arterial``, ``portal``, ``venous``, ``delayed``, ``non-contrast`` ...) only
-   nudge the score: descriptions are often misleading (HCC_048's portal-venous series is called
-   "Recon 3: LIVER 2 PHASE (C/A/P)").
+1. **Aorta and liver** (found by :mod:`.anatomy` and :mod:`.organs`): each phase has a core range (:data:`CORE_HU`)
+   of aortic lumen and liver parenchyma HU; outside it the cost grows quadratically (:data:`AORTA_SCALE_HU`,
+   :data:`LIVER_SCALE_HU` per unit). The arterial phase has a bright aorta and a barely enhanced liver, the
+   portal-venous phase the liver at its peak with the aorta still well above it, the delayed (equilibrium) phase
+   both lower and close together, the non-contrast phase neither enhanced. When a study has a non-contrast
+   acquisition, its liver is the baseline: the other phases' liver ranges move with it (a fatty liver is darker
+   in every phase).
+2. **Kidneys** (only when the aorta is enhanced, or not found): enhanced parenchyma rules out NC; contrast excreted
+   into the collecting systems means a delayed (excretory) phase, its absence speaks mildly against it;
+   corticomedullary differentiation speaks against the delayed phase, a homogeneous nephrogram against the arterial
+   phase.
+3. **Spleen** (when the aorta is enhanced): heterogeneous (arciform) means arterial, homogeneous not arterial.
+4. **Headers** (:mod:`.tags`): an oral-only ``ContrastBolusRoute`` or agent, the delay after
+   ``ContrastBolusStartTime``, and a description naming a phase in words are strong; an abbreviation, an intravenous
+   route, and a ``ContrastBolusAgent`` empty while other series of the study have one are weak nudges.
+5. **Times** (when every acquisition has one): phases follow time order, and V comes 15-100 s after A, D more than
+   100 s after A and 60 s after V (:data:`TIME_GAP_COST` per gap on the wrong side).
+6. **The study as a whole**: the aorta is brightest in A, then V, then D; the liver is higher in V than in D and
+   A; NC is the least enhanced of all (violations cost quadratically).
 
-All acquisitions of a study are assigned distinct phases jointly (every one-to-one assignment is scored; the lowest
-total wins). The confidence is ``1 - exp(-margin / 2)`` where the margin is the score gap to the best assignment that
-differs; below :data:`MIN_CONFIDENCE` the study is refused as ambiguous unless ``--phase-map`` decides.
+All acquisitions of a study are assigned distinct phases jointly (every one-to-one assignment is scored, the lowest
+total wins). The confidence of an acquisition's phase is ``1 - exp(-margin / 2)``, the margin being the cost gap to
+the best assignment that gives it another phase. A study is refused (:class:`PhaseConflict`, one line with the
+reasons) when a confidence is below :data:`MIN_CONFIDENCE`, when a strong header says one phase and the image
+clearly another (:data:`CONFLICT_COST`), when the acquisition times force phases the images clearly contradict,
+or when the joint assignment gives an acquisition a phase its own evidence rejects (:data:`OWN_GAP_LIMIT`: two
+acquisitions of one phase, such as two arterial runs, or a phase missing from the study that another one's
+evidence takes). An acquisition moved off its own best phase by the study keeps at most the margin
+:data:`DUPLICATE_MARGIN` less how far it was moved.
 """
 from __future__ import annotations
 
 import itertools
-import re
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_liver.dicom.tags import (agent_is_oral, bolus_delay_phases, description_phases, description_strength,
+                                     route_phases)
 from nnunet_liver.labels import PHASES
 from nnunet_liver.utils.io import InputError
 
-__all__ = ["PROTOTYPES_HU", "MIN_CONFIDENCE", "SKIP", "Acquisition", "measure_enhancement", "assign_phases",
-           "parse_phase_map"]
+__all__ = ["CORE_HU", "MIN_CONFIDENCE", "CONFLICT_COST", "SKIP", "Acquisition", "PhaseConflict", "assign_phases",
+           "description_phases", "parse_phase_map"]
 
-#: (liver, aorta) HU per phase, and their spreads
-PROTOTYPES_HU: Dict[str, tuple] = {"NC": (50.0, 40.0), "A": (70.0, 280.0), "V": (105.0, 170.0), "D": (90.0, 120.0)}
-SPREAD_HU = (15.0, 50.0)
-MIN_CONFIDENCE = 0.5
-TIME_GAP_COST = 6.0
-_KEYWORDS = {
-    "NC": r"\b(non[- ]?contrast|noncon|unenhanced|pre[- ]?contrast|native|plain|w/?o|without)\b|\bnc\b",
-    "A": r"\b(arterial|art|hepatic arterial|late arterial|early)\b",
-    "V": r"\b(portal|venous|pv|portovenous|porto[- ]?venous)\b",
-    "D": r"\b(delayed|delay|equilibrium|late|eq|\d+\s*min)\b",
+#: phase -> ((aorta low, high), (liver low, high)) HU: where a phase's values usually lie (120 kVp)
+CORE_HU: Dict[str, Tuple[Tuple[float, float], Tuple[float, float]]] = {
+    "NC": ((20.0, 70.0), (30.0, 70.0)),
+    "A": ((200.0, 600.0), (45.0, 88.0)),
+    "V": ((150.0, 320.0), (95.0, 150.0)),
+    "D": ((85.0, 135.0), (75.0, 100.0)),
 }
-_BONE_HU, _BODY_HU = 420.0, -400.0
+AORTA_SCALE_HU, LIVER_SCALE_HU = 20.0, 10.0
+LIVER_BASELINE_HU = 55.0  # the NC liver the core ranges assume
+ENHANCED_AORTA_HU = 90.0  # above this the aorta holds iodine: kidney and spleen patterns are read
+MIN_CONFIDENCE = 0.5
+CONFLICT_COST = 6.0
+OWN_GAP_LIMIT = 3.0  # an acquisition given a phase this much worse than its own best: two of one phase
+DUPLICATE_MARGIN = 4.5  # the margin left to an acquisition given a phase worse than its own best, less the gap
+TIME_GAP_COST = 6.0
+STRONG_TAG_COST, WEAK_TAG_COST = 3.0, 1.0
+EXCRETED_CM2 = 2.0
+
+#: the --phase-map value that leaves a series out
+SKIP = "skip"
+
+
+class PhaseConflict(InputError):
+    """The phases cannot be told with confidence, or the evidence conflicts; the message is one line."""
+
+
+def _outside(value: float, lo: float, hi: float, scale: float) -> float:
+    if not np.isfinite(value):
+        return 0.0
+    return (max(lo - value, 0.0, value - hi) / scale) ** 2
+
+
+def _costs(table: Dict[str, float]) -> Dict[str, float]:
+    return {p: float(table.get(p, 0.0)) for p in PHASES}
 
 
 @dataclass
 class Acquisition:
-    """One acquisition (one or more reconstructions of it) and the evidence on its phase."""
+    """One acquisition (one or more reconstructions of it) and the evidence on its phase.
+
+    ``kidneys`` and ``spleen`` are :meth:`nnunet_liver.dicom.organs.Kidneys.to_dict` /
+    :meth:`~nnunet_liver.dicom.organs.Spleen.to_dict` (empty: not measured); ``route`` and ``agent`` the
+    ``ContrastBolusRoute``/``ContrastBolusAgent`` text; ``bolus_delay`` the seconds since ``ContrastBolusStartTime``.
+    """
     key: str  # the chosen series' UID
     series_number: Optional[int]
     description: str
@@ -62,140 +99,128 @@ class Acquisition:
     contrast_agent: Optional[bool]  # ContrastBolusAgent present (None when no series of the study says)
     liver_hu: float
     aorta_hu: float
+    kidneys: dict = field(default_factory=dict)
+    spleen: dict = field(default_factory=dict)
+    route: str = ""
+    agent: str = ""
+    bolus_delay: Optional[float] = None
+    notes: List[str] = field(default_factory=list)  # what the image finders could not find
 
-    def image_cost(self, phase: str) -> float:
-        lp, ap = PROTOTYPES_HU[phase]
-        return ((self.liver_hu - lp) / SPREAD_HU[0]) ** 2 + ((self.aorta_hu - ap) / SPREAD_HU[1]) ** 2
+    @property
+    def name(self) -> str:
+        """How a user names this series with --phase-map: its number, else its UID."""
+        return str(self.series_number) if self.series_number is not None else self.key
 
-    def tag_cost(self, phase: str) -> float:
-        cost = 0.0
+    def image_costs(self, baseline_shift: float = 0.0) -> Dict[str, float]:
+        """Aorta and liver against each phase's core range (liver ranges shifted by ``baseline_shift``)."""
+        out = {}
+        for p, ((alo, ahi), (llo, lhi)) in CORE_HU.items():
+            shift = 0.0 if p == "NC" else baseline_shift
+            out[p] = (_outside(self.aorta_hu, alo, ahi, AORTA_SCALE_HU)
+                      + _outside(self.liver_hu, llo + shift, lhi + shift, LIVER_SCALE_HU))
+        return out
+
+    def pattern_terms(self) -> List[Tuple[Dict[str, float], str]]:
+        """Kidney and spleen evidence: [(cost per phase, reason)]."""
+        enhanced = not np.isfinite(self.aorta_hu) or self.aorta_hu >= ENHANCED_AORTA_HU
+        terms = []
+        k = self.kidneys or {}
+        if enhanced and k.get("cortex_hu") is not None:
+            terms.append(({"NC": 4.0}, f"kidneys: enhanced parenchyma ({k['cortex_hu']:.0f} HU)"))
+            excreted = k.get("excreted_contrast_cm2") or 0.0
+            if excreted >= EXCRETED_CM2:
+                terms.append(({"NC": 3.0, "A": 5.0, "V": 4.0}, f"kidneys: contrast excreted into the collecting "
+                              f"systems ({excreted:.1f} cm2 above 400 HU): delayed (excretory) phase"))
+            else:
+                terms.append(({"D": 0.5}, "kidneys: no excreted contrast in the collecting systems"))
+            share = k.get("medulla_share")
+            if share is not None and share >= 0.10:
+                terms.append(({"D": 1.0}, f"kidneys: corticomedullary differentiation (medulla {share:.0%} of the "
+                              "kidney)"))
+            elif share is not None and share <= 0.05 and excreted < EXCRETED_CM2:
+                terms.append(({"A": 1.0}, f"kidneys: homogeneous nephrogram (medulla {share:.0%} of the kidney)"))
+        s = self.spleen or {}
+        if (np.isfinite(self.aorta_hu) and self.aorta_hu >= ENHANCED_AORTA_HU and s.get("spread_hu") is not None
+                and s.get("liver_spread_hu") is not None and (s.get("area_cm2") or 0.0) >= 100.0):
+            excess = s["spread_hu"] - s["liver_spread_hu"]
+            if excess >= 30.0:
+                terms.append(({"V": 0.5, "D": 1.0}, f"spleen: heterogeneous (spread {s['spread_hu']:.0f} HU, liver "
+                              f"{s['liver_spread_hu']:.0f} HU): arterial"))
+            elif excess <= 10.0:
+                terms.append(({"A": 1.0}, f"spleen: homogeneous (spread {s['spread_hu']:.0f} HU, liver "
+                              f"{s['liver_spread_hu']:.0f} HU)"))
+        return [(_costs(c), r) for c, r in terms]
+
+    def tag_terms(self) -> List[Tuple[Dict[str, float], str, bool]]:
+        """Header evidence: [(cost per phase, reason, strong)]; a strong one may conflict with the image."""
+        terms = []
+
+        def against(named, cost):
+            return {p: (0.0 if p in named else cost) for p in PHASES}
+
+        oral = route_phases(self.route)
+        if oral:
+            terms.append((against(oral, STRONG_TAG_COST), f"ContrastBolusRoute {self.route!r}: oral contrast only, "
+                          "no intravenous contrast: NC", True))
+        elif self.route.strip():
+            terms.append(({"NC": 0.5}, f"ContrastBolusRoute {self.route!r}: intravenous contrast in the exam", False))
+        if agent_is_oral(self.agent) and not oral:
+            terms.append((against(["NC"], STRONG_TAG_COST), f"ContrastBolusAgent {self.agent!r}: an oral agent "
+                          "only: NC", True))
         if self.contrast_agent is not None:
-            cost += 3.0 if (phase == "NC") == self.contrast_agent else 0.0
+            terms.append((against(["NC"] if not self.contrast_agent else ["A", "V", "D"], STRONG_TAG_COST),
+                          "ContrastBolusAgent " + ("set" if self.contrast_agent else "empty while other series of "
+                                                   "the study have one"), False))
+        delay = bolus_delay_phases(self.bolus_delay)
+        if delay:
+            terms.append((against(delay, STRONG_TAG_COST + 1.0), f"acquired {self.bolus_delay:.0f} s after the "
+                          f"contrast bolus started (ContrastBolusStartTime): {'/'.join(delay)}", True))
         words = description_phases(self.description)
         if words:
-            cost += 0.0 if phase in words else 1.0
-        return cost
+            strong = description_strength(self.description) == "strong"
+            terms.append((against(words, STRONG_TAG_COST if strong else WEAK_TAG_COST),
+                          f"description {self.description!r} names {'/'.join(words)}"
+                          + ("" if strong else " (an abbreviation: a nudge)"), strong))
+        return [({p: float(c.get(p, 0.0)) for p in PHASES}, r, s) for c, r, s in terms]
+
+    def evidence_costs(self, baseline_shift: float = 0.0) -> Dict[str, float]:
+        """The acquisition's own cost per phase: image, patterns and headers."""
+        total = self.image_costs(baseline_shift)
+        for c, _ in self.pattern_terms():
+            total = {p: total[p] + c[p] for p in PHASES}
+        for c, _, _ in self.tag_terms():
+            total = {p: total[p] + c[p] for p in PHASES}
+        return total
+
+    def image_only(self) -> Dict[str, float]:
+        total = self.image_costs()
+        for c, _ in self.pattern_terms():
+            total = {p: total[p] + c[p] for p in PHASES}
+        return total
 
 
-def description_phases(text: str) -> List[str]:
-    """Phases named by keywords in a series description (``[]`` when none or several conflicting)."""
-    text = str(text or "").lower()
-    return [p for p, pattern in _KEYWORDS.items() if re.search(pattern, text)]
+def _fmt(costs: Dict[str, float]) -> str:
+    return ", ".join(f"{p} {costs[p]:.1f}" for p in PHASES)
 
 
-def measure_enhancement(image, max_slices: int = 24) -> Dict[str, float]:
-    """Liver and aorta HU of an axial CT image (SimpleITK, LPS), from up to ``max_slices`` slices.
-
-    Returns ``{"liver_hu", "aorta_hu"}`` (NaN when the body or the region is not found).
-    """
-    import SimpleITK as sitk
-    from scipy import ndimage
-
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)  # (z, y, x)
-    sx, sy = image.GetSpacing()[:2]
-    d = np.asarray(image.GetDirection()).reshape(3, 3)
-    o = np.asarray(image.GetOrigin())
-    k = max(1, int(round(2.5 / min(sx, sy))))  # about 2.5 mm in-plane
-    z_idx = np.unique(np.linspace(0, arr.shape[0] - 1, min(max_slices, arr.shape[0])).round().astype(int))
-    arr = arr[z_idx][:, ::k, ::k]
-    px, py = sx * k, sy * k
-    jj, ii = np.mgrid[0:arr.shape[1], 0:arr.shape[2]]
-    wx = o[0] + d[0, 0] * ii * px + d[0, 1] * jj * py  # patient x (right -> left) of each pixel
-    wy = o[1] + d[1, 0] * ii * px + d[1, 1] * jj * py  # patient y (anterior -> posterior)
-    smooth = ndimage.uniform_filter(arr, (1, 3, 3))
-    local_sq = ndimage.uniform_filter(arr * arr, (1, 3, 3))
-    local_sd = np.sqrt(np.maximum(local_sq - smooth * smooth, 0))
-    liver_vals, aorta_vals = [], []
-    for z in range(arr.shape[0]):
-        body = smooth[z] > _BODY_HU
-        lab, n = ndimage.label(body)
-        if n == 0:
-            continue
-        body = lab == (1 + int(np.argmax(ndimage.sum(body, lab, range(1, n + 1)))))
-        body = ndimage.binary_fill_holes(body)
-        if body.sum() * px * py < 100 * 100:  # less than 1 dm2 of body: not an abdominal slice
-            continue
-        depth = ndimage.distance_transform_edt(body, sampling=(py, px))
-        bone = ndimage.binary_fill_holes(arr[z] > _BONE_HU)
-        bone = ndimage.binary_dilation(bone, iterations=2)
-        cx, cy = float(wx[body].mean()), float(wy[body].mean())
-        half_ap = float(np.ptp(wy[body])) / 2
-        right = body & (depth > 20) & ~bone & (wx < cx - 10) & (smooth[z] > -20) & (smooth[z] < 250)
-        liver_vals.append(smooth[z][right])
-        region = (body & (depth > 15) & ~bone & (np.abs(wx - cx) < 40) & (wy > cy - 0.3 * half_ap)
-                  & (wy < cy + 0.7 * half_ap) & (local_sd[z] < 40) & (smooth[z] < _BONE_HU))
-        if region.any():
-            aorta_vals.append(float(smooth[z][region].max()))
-    out = {"liver_hu": float("nan"), "aorta_hu": float("nan")}
-    values = np.concatenate(liver_vals) if liver_vals else np.zeros(0)
-    if values.size:
-        hist, edges = np.histogram(values, bins=np.arange(-20, 252, 4))
-        hist = np.convolve(hist, np.ones(3) / 3, mode="same")
-        out["liver_hu"] = float(edges[int(np.argmax(hist))] + 2)
-    if aorta_vals:
-        out["aorta_hu"] = float(np.median(aorta_vals))
-    return out
-
-
-def assign_phases(acquisitions: Sequence[Acquisition], phases: Sequence[str] = PHASES,
-                  phase_map: Optional[Dict[str, str]] = None) -> Dict[str, dict]:
-    """Assign each acquisition a distinct phase; ``{key: {"phase", "confidence", "reasons", "cost"}}``.
-
-    ``phase_map`` ({acquisition key or series number as text: phase}) fixes those acquisitions' phases.
-
-    Raises
-    ------
-    InputError
-        more acquisitions than phases, or no assignment consistent with the fixed phases and the time order.
-    """
-    acquisitions = list(acquisitions)
-    phase_map = dict(phase_map or {})
-    fixed = {}
-    for a in acquisitions:
-        for key in (a.key, str(a.series_number)):
-            if key in phase_map:
-                fixed[a.key] = phase_map[key]
-    if len(acquisitions) > len(phases):
-        raise InputError(f"{len(acquisitions)} contrast acquisitions but only {len(phases)} phases "
-                         f"({', '.join(phases)}); leave some out with --phase-map SERIES=skip")
-    timed = all(a.time is not None for a in acquisitions) and len(acquisitions) > 1
-    scored = []
-    for perm in itertools.permutations(phases, len(acquisitions)):
-        if any(fixed.get(a.key, p) != p for a, p in zip(acquisitions, perm)):
-            continue
-        if timed:
-            order = sorted(range(len(acquisitions)), key=lambda i: acquisitions[i].time)
-            ranks = [PHASES.index(perm[i]) for i in order]
-            if ranks != sorted(ranks):
-                continue
-        cost = sum(0.0 if a.key in fixed else a.image_cost(p) + a.tag_cost(p) for a, p in zip(acquisitions, perm))
-        if timed:
-            cost += _time_gap_cost(acquisitions, perm)
-        scored.append((cost, perm))
-    if not scored:
-        raise InputError("no phase assignment agrees with the acquisition times and --phase-map")
-    scored.sort(key=lambda t: t[0])
-    best_cost, best = scored[0]
-    out = {}
-    for i, (a, p) in enumerate(zip(acquisitions, best)):
-        if a.key in fixed:
-            out[a.key] = {"phase": p, "confidence": 1.0, "reasons": ["--phase-map"], "cost": 0.0}
-            continue
-        others = [c for c, perm in scored[1:] if perm[i] != p]
-        margin = (others[0] - best_cost) if others else float("inf")
-        confidence = 1.0 if not np.isfinite(margin) else float(1.0 - np.exp(-margin / 2.0))
-        reasons = [f"image: liver {a.liver_hu:.0f} HU, aorta {a.aorta_hu:.0f} HU (closest to {p}: "
-                   + ", ".join(f"{q} {a.image_cost(q):.1f}" for q in phases) + ")"]
-        if timed:
-            reasons.append(f"acquired {a.time:.0f} s after the first acquisition (time order enforced)")
-        if a.contrast_agent is not None:
-            reasons.append("contrast agent tag " + ("set" if a.contrast_agent else "empty"))
-        words = description_phases(a.description)
-        if words:
-            reasons.append(f"description {a.description!r} suggests {'/'.join(words)}")
-        out[a.key] = {"phase": p, "confidence": round(confidence, 4), "reasons": reasons,
-                      "cost": round(float(a.image_cost(p) + a.tag_cost(p)), 4)}
-    return out
+def _relation_cost(acquisitions: Sequence[Acquisition], perm: Sequence[str]) -> float:
+    """The study as a whole: aorta A > V > D > NC, liver V >= D, V >= A, NC least (with tolerances)."""
+    by = {p: a for a, p in zip(acquisitions, perm)}
+    cost = 0.0
+    rules = (("A", "V", "aorta_hu", 20.0, 15.0), ("A", "D", "aorta_hu", 20.0, 15.0), ("V", "D", "aorta_hu", 15.0, 15.0),
+             ("V", "D", "liver_hu", 5.0, 8.0), ("V", "A", "liver_hu", 5.0, 8.0))
+    for high, low, attr, tol, scale in rules:
+        if high in by and low in by:
+            hi, lo = getattr(by[high], attr), getattr(by[low], attr)
+            if np.isfinite(hi) and np.isfinite(lo):
+                cost += (max(0.0, lo - tol - hi) / scale) ** 2
+    if "NC" in by:
+        for p, a in by.items():
+            for attr, tol, scale in (("aorta_hu", 20.0, 15.0), ("liver_hu", 5.0, 8.0)):
+                mine, theirs = getattr(by["NC"], attr), getattr(a, attr)
+                if p != "NC" and np.isfinite(mine) and np.isfinite(theirs):
+                    cost += (max(0.0, mine - tol - theirs) / scale) ** 2
+    return cost
 
 
 def _time_gap_cost(acquisitions: Sequence[Acquisition], perm: Sequence[str]) -> float:
@@ -212,8 +237,133 @@ def _time_gap_cost(acquisitions: Sequence[Acquisition], perm: Sequence[str]) -> 
     return cost
 
 
-#: the --phase-map value that leaves a series out
-SKIP = "skip"
+def _in_time_order(acquisitions, perm) -> bool:
+    order = sorted(range(len(acquisitions)), key=lambda i: acquisitions[i].time)
+    ranks = [PHASES.index(perm[i]) for i in order]
+    return ranks == sorted(ranks)
+
+
+def _score(acquisitions, perm, fixed, timed) -> float:
+    nc = [a for a, p in zip(acquisitions, perm) if p == "NC" and np.isfinite(a.liver_hu)]
+    shift = float(np.clip(nc[0].liver_hu - LIVER_BASELINE_HU, -25.0, 25.0)) if nc else 0.0
+    cost = sum(0.0 if a.key in fixed else a.evidence_costs(shift)[p] for a, p in zip(acquisitions, perm))
+    cost += _relation_cost(acquisitions, perm)
+    if timed:
+        cost += _time_gap_cost(acquisitions, perm)
+    return cost
+
+
+def assign_phases(acquisitions: Sequence[Acquisition], phases: Sequence[str] = PHASES,
+                  phase_map: Optional[Dict[str, str]] = None) -> Dict[str, dict]:
+    """Assign each acquisition a distinct phase; ``{key: {"phase", "confidence", "reasons", "cost", "costs"}}``.
+
+    ``phase_map`` ({acquisition key or series number as text: phase}) fixes those acquisitions' phases. Confidences
+    below :data:`MIN_CONFIDENCE` are returned as they are (the caller refuses them); conflicts raise.
+
+    Raises
+    ------
+    InputError
+        more acquisitions than phases, or no assignment consistent with the fixed phases and the time order.
+    PhaseConflict
+        a strong header against a clear image, times against clear images, or an acquisition given a phase its
+        own image clearly rejects.
+    """
+    acquisitions = list(acquisitions)
+    phase_map = dict(phase_map or {})
+    fixed = {}
+    for a in acquisitions:
+        for key in (a.key, str(a.series_number)):
+            if key in phase_map:
+                fixed[a.key] = phase_map[key]
+    if len(acquisitions) > len(phases):
+        raise InputError(f"{len(acquisitions)} contrast acquisitions but only {len(phases)} phases "
+                         f"({', '.join(phases)}); leave some out with --phase-map SERIES=skip")
+    timed = all(a.time is not None for a in acquisitions) and len(acquisitions) > 1
+    _check_tags(acquisitions, fixed)
+    scored, untimed = [], []
+    for perm in itertools.permutations(phases, len(acquisitions)):
+        if any(fixed.get(a.key, p) != p for a, p in zip(acquisitions, perm)):
+            continue
+        untimed.append(_score(acquisitions, perm, fixed, False))
+        if timed and not _in_time_order(acquisitions, perm):
+            continue
+        scored.append((_score(acquisitions, perm, fixed, timed), perm))
+    if not scored:
+        raise InputError("no phase assignment agrees with the acquisition times and --phase-map")
+    scored.sort(key=lambda t: t[0])
+    best_cost, best = scored[0]
+    if timed and best_cost - min(untimed) >= CONFLICT_COST:
+        raise PhaseConflict("the acquisition times (" + ", ".join(
+            f"series {a.name} at {a.time:.0f} s" for a in sorted(acquisitions, key=lambda a: a.time))
+            + f") force phases the images contradict ({_fmt_images(acquisitions)}); name the phases with "
+            "--phase-map SERIES=PHASE")
+    _check_own_image(acquisitions, best, fixed)
+    nc = [a for a, p in zip(acquisitions, best) if p == "NC" and np.isfinite(a.liver_hu)]
+    shift = float(np.clip(nc[0].liver_hu - LIVER_BASELINE_HU, -25.0, 25.0)) if nc else 0.0
+    out = {}
+    for i, (a, p) in enumerate(zip(acquisitions, best)):
+        if a.key in fixed:
+            out[a.key] = {"phase": p, "confidence": 1.0, "reasons": ["--phase-map"], "cost": 0.0, "costs": {}}
+            continue
+        others = [c for c, perm in scored[1:] if perm[i] != p]
+        margin = (others[0] - best_cost) if others else float("inf")
+        own = a.evidence_costs(shift if p != "NC" else 0.0)
+        gap = own[p] - min(own.values())
+        if gap > 0:  # the study moved it off its own best phase: as sure as the study's reason to, no more
+            margin = min(margin, DUPLICATE_MARGIN - gap)
+        confidence = 1.0 if not np.isfinite(margin) else float(max(0.0, 1.0 - np.exp(-margin / 2.0)))
+        out[a.key] = {"phase": p, "confidence": round(confidence, 4), "reasons": _reasons(a, p, shift, timed),
+                      "cost": round(float(own[p]), 4), "costs": {q: round(float(own[q]), 3) for q in PHASES}}
+    return out
+
+
+def _fmt_images(acquisitions) -> str:
+    return "; ".join(f"series {a.name}: liver {a.liver_hu:.0f} HU, aorta {a.aorta_hu:.0f} HU" for a in acquisitions)
+
+
+def _reasons(a: Acquisition, p: str, shift: float, timed: bool) -> List[str]:
+    img = a.image_costs(shift)
+    reasons = [f"image: liver {a.liver_hu:.0f} HU, aorta {a.aorta_hu:.0f} HU (closest to "
+               f"{min(img, key=img.get)}: {_fmt(img)})"]
+    if shift:
+        reasons.append(f"liver ranges moved by {shift:+.0f} HU to the non-contrast liver of the study")
+    reasons += list(a.notes)
+    reasons += [f"{r} ({_fmt(c)})" for c, r in a.pattern_terms()]
+    reasons += [f"{r} ({_fmt(c)})" for c, r, _ in a.tag_terms()]
+    if timed:
+        reasons.append(f"acquired {a.time:.0f} s after the first acquisition (time order enforced)")
+    return reasons
+
+
+def _check_tags(acquisitions: Sequence[Acquisition], fixed: dict) -> None:
+    """A strong header naming phases the image clearly rejects: :class:`PhaseConflict`."""
+    for a in acquisitions:
+        if a.key in fixed:
+            continue
+        img = a.image_only()
+        best = min(img, key=img.get)
+        for costs, reason, strong in a.tag_terms():
+            named = [p for p in PHASES if costs[p] == 0.0]
+            if strong and named and min(img[p] for p in named) - img[best] >= CONFLICT_COST:
+                raise PhaseConflict(f"series {a.name}: the evidence conflicts: {reason}, but the image says "
+                                    f"{best} (liver {a.liver_hu:.0f} HU, aorta {a.aorta_hu:.0f} HU; {_fmt(img)}); "
+                                    f"name its phase with --phase-map {a.name}=PHASE")
+
+
+def _check_own_image(acquisitions: Sequence[Acquisition], best: Sequence[str], fixed: dict) -> None:
+    """An acquisition the joint assignment gives a phase its own evidence clearly rejects: :class:`PhaseConflict`."""
+    for a, p in zip(acquisitions, best):
+        if a.key in fixed:
+            continue
+        own = a.evidence_costs()
+        mine = min(own, key=own.get)
+        if own[p] - own[mine] >= OWN_GAP_LIMIT:
+            twins = [b.name for b, q in zip(acquisitions, best) if q == mine and b is not a]
+            raise PhaseConflict(
+                f"series {a.name} looks like {mine} (liver {a.liver_hu:.0f} HU, aorta {a.aorta_hu:.0f} HU; "
+                f"{_fmt(own)})" + (f" as does series {', '.join(twins)}" if twins else "")
+                + f", but the study has no place for it as {mine}; name the phases with --phase-map SERIES=PHASE "
+                "or leave one out with SERIES=skip")
 
 
 def parse_phase_map(items: Optional[Sequence[str]]) -> Dict[str, str]:

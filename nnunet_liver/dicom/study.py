@@ -8,32 +8,40 @@
   (as some anonymisers leave them) is treated as having no times. Of a group, the **thinnest reconstruction with
   slices at most 5 mm apart** is used (else the thinnest); ties go to the series with more slices, then the lower
   series number;
-- phases are assigned to the acquisitions jointly (:mod:`nnunet_liver.dicom.phase`).
+- each series' anatomy and enhancement is measured on at most :data:`MAX_SLICES_READ` evenly spaced slices
+  (:func:`nnunet_liver.dicom.organs.measure_enhancement`), its header evidence read (:mod:`nnunet_liver.dicom.tags`),
+  and phases are assigned to the acquisitions jointly (:mod:`nnunet_liver.dicom.phase`). A refusal names the
+  series by its SeriesNumber, or by its SeriesInstanceUID when it has none: what ``--phase-map`` takes.
 
-:func:`load_dicom_case` then reads the chosen series of the phases the model takes, in full, and puts every phase on
-the reference phase's grid (V when present, else the first present phase in channel order, as for NIfTI cases):
-phases on another grid are registered to it (rigid, SimpleITK, as ``nnunet-liver-convert multiphase`` does), because
-the phases of a study are separate acquisitions that rarely share a grid.
+:func:`load_dicom_case` then reads the chosen series of the phases the model takes, in full and one at a time, and
+puts every phase on the reference phase's grid (V when present, else the first present phase in channel order, as for
+NIfTI cases): a phase of the same frame of reference by its scanner coordinates first (resampled with the identity
+transform), then refined by a rigid registration (SimpleITK, Mattes mutual information, as
+``nnunet-liver-convert multiphase`` does) that is kept only when it improves the mutual information; a phase of
+another or no frame of reference by registration alone. Both are recorded per phase in ``geometry.registration``.
 """
 from __future__ import annotations
 
-import datetime
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_liver.case import LoadedCase, store_phase, validate_case_id
+from nnunet_liver.dicom.align import align_phase
 from nnunet_liver.dicom.index import DicomStudy, SeriesHeaders
-from nnunet_liver.dicom.phase import MIN_CONFIDENCE, SKIP, Acquisition, assign_phases, measure_enhancement
+from nnunet_liver.dicom.organs import measure_enhancement
+from nnunet_liver.dicom.phase import MIN_CONFIDENCE, SKIP, Acquisition, assign_phases
 from nnunet_liver.dicom.series import SeriesGeometry, candidate_series, read_series, series_geometry
-from nnunet_liver.inference.cases import LoadedCase, _json_ready, _same_geometry, store_phase, validate_case_id
+from nnunet_liver.dicom.tags import acquisition_time, study_times
 from nnunet_liver.labels import MISSING_PHASE_VALUE
 from nnunet_liver.utils.io import InputError
 
 __all__ = ["MAX_SLICE_SPACING_MM", "StudyPhases", "identify_study", "load_dicom_case", "DicomLoadedCase"]
 
 MAX_SLICE_SPACING_MM = 5.0
+MAX_SLICES_READ = 24  # slices read per series to identify its phase
 _SAME_LIVER_HU, _SAME_AORTA_HU = 8.0, 25.0
 
 
@@ -45,26 +53,29 @@ class StudyPhases:
     record: dict
 
 
-def _seconds(ds) -> Optional[float]:
-    """Acquisition time of a slice in seconds since 1970 (AcquisitionTime, else ContentTime, else SeriesTime)."""
-    for date_kw, time_kw in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
-                             ("SeriesDate", "SeriesTime")):
-        t = str(getattr(ds, time_kw, "") or "").strip()
-        if not t:
-            continue
-        d = str(getattr(ds, date_kw, "") or getattr(ds, "StudyDate", "") or "19700101").strip()
-        try:
-            hh, mm, ss = int(t[0:2]), int(t[2:4] or 0), float(t[4:] or 0)
-            day = datetime.datetime.strptime(d[:8], "%Y%m%d").replace(tzinfo=datetime.timezone.utc)
-            return day.timestamp() + hh * 3600 + mm * 60 + ss
-        except ValueError:
-            continue
-    return None
+def _series_time(g: SeriesGeometry) -> Optional[Tuple[float, bool, str]]:
+    """The earliest slice time of a series: (seconds, dated, source attribute), or None."""
+    times = [t for t in (acquisition_time(h) for h in g.headers) if t is not None]
+    return min(times, key=lambda t: t[0]) if times else None
 
 
-def _series_time(g: SeriesGeometry) -> Optional[float]:
-    times = [t for t in (_seconds(h) for h in g.headers) if t is not None]
-    return min(times) if times else None
+def _bolus_delay(g: SeriesGeometry, t: Optional[Tuple[float, bool, str]]) -> Optional[float]:
+    """Seconds from ContrastBolusStartTime to the series' first acquisition time (same day; None when unknown)."""
+    start = acquisition_time(_BolusStart(g.headers[0])) if t is not None else None
+    if start is None:
+        return None
+    delay = (t[0] - start[0]) % 86400.0 if not (t[1] and start[1]) else t[0] - start[0]
+    return delay - 86400.0 if delay > 43200.0 else delay  # within an exam: never half a day apart
+
+
+class _BolusStart:
+    """A header seen through :func:`acquisition_time` with ContrastBolusStartTime as its acquisition time."""
+
+    def __init__(self, ds):
+        self.AcquisitionTime = getattr(ds, "ContrastBolusStartTime", None)
+        self.AcquisitionDate = getattr(ds, "AcquisitionDate", None) or getattr(ds, "ContentDate", None)
+        self.StudyDate = getattr(ds, "StudyDate", None)
+        self.TimezoneOffsetFromUTC = getattr(ds, "TimezoneOffsetFromUTC", None)
 
 
 def _has_agent(s: SeriesHeaders) -> Optional[bool]:
@@ -85,6 +96,28 @@ def _pick_reconstruction(members: List[tuple]) -> tuple:
     return min(ok, key=lambda m: (round(m[1].spacing[2], 3), -len(m[1].files), m[0].number or 0))
 
 
+def _close(a: float, b: float, tol: float) -> bool:
+    return (not np.isfinite(a) and not np.isfinite(b)) or abs(a - b) <= tol
+
+
+def _same_acquisition(m, group) -> bool:
+    s0, _, f0, t0 = group[0]
+    same_frame = str(m[0].get("FrameOfReferenceUID", "")) == str(s0.get("FrameOfReferenceUID", ""))
+    same_time = m[3] is None or t0 is None or abs(m[3][0] - t0[0]) < 1.0
+    same_look = _close(m[2].liver_hu, f0.liver_hu, _SAME_LIVER_HU) and _close(m[2].aorta_hu, f0.aorta_hu,
+                                                                              _SAME_AORTA_HU)
+    return same_frame and same_time and same_look
+
+
+def _series_name(s: SeriesHeaders) -> str:
+    """How a user names a series with --phase-map: its number, else its SeriesInstanceUID."""
+    return f"series {s.number}" if s.number is not None else f"series {s.uid}"
+
+
+def _hu(v: float) -> Optional[float]:
+    return round(float(v), 1) if np.isfinite(v) else None
+
+
 def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None) -> StudyPhases:
     """Choose the series and identify the phase of each acquisition of ``study`` (see the module docstring).
 
@@ -92,7 +125,8 @@ def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None
     ------
     InputError
         two patients, no axial CT series, a refused series (gap, duplicate, tilt, mixed orientation, unreadable or
-        undecodable file), or phases that cannot be told apart with confidence (name them with ``--phase-map``).
+        undecodable file), or phases that cannot be told apart with confidence or whose evidence conflicts (name
+        them with ``--phase-map``).
     """
     what = f"study {study.case_id} ({study.folder})"
     if study.error:
@@ -103,25 +137,22 @@ def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None
     left_out += [{"series_uid": s.uid, "series_number": s.number, "description": str(s.get("SeriesDescription", "")),
                   "reason": "--phase-map skip"} for s in skipped]
     if not candidates:
-        kinds = "; ".join(f"series {l['series_number']}: {l['reason']}" for l in left_out) or "no series"
+        kinds = "; ".join(f"series {l['series_number'] if l['series_number'] is not None else l['series_uid']}: "
+                          f"{l['reason']}" for l in left_out) or "no series"
         raise InputError(f"{what}: no axial CT image series ({kinds})")
     measured = []
     for s in sorted(candidates, key=lambda s: (s.number is None, s.number or 0, s.uid)):
         g = series_geometry(s)
-        step = max(1, len(g.files) // 24)
-        feats = measure_enhancement(read_series(g, range(0, len(g.files), step)))
-        if not np.isfinite(feats["liver_hu"]) or not np.isfinite(feats["aorta_hu"]):
-            raise InputError(f"{what}: {s.describe()}: no abdomen found in the image (is it an abdominal CT?)")
-        measured.append((s, g, feats, _series_time(g)))
+        step = max(1, -(-len(g.files) // MAX_SLICES_READ))
+        found = measure_enhancement(read_series(g, range(0, len(g.files), step)))
+        if not found.liver.found and not found.aorta.found:
+            raise InputError(f"{what}: {_series_name(s)} ({s.get('SeriesDescription', 'no description')!s}): neither "
+                             f"a liver nor an aorta found in the image (is it an abdominal CT?)")
+        measured.append((s, g, found, _series_time(g)))
     groups: List[List[tuple]] = []
     for m in measured:
         for group in groups:
-            s0, g0, f0, t0 = group[0]
-            same_frame = str(m[0].get("FrameOfReferenceUID", "")) == str(s0.get("FrameOfReferenceUID", ""))
-            same_time = m[3] is None or t0 is None or abs(m[3] - t0) < 1.0
-            same_look = (abs(m[2]["liver_hu"] - f0["liver_hu"]) <= _SAME_LIVER_HU
-                         and abs(m[2]["aorta_hu"] - f0["aorta_hu"]) <= _SAME_AORTA_HU)
-            if same_frame and same_time and same_look:
+            if _same_acquisition(m, group):
                 group.append(m)
                 break
         else:
@@ -129,15 +160,18 @@ def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None
     agents = [_has_agent(m[0]) for m in measured]
     agent_known = any(a is True for a in agents) and any(a is False for a in agents)
     chosen = [_pick_reconstruction(g) for g in groups]
-    times = [c[3] for c in chosen]
+    times = study_times([None if c[3] is None else c[3][:2] for c in chosen])
     if len(times) > 1 and None not in times and max(times) - min(times) < 1.0:
         times = [None] * len(times)  # one time for every acquisition (an anonymiser's): no order to read
     t0 = min(t for t in times if t is not None) if any(t is not None for t in times) else None
     acquisitions = [Acquisition(key=s.uid, series_number=s.number, description=str(s.get("SeriesDescription", "")),
                                 time=None if t is None or t0 is None else t - t0,
                                 contrast_agent=_has_agent(s) if agent_known else None,
-                                liver_hu=f["liver_hu"], aorta_hu=f["aorta_hu"])
-                    for (s, g, f, _), t in zip(chosen, times)]
+                                liver_hu=f.liver_hu, aorta_hu=f.aorta_hu, kidneys=f.kidneys.to_dict(),
+                                spleen=f.spleen.to_dict(), route=str(s.get("ContrastBolusRoute", "")),
+                                agent=str(s.get("ContrastBolusAgent", "")), bolus_delay=_bolus_delay(g, st),
+                                notes=f.notes())
+                    for (s, g, f, st), t in zip(chosen, times)]
     try:
         assigned = assign_phases(acquisitions, phase_map=phase_map)
     except InputError as e:
@@ -145,17 +179,19 @@ def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None
     weak = [(a, assigned[a.key]) for a in acquisitions if assigned[a.key]["confidence"] < MIN_CONFIDENCE]
     if weak:
         a, r = weak[0]
-        raise InputError(f"{what}: cannot tell the phase of series {a.series_number} apart with confidence "
-                         f"({r['phase']}? confidence {r['confidence']:.2f}; liver {a.liver_hu:.0f} HU, aorta "
-                         f"{a.aorta_hu:.0f} HU); name the phases with --phase-map SERIES=PHASE")
+        raise InputError(f"{what}: cannot tell the phase of series {a.name} apart with confidence "
+                         f"({r['phase']}? confidence {r['confidence']:.2f}; " + "; ".join(r["reasons"][:4])
+                         + f"); name the phases with --phase-map {a.name}=PHASE")
     geometry, series, acq_records = {}, {}, []
-    for (s, g, f, t), group, a in zip(chosen, groups, acquisitions):
+    for (s, g, f, st), group, a in zip(chosen, groups, acquisitions):
         phase = assigned[a.key]["phase"]
         geometry[phase], series[phase] = g, s
         entry = {"phase": phase, **_describe(s, g), "confidence": assigned[a.key]["confidence"],
-                 "reasons": assigned[a.key]["reasons"], "liver_hu": round(f["liver_hu"], 1),
-                 "aorta_hu": round(f["aorta_hu"], 1),
+                 "reasons": assigned[a.key]["reasons"], "liver_hu": _hu(f.liver_hu), "aorta_hu": _hu(f.aorta_hu),
                  "time_s": None if a.time is None else round(a.time, 1),
+                 "time_source": None if a.time is None or st is None else st[2],
+                 "bolus_delay_s": None if a.bolus_delay is None else round(a.bolus_delay, 1),
+                 "phase_costs": assigned[a.key]["costs"], "findings": f.to_dict(),
                  "other_reconstructions": [_describe(m[0], m[1]) for m in group if m[0] is not s]}
         acq_records.append(entry)
     record = {"study_uid": study.study_uid, "folder": study.folder, "acquisitions": acq_records,
@@ -172,12 +208,33 @@ class DicomLoadedCase(LoadedCase):
     reference_headers: list = field(default_factory=list)  # the reference series' headers, in slice order
 
 
+def _relative_record(study: DicomStudy, record: dict) -> dict:
+    """CASE.json's DICOM record with paths relative to the searched folder and every file left out with its reason."""
+    record = dict(record, folder=study.relative(study.folder),
+                  unreadable_files=[{"file": study.relative(p), "reason": study.unreadable_reasons.get(p, "unreadable")}
+                                    for p in study.unreadable])
+    left = []
+    for entry in record.get("series_left_out", []):
+        if "files" in entry:
+            entry = dict(entry, files=[study.relative(p) for p in entry["files"]])
+        left.append(entry)
+    record["series_left_out"] = left
+    return record
+
+
 def load_dicom_case(study: DicomStudy, channel_names: Sequence[str], allow_missing: bool,
                     registration_transform: str = "rigid"):
-    """Identify, read and align a DICOM study as a :class:`nnunet_liver.inference.cases.LoadedCase`.
+    """Identify, read and align a DICOM study as a :class:`nnunet_liver.case.LoadedCase`.
 
-    The returned object also carries ``dicom`` (the record for CASE.json) and ``reference_headers`` (for the
-    DICOM SEG and SR written back).
+    The reference phase is read first (its grid sizes the case array), then every other phase one at a time: read,
+    put on the reference grid (:func:`nnunet_liver.dicom.align.align_phase`), stored into the case (int16 while the phases hold whole HU) and
+    dropped, so that at most one phase besides the case is in memory. The returned object also carries ``dicom``
+    (the record for CASE.json, paths relative to the searched folder) and ``reference_headers`` (for the DICOM SEG
+    and SR written back).
+
+    Raises InputError for a study that cannot be read or identified (bad input), and
+    :class:`~nnunet_liver.registration.RegistrationError` when registering a phase of another frame of reference onto
+    the reference fails (a failed step).
     """
     import SimpleITK as sitk
 
@@ -195,31 +252,33 @@ def load_dicom_case(study: DicomStudy, channel_names: Sequence[str], allow_missi
                          f"{', '.join(sorted(found.geometry))}) and the model is not an IFM model (only IFM models "
                          f"accept missing phases)")
     ref_phase = "V" if "V" in used else used[0]
-    images = {p: read_series(found.geometry[p]) for p in used}
-    ref = images[ref_phase]
-    arrays, registration = {}, {}
+    ref = read_series(found.geometry[ref_phase])
+    ref_frame = str(found.series[ref_phase].get("FrameOfReferenceUID", "") or "")
+    shape = (len(names),) + tuple(reversed(ref.GetSize()))
+    data = store_phase(None, names.index(ref_phase), sitk.GetArrayViewFromImage(ref), shape)
+    registration = {}
     for p in used:
-        if p != ref_phase and _same_geometry(images[p], ref) is not None:
-            from nnunet_liver.registration import register_to_reference
-
-            try:
-                moved, report = register_to_reference(images[p], ref, transform=registration_transform)
-            except RuntimeError as e:
-                raise InputError(f"study {study.case_id}: registration of {p} to {ref_phase} failed "
-                                 f"({(str(e).strip().splitlines() or [''])[-1][:160]})") from None
-            arrays[p] = sitk.GetArrayFromImage(moved)
-            registration[p] = _json_ready(report)
-        else:
-            arrays[p] = sitk.GetArrayFromImage(images[p])
-    shape = (len(names),) + tuple(arrays[ref_phase].shape)
-    data = None
-    for c, p in enumerate(names):
-        data = store_phase(data, c, arrays.pop(p) if p in arrays else np.int16(MISSING_PHASE_VALUE), shape)
-    record = dict(found.record, phases_not_used=unused, reference_phase=ref_phase,
-                  reference_series_uid=found.series[ref_phase].uid)
-    inputs = {p: (os.path.dirname(found.geometry[p].files[0]) if p in found.geometry else None) for p in names}
+        if p == ref_phase:
+            continue
+        frame = str(found.series[p].get("FrameOfReferenceUID", "") or "")
+        array, report = align_phase(read_series(found.geometry[p]), ref, bool(ref_frame) and frame == ref_frame,
+                               registration_transform, f"study {study.case_id}: registration of {p} to {ref_phase}")
+        data = store_phase(data, names.index(p), array, shape)
+        del array
+        if report is not None:
+            registration[p] = report
+    for p in missing:
+        data[names.index(p)] = MISSING_PHASE_VALUE
+    ref_headers = list(found.geometry[ref_phase].headers)
+    record = dict(_relative_record(study, found.record), phases_not_used=unused, reference_phase=ref_phase,
+                  reference_series_uid=found.series[ref_phase].uid,
+                  study_uid=str(getattr(ref_headers[0], "StudyInstanceUID", study.study_uid)))
+    if len(study.study_uids) > 1:  # one exam exported as several studies (index.group_exams)
+        record["study_uids"] = list(study.study_uids)
+    inputs = {p: (study.relative(os.path.dirname(found.geometry[p].files[0])) if p in found.geometry else None)
+              for p in names}
     spacing = tuple(float(s) for s in reversed(ref.GetSpacing()))
     return DicomLoadedCase(case_id=study.case_id, data=data, spacing=spacing,
-                   reference=ref, reference_channel=names.index(ref_phase), phases_present=used,
-                   phases_missing=missing, inputs=inputs, registration=registration, dicom=record,
-                   reference_headers=list(found.geometry[ref_phase].headers))
+                           reference=ref, reference_channel=names.index(ref_phase), phases_present=used,
+                           phases_missing=missing, inputs=inputs, registration=registration, dicom=record,
+                           reference_headers=ref_headers)

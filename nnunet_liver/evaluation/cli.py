@@ -66,23 +66,32 @@ PCT = ("precision", "recall", "recall_rough", "malignancy_sensitivity", "maligna
        "auc")
 
 
+def _rows(table) -> Dict[str, dict]:
+    """{row name: row as a dict} of a table of result rows (``LesionRow`` ...)."""
+    return {k: r.to_dict() for k, r in table.items()}
+
+
+def _auc_rows(auc) -> Dict[str, dict]:
+    """The AUC table's rows: one per type and the mean."""
+    return {k: v for k, v in auc.to_dict().items() if isinstance(v, dict)}
+
+
 def report_text(res) -> str:
-    out = [format_table("Type", res.lesion, LESION_COLS, PCT)]
+    out = [format_table("Type", _rows(res.lesion), LESION_COLS, PCT)]
     if res.strata:
-        out.append(format_table("Volume cm3", res.strata, LESION_COLS, PCT))
+        out.append(format_table("Volume cm3", _rows(res.strata), LESION_COLS, PCT))
     p = res.patient
-    out.append(f"Patients: {p['cases']} ({p['uncertain']} uncertain, left out) | malignancy sensitivity "
-               f"{_pct(p['malignancy_sensitivity'])}, specificity {_pct(p['malignancy_specificity'])} | "
-               f"patient-class accuracy {_pct(p['class_accuracy'])}")
+    out.append(f"Patients: {p.cases} ({p.uncertain} uncertain, left out) | malignancy sensitivity "
+               f"{_pct(p.malignancy_sensitivity)}, specificity {_pct(p.malignancy_specificity)} | "
+               f"patient-class accuracy {_pct(p.class_accuracy)}")
     if res.auc:
-        rows = {k: v for k, v in res.auc.items() if isinstance(v, dict)}
-        out.append(format_table("LiverMax AUC", rows, ["auc", "positives", "negatives"], PCT))
+        out.append(format_table("LiverMax AUC", _auc_rows(res.auc), ["auc", "positives", "negatives"], PCT))
     if res.froc:
-        fr = res.froc["sensitivity_at"]
+        fr = res.froc.sensitivity_at
         out.append("FROC sensitivity at FP/case: " + ", ".join(f"{k}: {_pct(v)}" for k, v in fr.items())
-                   + f" | mean {_pct(res.froc['mean_sensitivity'])} | AP {_fmt(res.average_precision)}")
+                   + f" | mean {_pct(res.froc.mean_sensitivity)} | AP {_fmt(res.average_precision)}")
     if res.dice:
-        out.append("Dice (mean over cases): " + ", ".join(f"{k} {_fmt(v['mean'])}" for k, v in res.dice.items()))
+        out.append("Dice (mean over cases): " + ", ".join(f"{k} {_fmt(v.mean)}" for k, v in res.dice.items()))
     return "\n\n".join(out)
 
 
@@ -100,17 +109,17 @@ def _write_csv(path: str, rows: List[dict], first: Optional[str] = None) -> None
             f.write(buf.getvalue())
 
 
-def plot_froc(froc: dict, path: str) -> None:
+def plot_froc(froc, path: str) -> None:
+    """Draw an FROC curve (:class:`~nnunet_liver.evaluation.metrics.FROCResult`) and its reported points."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    c = froc["curve"]
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-    xs, ys = [0.0] + c["fp_per_case"], [0.0] + c["sensitivity"]
+    xs, ys = [0.0] + list(froc.fp_per_case), [0.0] + list(froc.sensitivity)
     ax.step(xs, ys, where="post", color="C0", label="FROC")
-    rates = froc["rates"]
-    ax.plot(rates, [froc["sensitivity_at"][f"{r:g}"] for r in rates], "o", color="C1", label="reported points")
+    rates = list(froc.rates)
+    ax.plot(rates, [froc.sensitivity_at[f"{r:g}"] for r in rates], "o", color="C1", label="reported points")
     ax.set_xscale("symlog", linthresh=0.125)
     ax.set_xlim(0, max(rates + [max(xs)]))
     ax.set_ylim(0, 1.02)
@@ -133,18 +142,18 @@ def write_outputs(res, out_dir: str, plot: bool = True) -> List[str]:
         return written[-1]
 
     write_json_atomic(res.to_dict(), p("summary.json"))
-    _write_csv(p("lesion_table.csv"), [{"type": k, **v} for k, v in res.lesion.items()])
+    _write_csv(p("lesion_table.csv"), [{"type": k, **v} for k, v in _rows(res.lesion).items()])
     _write_csv(p("reference_counts.csv"), [{"type": k, **v} for k, v in res.reference_counts.items()])
-    _write_csv(p("patient.csv"), [res.patient])
+    _write_csv(p("patient.csv"), [res.patient.to_dict()])
     _write_csv(p("per_case.csv"), [c.row() for c in res.cases])
     _write_csv(p("lesions.csv"), [r for c in res.cases for r in c.lesion_rows()])
     if res.strata:
-        _write_csv(p("strata.csv"), [{"volume_cm3": k, **v} for k, v in res.strata.items()])
+        _write_csv(p("strata.csv"), [{"volume_cm3": k, **v} for k, v in _rows(res.strata).items()])
     if res.auc:
-        _write_csv(p("auc.csv"), [{"type": k, **v} for k, v in res.auc.items() if isinstance(v, dict)])
+        _write_csv(p("auc.csv"), [{"type": k, **v} for k, v in _auc_rows(res.auc).items()])
     if res.froc:
-        _write_csv(p("froc.csv"), [{"fp_per_case": k, "sensitivity": v} for k, v in res.froc["sensitivity_at"].items()]
-                   + [{"fp_per_case": "mean", "sensitivity": res.froc["mean_sensitivity"]},
+        _write_csv(p("froc.csv"), [{"fp_per_case": k, "sensitivity": v} for k, v in res.froc.sensitivity_at.items()]
+                   + [{"fp_per_case": "mean", "sensitivity": res.froc.mean_sensitivity},
                       {"fp_per_case": "average_precision", "sensitivity": res.average_precision}])
         if plot:
             plot_froc(res.froc, p("froc.png"))

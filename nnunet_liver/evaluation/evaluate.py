@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from nnunet_liver.labels import LESION_IDS, LIVER_REGION_IDS, NUM_CLASSES, id_of
+from nnunet_liver.labels import LESION_IDS, LIVER_REGION_IDS, NUM_CLASSES, id_of, name_of
 from nnunet_liver.utils.io import InputError, read_image
 from nnunet_liver.evaluation import metrics as M
 
@@ -86,27 +86,40 @@ class CaseEvaluation:
 
 @dataclass
 class EvaluationResult:
+    """The evaluation of a folder: the settings, every case, and the tables of the papers (``summary.json`` is
+    :meth:`to_dict`).
+
+    ``lesion``: Wang et al.'s lesion table, rows per type, "All" and "Malign"; ``reference_counts``: reference lesions
+    per type and size stratum (Table I); ``strata``: lesion rows per size stratum (``--strata``); ``patient``:
+    patient-level malignancy and class accuracy; ``auc``: LiverMax's per-type AUC (detector outputs only); ``froc``
+    and ``average_precision``: from the detections' scores, when every detection has one; ``dice``: per structure.
+    """
     settings: dict
     cases: List[CaseEvaluation] = field(default_factory=list)
-    lesion: dict = field(default_factory=dict)
-    reference_counts: dict = field(default_factory=dict)
-    strata: Optional[dict] = None
-    patient: dict = field(default_factory=dict)
-    auc: Optional[dict] = None
-    froc: Optional[dict] = None
+    lesion: Dict[str, M.LesionRow] = field(default_factory=dict)
+    reference_counts: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    strata: Optional[Dict[str, M.LesionRow]] = None
+    patient: Optional[M.PatientTable] = None
+    auc: Optional[M.AUCTable] = None
+    froc: Optional[M.FROCResult] = None
     average_precision: Optional[float] = None
-    dice: dict = field(default_factory=dict)
+    dice: Dict[str, M.DiceSummary] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "settings": self.settings, "lesion": self.lesion,
-                "reference_counts": self.reference_counts, "strata": self.strata, "patient": self.patient,
-                "auc": self.auc, "froc": self.froc, "average_precision": self.average_precision,
-                "dice": self.dice, "per_case": [c.row() for c in self.cases]}
+        return {"schema_version": SCHEMA_VERSION, "settings": self.settings,
+                "lesion": {k: r.to_dict() for k, r in self.lesion.items()},
+                "reference_counts": self.reference_counts,
+                "strata": None if self.strata is None else {k: r.to_dict() for k, r in self.strata.items()},
+                "patient": {} if self.patient is None else self.patient.to_dict(),
+                "auc": None if self.auc is None else self.auc.to_dict(),
+                "froc": None if self.froc is None else self.froc.to_dict(),
+                "average_precision": self.average_precision, "dice": {k: d.to_dict() for k, d in self.dice.items()},
+                "per_case": [c.row() for c in self.cases]}
 
     def __str__(self) -> str:
-        a = self.lesion.get("All", {})
-        return (f"EvaluationResult({len(self.cases)} cases, TP={a.get('TP')}, FL={a.get('FL')}, FP={a.get('FP')}, "
-                f"FN={a.get('FN')})")
+        a = self.lesion.get("All")
+        counts = "" if a is None else f", TP={a.tp}, FL={a.fl}, FP={a.fp}, FN={a.fn}"
+        return f"EvaluationResult({len(self.cases)} cases{counts})"
 
 
 def _case_id(name: str) -> Optional[str]:
@@ -196,7 +209,7 @@ def _dice_counts(ref: np.ndarray, pred_types: np.ndarray, pred_full: Optional[np
     from nnunet_liver.postprocessing.seg2det import lesion_foreground
     out = {"lesion": M.confusion_counts(lesion_foreground(ref), lesion_foreground(pred_types))[:3]}
     for i in LESION_IDS:
-        out[M.TYPE_NAMES[i - 1]] = M.confusion_counts(ref == i, pred_types == i)[:3]
+        out[name_of(i)] = M.confusion_counts(ref == i, pred_types == i)[:3]
     if pred_full is not None:
         lo, hi = LIVER_REGION_IDS[0], LIVER_REGION_IDS[-1]
         out["liver_region"] = M.confusion_counts((ref >= lo) & (ref <= hi), (pred_full >= lo) & (pred_full <= hi))[:3]
@@ -327,7 +340,6 @@ def _aggregate(res: EvaluationResult, min_ref: float, strata: bool) -> None:
     if with_lm:
         res.auc = M.auc_table((c.livermax, {l.type for l in c.ref_lesions if l.volume_cm3 >= min_ref})
                               for c in with_lm)
-        res.auc["cases"] = len(with_lm)
     scores, hits = [], []
     scored = all(l.score is not None for c in cs for l in c.pred_lesions) and any(c.pred_lesions for c in cs)
     if scored:
@@ -341,10 +353,5 @@ def _aggregate(res: EvaluationResult, min_ref: float, strata: bool) -> None:
         n_ref = sum(c.match.tp + c.match.fl + c.match.fn for c in cs)
         res.froc = M.froc(scores, hits, n_ref, len(cs))
         res.average_precision = M.average_precision(scores, hits, n_ref)
-    keys = sorted({k for c in cs for k in c.dice_counts})
-    for k in keys:
-        per = [M.dice_from_counts(*c.dice_counts[k]) for c in cs if k in c.dice_counts]
-        vals = [v for v in per if v is not None]
-        tot = np.sum([c.dice_counts[k] for c in cs if k in c.dice_counts], axis=0)
-        res.dice[k] = {"mean": float(np.mean(vals)) if vals else None, "cases": len(vals),
-                       "global": M.dice_from_counts(*[int(v) for v in tot])}
+    for k in sorted({k for c in cs for k in c.dice_counts}):
+        res.dice[k] = M.dice_summary([c.dice_counts[k] for c in cs if k in c.dice_counts])

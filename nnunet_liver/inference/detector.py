@@ -3,6 +3,9 @@
 load + validate + align + fill -> UNet-whole (nnUNetPredictor, folds ensembled) -> sensitivity maps for every
 factor from one pass -> seg2det -> reclassify with UNet-patch -> same/diff split -> patient class per factor,
 consensus, malignancy, LiverMax. :mod:`nnunet_liver.inference.runner` adds folders, outputs and sharding.
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 
@@ -13,14 +16,14 @@ from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from nnunet_liver.inference.cases import CaseFiles, LoadedCase, load_case
+from nnunet_liver.case import LoadedCase
+from nnunet_liver.inference.cases import CaseFiles
+from nnunet_liver.inference.inputs import load_input
 from nnunet_liver.inference.model import LoadedModel, load_model, make_predictor
-from nnunet_liver.labels import name_of
+from nnunet_liver.inference.record import SCHEMA_VERSION, CaseRecord, geometry_record
 from nnunet_liver.utils.io import InputError
 
 __all__ = ["LiverDetector", "CaseResult", "SCHEMA_VERSION", "factor_key"]
-
-SCHEMA_VERSION = "1.0"
 
 #: the lowest reported factor's regions are split among this factor's lesions (``LiverDetector(marker_factor=)``)
 DEFAULT_MARKER_FACTOR = 0.25
@@ -37,14 +40,20 @@ def factor_key(f: float) -> str:
 class CaseResult:
     """The detector's result for one case.
 
-    ``record`` is the CASE.json content; ``instance_map`` (Z, Y, X) uint16 holds the final lesions' ids on the
-    reference grid whose SimpleITK image is ``case.reference``; ``lesions`` are the final ``Lesion`` objects.
+    ``case_record`` is what CASE.json holds (:class:`~nnunet_liver.inference.record.CaseRecord`; :attr:`record` is
+    its JSON content); ``instance_map`` (Z, Y, X) uint16 holds the final lesions' ids on the reference grid whose
+    SimpleITK image is ``case.reference``; ``lesions`` are the final ``Lesion`` objects.
     """
-    record: dict
+    case_record: CaseRecord
     instance_map: np.ndarray
     lesions: list
     case: LoadedCase
     label_maps: Dict[float, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def record(self) -> dict:
+        """CASE.json's content (:meth:`CaseRecord.to_dict`, a new dict at every call)."""
+        return self.case_record.to_dict()
 
 
 class LiverDetector:
@@ -73,6 +82,8 @@ class LiverDetector:
     min_marker_cm3 : the marker factor's lesions smaller than this are not markers (default 0.5 cm3, the smallest
         lesion the paper counts): at a low factor a lesion whose type is uncertain breaks into small cores, which
         are not separate lesions.
+    characterizer : the second stage, a :class:`nnunet_liver.characterize.hook.DetectionCharacterizer` (or None):
+        adds each lesion's HCC and LI-RADS criteria probabilities (and LI-RADS for patients at risk) to CASE.json.
 
     Raises
     ------
@@ -86,7 +97,7 @@ class LiverDetector:
                  min_score_cm3: float = 0.5, seed: int = 0, use_mirroring: bool = True,
                  patch_folds: Optional[Sequence] = None, split: bool = True,
                  marker_factor: Optional[float] = DEFAULT_MARKER_FACTOR,
-                 min_marker_cm3: float = DEFAULT_MIN_MARKER_CM3):
+                 min_marker_cm3: float = DEFAULT_MIN_MARKER_CM3, characterizer=None):
         factors = tuple(sorted({float(f) for f in factors}))
         if not factors or any(not np.isfinite(f) or f <= 0 for f in factors):
             raise InputError(f"--factors {list(factors)}: sensitivity factors must be finite and > 0")
@@ -106,7 +117,7 @@ class LiverDetector:
 
             self.patch_model = PatchModel(patch_model_dir, patch_folds, checkpoint, device=self.device)
         self.predictor = make_predictor(self.model, self.device, use_mirroring=use_mirroring)
-        from nnunet_liver.inference.predict import same_preprocessing
+        from nnunet_liver.nnunet_mirror import same_preprocessing
 
         #: UNet-patch takes UNet-whole's preprocessed image when the two preprocess alike (the bundled pair does)
         self.share_preprocessing = self.patch_model is not None and same_preprocessing(self.model,
@@ -119,6 +130,7 @@ class LiverDetector:
         self.split = bool(split)
         self.marker_factor = marker_factor
         self.min_marker_cm3 = float(min_marker_cm3)
+        self.characterizer = characterizer
         if not (np.isfinite(self.min_marker_cm3) and self.min_marker_cm3 >= 0):
             raise InputError(f"min_marker_cm3 {min_marker_cm3}: must be a finite volume >= 0 (cm3)")
 
@@ -180,13 +192,13 @@ class LiverDetector:
         """
         from nnunet_liver.inference.predict import predict_maps
 
-        loaded = load_case(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
+        loaded = load_input(case, self.channel_names, allow_missing=self.model.is_ifm, register=self.register)
         factors = self.map_factors if factors is None else tuple(sorted({float(f) for f in factors}))
         return loaded, predict_maps(self.predictor, self.model, loaded.data, loaded.spacing, factors,
                                     keep_preprocessed=self.share_preprocessing)
 
     def detect_case(self, case: CaseFiles, prediction=None) -> CaseResult:
-        """The cascade on one discovered case (see :func:`nnunet_liver.inference.cases.discover_cases`).
+        """The cascade on one discovered case (see :func:`nnunet_liver.inference.inputs.discover_inputs`).
 
         ``prediction``: :meth:`predict_case`'s result for this case from a detector with the same UNet-whole and
         registration, computed for (at least) this detector's factors, to post-process one prediction under several
@@ -241,43 +253,33 @@ class LiverDetector:
                 reclassified[f], recls_results[f] = reclassify_on_case(
                     self.patch_model, masks.get(f), detections[f], rng, n=self.num_patches,
                     max_volume_cm3=self.max_reclassify_volume_cm3, min_score_cm3=self.min_score_cm3)
-        record, final = self._record(loaded, predicted.liver_max, detections, reclassified, recls_results)
-        record["timing_s"] = {"load_and_predict": round(t_predict, 3),
-                              "total": round(time.perf_counter() - t0, 3)}
-        return CaseResult(record=record, instance_map=instance_map(final, shape), lesions=final, case=loaded,
-                          label_maps=maps)
+        final, record = self._record(loaded, predicted.liver_max, detections, reclassified, recls_results,
+                                     timing_s={"load_and_predict": round(t_predict, 3),
+                                               "total": round(time.perf_counter() - t0, 3)})
+        result = CaseResult(case_record=record, instance_map=instance_map(final, shape), lesions=final, case=loaded,
+                            label_maps=maps)
+        if self.characterizer is not None:  # the second stage (nnunet_liver/characterize/CHARACTERIZE.md)
+            result = self.characterizer.annotate(result)
+        return result
 
-    def _record(self, loaded, livermax, detections, reclassified, recls_results):
-        """CASE.json's content and the final lesions (renumbered 1..n) from the per-factor results."""
+    def _record(self, loaded, livermax, detections, reclassified, recls_results, timing_s):
+        """The final lesions (renumbered 1..n) and the case's :class:`CaseRecord` from the per-factor results."""
         same_ids = self._same_ids(reclassified)
         final, lesions_json = _final_lesions(reclassified[self.factors[-1]], recls_results[self.factors[-1]],
                                              same_ids)
         dropped = {factor_key(f): _dropped_lesions(detections[f], recls_results[f]) for f in self.factors}
-        ref = loaded.reference
-        record = {
-            "schema_version": SCHEMA_VERSION,
-            "case": loaded.case_id,
-            "phases_present": list(loaded.phases_present),
-            "phases_missing": list(loaded.phases_missing),
-            "inputs": dict(loaded.inputs),
-            "geometry": {"shape_zyx": [int(s) for s in loaded.data.shape[1:]],
-                         "spacing_zyx_mm": [float(s) for s in loaded.spacing],
-                         "origin_xyz_mm": [float(v) for v in ref.GetOrigin()],
-                         "direction_xyz": [float(v) for v in ref.GetDirection()],
-                         "reference_phase": self.channel_names[loaded.reference_channel],
-                         "registration": loaded.registration or None},
-            "model": self.models(),
-            "settings": self.settings(),
-            "detections_by_factor": {factor_key(f): {"before_reclassification": len(detections[f]),
-                                                     "after_reclassification": len(reclassified[f]),
-                                                     "dropped_detection_ids": [d["detection_id"] for d in
-                                                                               dropped[factor_key(f)]],
-                                                     "dropped": dropped[factor_key(f)]}
-                                     for f in self.factors},
-            "lesions": lesions_json,
-            "patient": self._patient(reclassified, livermax),
-        }
-        return record, final
+        by_factor = {factor_key(f): {"before_reclassification": len(detections[f]),
+                                     "after_reclassification": len(reclassified[f]),
+                                     "dropped_detection_ids": [d["detection_id"] for d in dropped[factor_key(f)]],
+                                     "dropped": dropped[factor_key(f)]}
+                     for f in self.factors}
+        record = CaseRecord(case=loaded.case_id, phases_present=list(loaded.phases_present),
+                            phases_missing=list(loaded.phases_missing), inputs=dict(loaded.inputs),
+                            geometry=geometry_record(loaded, self.channel_names[loaded.reference_channel]),
+                            model=self.models(), settings=self.settings(), detections_by_factor=by_factor,
+                            lesions=lesions_json, patient=self._patient(reclassified, livermax), timing_s=timing_s,
+                            dicom=getattr(loaded, "dicom", None) or None)
+        return final, record
 
     def _same_ids(self, reclassified) -> set:
         """Ids of the highest factor's lesions that the lowest factor found too ("same"); the rest are "diff"."""
@@ -309,8 +311,7 @@ def _final_lesions(lesions, recls_results, same_ids):
     final, lesions_json = [], []
     for new_id, les in enumerate(lesions, start=1):
         entry = les.to_dict()
-        entry.update(id=new_id, detection_id=int(les.id), type=name_of(les.label), label=int(les.label),
-                     sensitivity="same" if les.id in same_ids else "diff",
+        entry.update(id=new_id, detection_id=int(les.id), sensitivity="same" if les.id in same_ids else "diff",
                      reclassification=recls_results[les.id].to_dict() if les.id in recls_results else None)
         lesions_json.append(entry)
         final.append(dataclasses.replace(les, id=new_id))
@@ -325,7 +326,7 @@ def _dropped_lesions(detections, recls_results) -> list:
         r = recls_results.get(les.id)
         if r is None or r.kept:
             continue
-        out.append({"detection_id": int(les.id), "type": name_of(les.label), "volume_cm3": float(les.volume_cm3),
+        out.append({"detection_id": int(les.id), "type": les.type, "volume_cm3": float(les.volume_cm3),
                     "centroid_mm": [float(v) for v in les.centroid_mm],
                     "score": None if les.score is None else float(les.score), "reclassification": r.to_dict()})
     return out

@@ -1,9 +1,18 @@
 """Load a trained nnU-Net model folder for detection: validate it, resolve its trainer, build its network.
 
-The trainer class named in the checkpoint is resolved by this package itself: first among our own trainers
-(``nnunet_liver.trainers``), then with nnU-Net's finder for nnU-Net's own trainers. Detection therefore never depends
-on ``nnUNet_extTrainer`` being set. The network is built with the trainer's static ``build_network_architecture``
-and handed to :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor` through ``manual_initialization``.
+Loading is nnU-Net's ``nnUNetPredictor.initialize_from_trained_model_folder``
+(:func:`nnunet_liver.nnunet_mirror.read_model_folder` and :func:`~nnunet_liver.nnunet_mirror.build_network`, pinned
+against it by the tests) plus two things of ours:
+
+- the trainer class named in the checkpoint is resolved by this package itself, first among our own trainers
+  (``nnunet_liver.trainers``), then with nnU-Net's finder among nnU-Net's, so detection never depends on
+  ``nnUNet_extTrainer`` being set;
+- a folder trained before our trainers recorded the configuration they train with in the plans they save (see
+  ``LiverWholeTrainer.training_configuration``) gets it from the trainer's hook (:func:`trained_configuration`);
+  :func:`record_trained_configuration` writes it into such a folder, so that nnU-Net's own predictor runs it too.
+
+The model is handed to :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor` through
+``manual_initialization`` (:func:`make_predictor`).
 """
 from __future__ import annotations
 
@@ -16,10 +25,12 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
+from nnunet_liver.nnunet_mirror import build_network, read_model_folder
 from nnunet_liver.utils.io import InputError
 
 __all__ = ["LoadedModel", "load_model", "resolve_trainer_class", "resolve_model_dir", "is_ifm_trainer",
-           "available_folds", "DEMO_MODELS_DIR", "bundled_demo_model"]
+           "available_folds", "trained_configuration", "record_trained_configuration", "make_predictor",
+           "DEMO_MODELS_DIR", "bundled_demo_model"]
 
 #: the bundled demo models (``-m demo``): ``whole`` (UNet-whole) and ``patch`` (UNet-patch)
 DEMO_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo_models")
@@ -42,6 +53,18 @@ class LoadedModel:
     allowed_mirroring_axes: Optional[Tuple[int, ...]]
     is_ifm: bool
     channel_names: Tuple[str, ...] = field(default=())
+    #: False for a folder trained before the trainer recorded its configuration in the plans
+    #: (:func:`trained_configuration`)
+    configuration_recorded: bool = True
+
+    @property
+    def ct_window(self) -> Tuple[float, float]:
+        """The CT window (HU) ``nnunet-liver-plan`` wrote into the model's plans (its normalisation of every phase);
+        :data:`nnunet_liver.labels.CT_WINDOW_HU` for plans with nnU-Net's own normalisation."""
+        from nnunet_liver.labels import CT_WINDOW_HU
+        from nnunet_liver.planning import ct_window_of
+
+        return ct_window_of(self.plans_manager.plans) or CT_WINDOW_HU
 
     @property
     def num_classes(self) -> int:
@@ -145,9 +168,28 @@ def is_ifm_trainer(trainer_class: type) -> bool:
     return bool(getattr(trainer_class, "supports_missing_phases", False))
 
 
+def trained_configuration(trainer_class: type, plans_manager, configuration_manager):
+    """The configuration the network of a model folder was trained with, from the configuration its checkpoint
+    names in its plans: the same, unless the folder was trained before the trainer recorded its configuration in the
+    plans (then the plans keep nnU-Net's planned patch size and network, and the trainer's
+    ``training_configuration`` hook gives the trained ones). Returns ``(configuration manager, recorded)``,
+    ``recorded`` False for such an old folder."""
+    hook = getattr(trainer_class, "training_configuration", None)
+    if hook is None:
+        return configuration_manager, True
+    trained = hook(plans_manager, configuration_manager)
+    if trained.configuration == configuration_manager.configuration:
+        return configuration_manager, True
+    return trained, False
+
+
 def load_model(model_dir: str, folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth",
                which: str = "whole") -> LoadedModel:
     """Validate ``model_dir`` and load the requested folds' weights (CPU); build the network (eval mode).
+
+    What ``nnUNetPredictor.initialize_from_trained_model_folder`` loads (plans, configuration, network, weights,
+    mirroring axes), with the trainer resolved by :func:`resolve_trainer_class` and the configuration of an old
+    folder from :func:`trained_configuration`.
 
     Parameters
     ----------
@@ -160,51 +202,38 @@ def load_model(model_dir: str, folds: Optional[Sequence] = None, checkpoint: str
     InputError
         at once when the folder, a requested fold or the checkpoint is missing.
     """
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     model_dir = resolve_model_dir(model_dir, which)
     folds = _validate_model_dir(model_dir, folds, checkpoint)
-    dataset_json = load_json(os.path.join(model_dir, "dataset.json"))
-    plans_manager = PlansManager(load_json(os.path.join(model_dir, "plans.json")))
-    parameters, trainer_name, configuration, mirror_axes = [], None, None, None
-    for i, f in enumerate(folds):
-        path = os.path.join(model_dir, f"fold_{f}", checkpoint)
-        try:
-            ckpt = torch.load(path, map_location=torch.device("cpu"), weights_only=False)
-        except Exception as e:
-            raise InputError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:150]})") \
-                from None
-        if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "trainer_name" not in ckpt:
-            raise InputError(f"{path}: not an nnU-Net checkpoint (no network_weights/trainer_name)")
-        if i == 0:
-            trainer_name = ckpt["trainer_name"]
-            configuration = ckpt["init_args"]["configuration"]
-            mirror_axes = ckpt.get("inference_allowed_mirroring_axes")
-        elif ckpt["trainer_name"] != trainer_name:
-            raise InputError(f"{path}: trainer {ckpt['trainer_name']} differs from fold {folds[0]}'s {trainer_name}")
-        parameters.append(ckpt["network_weights"])
-    configuration_manager = plans_manager.get_configuration(configuration)
-    trainer_class = resolve_trainer_class(trainer_name)
-    if hasattr(trainer_class, "training_configuration"):
-        # our trainers' networks are applied on the patches they were trained on (UNet-patch: 16 x 128 x 128; the
-        # _tiny and _demo variants: their own), not necessarily the planned size
-        configuration_manager = trainer_class.training_configuration(plans_manager, configuration_manager)
-    num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-    num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-    network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_inputs, num_outputs,
-                                                       enable_deep_supervision=False)
-    network.load_state_dict(parameters[0])
-    network.eval()
-    channels = dataset_json.get("channel_names", dataset_json.get("modality", {}))
+    read = read_model_folder(model_dir, folds, checkpoint)
+    trainer_class = resolve_trainer_class(read.trainer_name)
+    pm = read.plans_manager
+    configuration_manager, recorded = trained_configuration(trainer_class, pm, pm.get_configuration(read.configuration))
+    network = build_network(trainer_class, pm, configuration_manager, read.dataset_json, read.parameters[0])
+    channels = read.dataset_json.get("channel_names", read.dataset_json.get("modality", {}))
     channel_names = tuple(str(channels[k]) for k in sorted(channels, key=int))
-    return LoadedModel(model_dir=model_dir, folds=tuple(folds), checkpoint=checkpoint, trainer_name=trainer_name,
-                       trainer_class=trainer_class, configuration=configuration, plans_manager=plans_manager,
-                       configuration_manager=configuration_manager, dataset_json=dataset_json, network=network,
-                       parameters=parameters, allowed_mirroring_axes=mirror_axes,
-                       is_ifm=is_ifm_trainer(trainer_class), channel_names=channel_names)
+    return LoadedModel(model_dir=model_dir, folds=tuple(folds), checkpoint=checkpoint, trainer_name=read.trainer_name,
+                       trainer_class=trainer_class, configuration=read.configuration, plans_manager=pm,
+                       configuration_manager=configuration_manager, dataset_json=read.dataset_json, network=network,
+                       parameters=read.parameters, allowed_mirroring_axes=read.allowed_mirroring_axes,
+                       is_ifm=is_ifm_trainer(trainer_class), channel_names=channel_names,
+                       configuration_recorded=recorded)
+
+
+def record_trained_configuration(model_dir: str, checkpoint: str = "checkpoint_final.pth") -> bool:
+    """Write the trained configuration of an old model folder (:func:`trained_configuration`) into its plans.json,
+    so that nnU-Net's own predictor (``nnUNetv2_predict``, ``nnUNetv2_predict_from_modelfolder``) applies it with
+    the patch size it was trained with. The weights and checkpoints are not touched. Returns whether plans.json
+    changed (False: the folder already describes itself)."""
+    from nnunet_liver.trainers.liver_trainers import record_trained_configuration as record
+    from nnunet_liver.utils.io import write_json_atomic
+
+    model = load_model(model_dir, checkpoint=checkpoint)
+    if model.configuration_recorded:
+        return False
+    plans = model.plans_manager.plans
+    record(plans, model.configuration, model.configuration_manager)
+    write_json_atomic(plans, os.path.join(model.model_dir, "plans.json"), indent=4)  # as nnU-Net writes it
+    return True
 
 
 def make_predictor(model: LoadedModel, device: str = "cpu", use_mirroring: bool = True, tile_step_size: float = 0.5):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -9,8 +10,35 @@ import numpy as np
 from nnunet_liver.inference.model import LoadedModel, load_model
 from nnunet_liver.inference.predict import preprocess_like_training
 from nnunet_liver.labels import LIVER_REGION_IDS
+from nnunet_liver.nnunet_mirror import resample_seg_like
 
-__all__ = ["PatchModel", "reclassify_on_case", "prepare_factor_masks"]
+__all__ = ["PatchModel", "PreparedImage", "LesionMasks", "reclassify_on_case", "prepare_factor_masks"]
+
+
+@dataclass
+class PreparedImage:
+    """A case's image on UNet-patch's grid, as nnU-Net's preprocessor gives it (:meth:`PatchModel.prepare_image`).
+
+    Arrays and spacing are in the network's axis order (the plans' ``transpose_forward`` applied, as UNet-patch's
+    patch size is; (z, y, x) for the usual identity transpose).
+    """
+    #: (C, z, y, x) float32, normalised as UNet-patch's training data
+    image: np.ndarray
+    #: nnU-Net's preprocessing properties of the case (spacing, cropping box, shapes): map the whole-CT grid onto it
+    properties: dict
+    #: (z, y, x) mm of UNet-patch's grid
+    spacing: Tuple[float, ...]
+
+
+@dataclass
+class LesionMasks:
+    """One sensitivity factor's lesions and predicted liver on UNet-patch's grid (:meth:`PatchModel.prepare_masks`),
+    with the prepared image the reclassification patches are cut from."""
+    prepared: PreparedImage
+    #: (z, y, x) int32 lesion ids (0: no lesion)
+    instances: np.ndarray
+    #: (z, y, x) bool, the predicted liver (labels 1..8) and the lesions
+    liver: np.ndarray
 
 
 class PatchModel:
@@ -19,7 +47,7 @@ class PatchModel:
     Parameters
     ----------
     model_dir : the patch model's nnU-Net training output folder (or ``"demo"``).
-    folds : folds to ensemble (``None``: all folds holding ``checkpoint``); softmax averaged over folds.
+    folds : folds to ensemble (``None``: all folds holding ``checkpoint``); their logits are averaged (nnU-Net's rule).
     device : torch device string.
     """
 
@@ -37,39 +65,34 @@ class PatchModel:
         return self.model.describe()
 
     def prepare_image(self, data: np.ndarray, spacing: Sequence[float],
-                      preprocessed: Optional[Tuple[np.ndarray, dict]] = None) -> dict:
+                      preprocessed: Optional[Tuple[np.ndarray, dict]] = None) -> PreparedImage:
         """Preprocess a case's image for UNet-patch once (nnU-Net's preprocessor: crop, normalise, resample).
 
         Parameters
         ----------
         data : (C, Z, Y, X) HU on the whole-CT grid. spacing : (z, y, x) mm.
         preprocessed : UNet-whole's preprocessed image and properties (``CaseMaps.preprocessed``), used as they are
-            when the two models preprocess alike (:func:`~nnunet_liver.inference.predict.same_preprocessing`: the
+            when the two models preprocess alike (:func:`~nnunet_liver.nnunet_mirror.same_preprocessing`: the
             same arrays nnU-Net's preprocessor would give here); ``None``: preprocess ``data``.
 
         Returns
         -------
-        a dict for :meth:`prepare_masks` holding the image (C, z, y, x) normalised on UNet-patch's grid.
+        the image (C, z, y, x) normalised on UNet-patch's grid, for :meth:`prepare_masks`.
         """
         if preprocessed is not None:
             image, properties = preprocessed
         else:
             image, _, properties = preprocess_like_training(self.model, data, spacing)
-        return {"image": image, "properties": properties, "data_shape": data.shape, "spacing": tuple(spacing)}
+        return PreparedImage(np.ascontiguousarray(image, dtype=np.float32), properties, self.spacing)
 
-    def prepare_masks(self, prepared: dict, instance_map: np.ndarray, liver_mask: np.ndarray
-                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[float, ...]]:
-        """Resample the lesion ids and the liver mask onto UNet-patch's grid the way the image was.
-
-        Returns
-        -------
-        (image (C, z, y, x) normalised float32, instance map (z, y, x) int32, liver mask (z, y, x) bool,
-        spacing (z, y, x) mm of UNet-patch's grid), in the network's axis order (the plans' ``transpose_forward``
-        applied, as its patch size and spacing are; (z, y, x) for the usual identity transpose).
-        """
+    def prepare_masks(self, prepared: PreparedImage, instance_map: np.ndarray, liver_mask: np.ndarray
+                      ) -> LesionMasks:
+        """Resample the lesion ids and the liver mask ((Z, Y, X) on the whole-CT grid) onto UNet-patch's grid the
+        way the image was (nearest neighbour), in the network's axis order."""
         return self.prepare_masks_many(prepared, [(instance_map, liver_mask)])[0]
 
-    def prepare_masks_many(self, prepared: dict, pairs: Sequence[Tuple[np.ndarray, np.ndarray]]) -> List[tuple]:
+    def prepare_masks_many(self, prepared: PreparedImage, pairs: Sequence[Tuple[np.ndarray, np.ndarray]]
+                           ) -> List[LesionMasks]:
         """:meth:`prepare_masks` for several ``(instance_map, liver_mask)`` pairs (one per sensitivity factor) in ONE
         nearest-neighbour pass over the whole-CT grid: the same results as one call per pair.
 
@@ -78,10 +101,6 @@ class PatchModel:
         from one input voxel chosen by the coordinates alone, so unpacking gives every map's own result; codes stay
         below 2**53, where nnU-Net's float64 resampling holds integers exactly (otherwise one pass per pair).
         """
-        from nnunet_liver.inference.predict import resample_seg_like
-
-        image = prepared["image"]
-        spacing_pp = tuple(float(s) for s in self.model.configuration_manager.spacing)
         liver_ids = [int(ids.max()) + 1 if ids.size else 1 for ids, _ in pairs]  # liver without lesion: n + 1
         base = max(liver_ids, default=0) + 1
         packed = len(pairs) > 1 and base ** len(pairs) < 2 ** 53
@@ -94,7 +113,8 @@ class PatchModel:
             return c
 
         def resample(label_map):  # nearest neighbour: one pass for any number of ids (per-label costs one per id)
-            return resample_seg_like(self.model, label_map[None], prepared["properties"], image.shape[1:],
+            return resample_seg_like(label_map[None], prepared.properties, prepared.image.shape[1:],
+                                     self.model.plans_manager, self.model.configuration_manager,
                                      order=0)[0].astype(np.int64)
 
         if packed:  # built in place, one factor's map at a time (memory: two int32 volumes)
@@ -108,38 +128,40 @@ class PatchModel:
                 segs.append(seg)
         else:
             segs = [resample(combined(k)) for k in range(len(pairs))]
-        image = np.ascontiguousarray(image, dtype=np.float32)
         out = []
         for seg, liver_id in zip(segs, liver_ids):
             # in the network's axis order (plans' transpose_forward), like its patch size and spacing
             seg = seg.astype(np.int32)
             seg[seg < 0] = 0
-            liver = seg > 0
-            out.append((image, np.where(seg == liver_id, 0, seg), liver, spacing_pp))
+            out.append(LesionMasks(prepared, np.where(seg == liver_id, 0, seg), seg > 0))
         return out
 
     def predict_patches(self, patches: np.ndarray) -> np.ndarray:
-        """Labels (N, pz, py, px) for a batch (N, C, pz, py, px); one forward pass per fold, softmax averaged."""
+        """Labels (N, pz, py, px) for a batch (N, C, pz, py, px): one forward pass per fold, the folds' logits
+        averaged and the label their argmax, as nnU-Net ensembles folds (``predict_logits_from_preprocessed_data``:
+        the sum of the folds' logits divided by their number; ``convert_logits_to_segmentation``: the argmax of the
+        logits, which is the probabilities' for a softmax model)."""
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).to(self.device)
-        probabilities = None
+        logits = None
         autocast = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()  # as nnU-Net
         with torch.inference_mode(), autocast:
             for params in self.model.parameters:
                 self.network.load_state_dict(params)
                 out = self.network(x)
-                out = out[0] if isinstance(out, (list, tuple)) else out
-                p = torch.softmax(out.float(), 1)
-                probabilities = p if probabilities is None else probabilities + p
-        if probabilities.device.type == "cpu":  # numpy's argmax is several times faster there; same first-index rule
-            return probabilities.numpy().argmax(1)
-        return probabilities.argmax(1).cpu().numpy()
+                out = (out[0] if isinstance(out, (list, tuple)) else out).float()
+                logits = out if logits is None else logits + out
+            if len(self.model.parameters) > 1:
+                logits /= len(self.model.parameters)
+        if logits.device.type == "cpu":  # numpy's argmax is several times faster there; same first-index rule
+            return logits.numpy().argmax(1)
+        return logits.argmax(1).cpu().numpy()
 
 
-def reclassify_on_case(patch_model: PatchModel, masks: Optional[tuple], lesions: List, rng: np.random.Generator,
-                       n: int = 10, max_volume_cm3: float = 64.0, min_score_cm3: float = 0.5
-                       ) -> Tuple[List, Dict[int, object]]:
+def reclassify_on_case(patch_model: PatchModel, masks: Optional[LesionMasks], lesions: List,
+                       rng: np.random.Generator, n: int = 10, max_volume_cm3: float = 64.0,
+                       min_score_cm3: float = 0.5) -> Tuple[List, Dict[int, object]]:
     """Reclassify one factor's lesions on a case; see ``reclassify``.
 
     ``masks``: the factor's lesion ids and liver on UNet-patch's grid, a :meth:`PatchModel.prepare_masks` result
@@ -149,14 +171,13 @@ def reclassify_on_case(patch_model: PatchModel, masks: Optional[tuple], lesions:
 
     if not lesions:
         return [], {}
-    image, instances, liver, spacing_pp = masks
-    return reclassify(lesions, instances, liver, image, spacing_pp, patch_model.predict_patches, n=n,
-                      patch_size=patch_model.patch_size, max_volume_cm3=max_volume_cm3, min_score_cm3=min_score_cm3,
-                      rng=rng)
+    return reclassify(lesions, masks.instances, masks.liver, masks.prepared.image, masks.prepared.spacing,
+                      patch_model.predict_patches, n=n, patch_size=patch_model.patch_size,
+                      max_volume_cm3=max_volume_cm3, min_score_cm3=min_score_cm3, rng=rng)
 
 
-def prepare_factor_masks(patch_model: PatchModel, prepared: dict, instance_maps: Dict[float, np.ndarray],
-                         label_maps: Dict[float, np.ndarray]) -> Dict[float, tuple]:
+def prepare_factor_masks(patch_model: PatchModel, prepared: PreparedImage, instance_maps: Dict[float, np.ndarray],
+                         label_maps: Dict[float, np.ndarray]) -> Dict[float, LesionMasks]:
     """Every factor's lesion ids and liver (labels 1..8 of its map) on UNet-patch's grid in one resampling pass:
     ``{factor: prepare_masks result}`` for :func:`reclassify_on_case`."""
     factors = list(instance_maps)

@@ -9,9 +9,10 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_liver.inference.model import LoadedModel
+from nnunet_liver.nnunet_mirror import channelwise_exact, preprocess_by_channel, resample_seg_like
 
 __all__ = ["predict_probabilities", "predict_logits", "predict_maps", "maps_from_logits", "CaseMaps",
-           "preprocess_like_training", "resample_seg_like", "same_preprocessing"]
+           "preprocess_like_training"]
 
 
 def preprocess_like_training(model: LoadedModel, data: np.ndarray, spacing, seg: np.ndarray = None):
@@ -21,141 +22,24 @@ def preprocess_like_training(model: LoadedModel, data: np.ndarray, spacing, seg:
     ----------
     data : (C, Z, Y, X) float32 raw intensities (HU), in the model's channel order.
     spacing : (z, y, x) mm.
-    seg : optional (1, Z, Y, X) integer map resampled alongside (nearest-label, as nnU-Net resamples labels).
+    seg : optional (1, Z, Y, X) integer map resampled alongside (the plans' label resampling, as nnU-Net's).
 
     Returns
     -------
     (data (C, z', y', x') normalised float32 on the model's grid, seg (1, z', y', x') or None, properties) where
     properties are nnU-Net's (``bbox_used_for_cropping``, shapes) needed to map predictions back.
     """
-    preprocessor = model.configuration_manager.preprocessor_class(verbose=False)
+    pm, cm = model.plans_manager, model.configuration_manager
+    preprocessor = cm.preprocessor_class(verbose=False)
     properties = {"spacing": [float(s) for s in spacing]}
-    if _channelwise_exact(preprocessor, model.configuration_manager):
-        out, properties = _run_case_by_channel(preprocessor, data, properties, model.plans_manager,
-                                               model.configuration_manager)
+    if channelwise_exact(preprocessor, cm):  # nnU-Net's values, one channel at a time (a fraction of the memory)
+        out, properties = preprocess_by_channel(preprocessor, data, properties, pm, cm)
     else:
         with contextlib.redirect_stdout(io.StringIO()):
-            out, _, properties = preprocessor.run_case_npy(data, None, properties, model.plans_manager,
-                                                           model.configuration_manager, model.dataset_json)
+            out, _, properties = preprocessor.run_case_npy(data, None, properties, pm, cm, model.dataset_json)
     if seg is None:
         return out, None, properties
-    return out, resample_seg_like(model, seg, properties, out.shape[1:]), properties
-
-
-def _spacings(plans_manager, configuration_manager, properties):
-    """(the case's spacing, the network's spacing), both in the plans' axis order, as ``run_case_npy`` takes them: a
-    2D configuration's spacing keeps the case's own first axis."""
-    original = [properties["spacing"][i] for i in plans_manager.transpose_forward]
-    target = list(configuration_manager.spacing)
-    if len(target) < len(original):
-        target = [original[0]] + target
-    return original, target
-
-
-#: nnU-Net's image resampling functions that resample every channel on its own (a channel's output depends on that
-#: channel only), so that resampling channel by channel gives nnU-Net's values
-_CHANNELWISE_RESAMPLING = ("resample_data_or_seg_to_shape",)
-
-
-def _channelwise_exact(preprocessor, configuration_manager) -> bool:
-    """Whether :func:`_run_case_by_channel` gives ``run_case_npy``'s image exactly: nnU-Net's own
-    ``DefaultPreprocessor`` (not a subclass, which may change any step) and a channel-independent resampling."""
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-
-    return (type(preprocessor) is DefaultPreprocessor
-            and configuration_manager.configuration.get("resampling_fn_data") in _CHANNELWISE_RESAMPLING)
-
-
-def _run_case_by_channel(preprocessor, data: np.ndarray, properties: dict, plans_manager, configuration_manager):
-    """``DefaultPreprocessor.run_case_npy`` for an image without segmentation, one channel at a time.
-
-    nnU-Net's ``run_case_npy`` first copies the whole case to float32, and its resampling then converts the whole
-    copy to float64: for a four-phase 600 x 512 x 512 CT that is 2.5 + 5 GB on top of the case, plus the spline
-    filter's copy of a channel. The steps are per channel except the cropping box (the nonzero mask of all
-    channels), so this runs nnU-Net's own functions in the same order: ``crop_to_nonzero`` on the whole case (it
-    only compares voxels with 0, whatever their dtype), then, channel by channel, the float32 copy, the channel's
-    normaliser (as ``_normalize`` picks it) and ``resampling_fn_data`` on that channel alone. Only one channel's
-    copies exist at a time; the values are nnU-Net's, bit for bit (tested against ``run_case_npy`` with CT and
-    masked z-score normalisation, separate-z and 3D resampling, a cropping box, a transposed plan).
-    """
-    from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
-    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-
-    data = data.transpose([0, *[i + 1 for i in plans_manager.transpose_forward]])
-    original_spacing, target_spacing = _spacings(plans_manager, configuration_manager, properties)
-    properties["shape_before_cropping"] = data.shape[1:]
-    data, seg, bbox = crop_to_nonzero(data, None)  # views of the case, and the nonzero mask as nnU-Net's seg
-    properties["bbox_used_for_cropping"] = bbox
-    properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
-    new_shape = compute_new_shape(data.shape[1:], original_spacing, target_spacing)
-    out = None
-    intensity = plans_manager.foreground_intensity_properties_per_channel
-    for c in range(data.shape[0]):
-        channel = data[c:c + 1].astype(np.float32)  # run_case_npy's copy, one channel
-        # _normalize picks channel c's normaliser by its index: hand it a view whose channel 0 is ours, and the
-        # scheme, mask use and statistics of channel c
-        channel = _normalize_channel(preprocessor, channel, seg, configuration_manager, intensity, c)
-        resampled = configuration_manager.resampling_fn_data(channel, new_shape, original_spacing, target_spacing)
-        del channel
-        if out is None:
-            out = np.empty((data.shape[0],) + tuple(resampled.shape[1:]), dtype=resampled.dtype)
-        out[c] = resampled[0]
-        del resampled
-    return out, properties
-
-
-def _normalize_channel(preprocessor, channel: np.ndarray, seg: np.ndarray, configuration_manager, intensity: dict,
-                       c: int) -> np.ndarray:
-    """nnU-Net's ``_normalize`` on the one-channel array ``channel`` as channel ``c`` of the case."""
-    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
-
-    config = dict(configuration_manager.configuration)
-    config["normalization_schemes"] = [configuration_manager.normalization_schemes[c]]
-    config["use_mask_for_norm"] = [configuration_manager.use_mask_for_norm[c]]
-    return preprocessor._normalize(channel, seg, ConfigurationManager(config), {"0": intensity[str(c)]})
-
-
-def same_preprocessing(a: LoadedModel, b: LoadedModel) -> bool:
-    """Whether nnU-Net's ``run_case_npy`` gives the same image for models ``a`` and ``b`` on any case: the same
-    preprocessor class, axis transpose, target spacing, normalisation per channel (scheme, mask use, the dataset's
-    intensity statistics) and image resampling function, on the same channels.
-
-    Then UNet-patch can take UNet-whole's preprocessed image instead of preprocessing the whole case a second time
-    (the bundled demo models share their plans: at 600 x 512 x 512 that second pass costs minutes and peaks at
-    several GB of float32 and float64 copies of the case).
-    """
-    pa, pb, ca, cb = a.plans_manager, b.plans_manager, a.configuration_manager, b.configuration_manager
-
-    def channels(m):
-        names = m.dataset_json.get("channel_names", m.dataset_json.get("modality", {}))
-        return [names[k] for k in sorted(names, key=int)]
-
-    return (ca.preprocessor_class is cb.preprocessor_class
-            and list(pa.transpose_forward) == list(pb.transpose_forward)
-            and [float(s) for s in ca.spacing] == [float(s) for s in cb.spacing]
-            and list(ca.normalization_schemes) == list(cb.normalization_schemes)
-            and list(ca.use_mask_for_norm) == list(cb.use_mask_for_norm)
-            and pa.foreground_intensity_properties_per_channel == pb.foreground_intensity_properties_per_channel
-            and ca.configuration.get("resampling_fn_data") == cb.configuration.get("resampling_fn_data")
-            and ca.configuration.get("resampling_fn_data_kwargs") == cb.configuration.get("resampling_fn_data_kwargs")
-            and channels(a) == channels(b))
-
-
-def resample_seg_like(model: LoadedModel, seg: np.ndarray, properties: dict, new_shape, order=None) -> np.ndarray:
-    """Transpose, crop and resample a (1, Z, Y, X) label map exactly as ``run_case_npy`` did the image.
-
-    ``order=None`` uses the plans' label resampling (per-label interpolation: one pass per label value);
-    ``order=0`` resamples all labels in one nearest-neighbour pass on the same coordinate mapping (used for
-    instance maps with many ids).
-    """
-    from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
-
-    pm, cm = model.plans_manager, model.configuration_manager
-    seg = seg.transpose([0, *[i + 1 for i in pm.transpose_forward]])
-    seg = seg[(slice(None),) + bounding_box_to_slice(properties["bbox_used_for_cropping"])]
-    original_spacing, target_spacing = _spacings(pm, cm, properties)
-    kwargs = {} if order is None else {"order": order, "order_z": order}
-    return np.asarray(cm.resampling_fn_seg(seg, tuple(new_shape), original_spacing, target_spacing, **kwargs))
+    return out, resample_seg_like(seg, properties, out.shape[1:], pm, cm), properties
 
 
 def predict_logits(predictor, model: LoadedModel, data: np.ndarray, spacing, keep_preprocessed: bool = False):
@@ -164,7 +48,7 @@ def predict_logits(predictor, model: LoadedModel, data: np.ndarray, spacing, kee
     The fold loop is nnU-Net's own (``predictor.predict_logits_from_preprocessed_data``: every fold's sliding
     window, summed and divided by the number of folds); the result is returned as float32 (C, z', y', x').
     ``keep_preprocessed``: also return the preprocessed image (C, z', y', x') as a third element (for a UNet-patch
-    with the same preprocessing, :func:`same_preprocessing`).
+    with the same preprocessing, :func:`nnunet_liver.nnunet_mirror.same_preprocessing`).
     """
     import torch
 
@@ -219,7 +103,7 @@ class CaseMaps:
     probabilities at every voxel the highest factor labels as lesion (what seg2det's score and mean probability per
     type read); ``liver_max``: LiverMax, per lesion type the highest probability inside the predicted liver (labels
     1..8 of the f = 1 map; 0.0 when that is empty); ``slab_mode``: which exact slab rule resampled the logits
-    (see :mod:`nnunet_liver.inference.slab_resampling`); ``preprocessed``: UNet-whole's preprocessed image and
+    (see :class:`nnunet_liver.nnunet_mirror.SlabResampler`); ``preprocessed``: UNet-whole's preprocessed image and
     nnU-Net's properties ``(image (C, z', y', x'), properties)`` when asked for (``keep_preprocessed``), else None.
     """
     maps: Dict[float, np.ndarray]
@@ -260,7 +144,7 @@ def maps_from_logits(logits, plans_manager, configuration_manager, label_manager
     """The sensitivity label maps, LiverMax and lesion probabilities from the network-grid logits, slab by slab.
 
     The logits are resampled to the input grid one slab of output rows at a time, exactly as nnU-Net's export does
-    for the whole volume (:class:`~nnunet_liver.inference.slab_resampling.SlabResampler`); each slab gets the label
+    for the whole volume (:class:`~nnunet_liver.nnunet_mirror.SlabResampler`); each slab gets the label
     manager's softmax, the scaled argmax of every factor (``lesion_sensitivity_masks``), LiverMax's running maximum
     and the lesion channels at the highest factor's lesion voxels; then it is dropped. Outside the cropping box
     nnU-Net's probabilities are background (1, 0, ...), so every map is 0 there. The maps are built in the network's
@@ -274,8 +158,8 @@ def maps_from_logits(logits, plans_manager, configuration_manager, label_manager
     import torch
     from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
-    from nnunet_liver.inference.slab_resampling import SlabResampler
     from nnunet_liver.labels import LESION_IDS, LIVER_REGION_IDS, name_of
+    from nnunet_liver.nnunet_mirror import SlabResampler
     from nnunet_liver.postprocessing.sensitivity import LesionProbabilities, lesion_sensitivity_masks
 
     factors = tuple(sorted({float(f) for f in factors} | {1.0}))

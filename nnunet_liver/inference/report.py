@@ -5,7 +5,7 @@ The figures are rendered when the case is detected, while its images are in memo
 called by the runner), and stored as small PNGs in ``OUT/figures/CASE/``; :func:`write_report` only reads those and
 the JSON, so building the report never loads a volume again. Each lesion is shown at its centre slice (the axial
 slice with its largest cross-section) in every present phase (NC, A, V, D, on the reference grid), cropped around it,
-in the pipeline's one CT window (:data:`nnunet_liver.labels.CT_WINDOW_HU`), with its outline in its type's colour
+in the model's CT window (``LoadedModel.ct_window``, from its plans), with its outline in its type's colour
 and other lesions in grey: the enhancement pattern its type rests on is visible at a glance. The overview is the
 reference phase's axial slice with the largest total lesion area, cropped to the liver region the model found, with
 the outlines of all lesions projected along z onto it and their numbers. The report is one self-contained file
@@ -18,10 +18,11 @@ import html
 import io
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from nnunet_liver.characterize.hook import report_html as characterization_html
 from nnunet_liver.labels import CT_WINDOW_HU, LIVER_REGION_IDS, PHASES
 from nnunet_liver.utils.io import atomic_dir, atomic_path
 
@@ -49,8 +50,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def _grey_rgb(image2d: np.ndarray) -> np.ndarray:
-    lo, hi = CT_WINDOW_HU
+def _grey_rgb(image2d: np.ndarray, window: Tuple[float, float]) -> np.ndarray:
+    lo, hi = window
     grey = np.clip((np.asarray(image2d, dtype=np.float32) - lo) / (hi - lo), 0, 1)
     return np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
 
@@ -71,7 +72,7 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def lesion_panels(images: Dict[str, np.ndarray], instances: np.ndarray, lesion_id: int, lesion_type: str, spacing,
-                  size_px: int = 160) -> Dict[str, bytes]:
+                  size_px: int = 160, window: Tuple[float, float] = CT_WINDOW_HU) -> Dict[str, bytes]:
     """{phase: PNG bytes} of lesion ``lesion_id`` at its centre slice, one per phase of ``images``.
 
     Parameters
@@ -92,7 +93,7 @@ def lesion_panels(images: Dict[str, np.ndarray], instances: np.ndarray, lesion_i
     others = ((instances[z, y0:y1, x0:x1] > 0) & ~mask[z, y0:y1, x0:x1]).repeat(zy, 0).repeat(zx, 1)
     out = {}
     for phase, image in images.items():
-        rgb = _grey_rgb(image[z, y0:y1, x0:x1]).repeat(zy, 0).repeat(zx, 1)  # zoom first: one-pixel outlines
+        rgb = _grey_rgb(image[z, y0:y1, x0:x1], window).repeat(zy, 0).repeat(zx, 1)  # zoom first: 1-pixel outlines
         rgb[_outline(others)] = _hex_rgb("#bbbbbb")
         rgb[_outline(this)] = _hex_rgb(_TYPE_COLOURS.get(lesion_type, "#ffff00"))
         out[phase] = _png(rgb)
@@ -100,7 +101,8 @@ def lesion_panels(images: Dict[str, np.ndarray], instances: np.ndarray, lesion_i
 
 
 def overview_png(image: np.ndarray, instances: np.ndarray, liver: Optional[np.ndarray], spacing,
-                 types: Optional[Dict[int, str]] = None, size_px: int = 480) -> bytes:
+                 types: Optional[Dict[int, str]] = None, size_px: int = 480,
+                 window: Tuple[float, float] = CT_WINDOW_HU) -> bytes:
     """PNG of the axial slice of ``image`` with the largest lesion area, cropped to the liver region, with every
     lesion's outline projected along z and its number (lesion ids in ``instances``, (Z, Y, X)), in its type's colour
     (``types``: lesion id -> type name)."""
@@ -118,7 +120,7 @@ def overview_png(image: np.ndarray, instances: np.ndarray, liver: Optional[np.nd
     y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, image.shape[1])
     x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, image.shape[2])
     zy, zx = _zoom_factors((y1 - y0, x1 - x0), spacing[1:], size_px)
-    rgb = _grey_rgb(image[z, y0:y1, x0:x1]).repeat(zy, 0).repeat(zx, 1)
+    rgb = _grey_rgb(image[z, y0:y1, x0:x1], window).repeat(zy, 0).repeat(zx, 1)
     projected = instances[:, y0:y1, x0:x1].max(0)
     labels = []
     for lesion_id in np.unique(projected[projected > 0]):
@@ -131,17 +133,21 @@ def overview_png(image: np.ndarray, instances: np.ndarray, liver: Optional[np.nd
     fig = Figure(figsize=(w / 100, h / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(rgb, interpolation="nearest")
-    for lesion_id, x, y, colour in labels:
-        ax.text(min(x, w - 12), max(y, 12), str(lesion_id), color=colour, fontsize=11, fontweight="bold", va="top",
-                bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
+    from matplotlib import patheffects
+
+    outline = [patheffects.withStroke(linewidth=3.5, foreground="black")]
+    for lesion_id, x, y, colour in labels:  # white numbers outlined in black: legible on any grey and any outline
+        ax.text(min(x, w - 8 * len(str(lesion_id)) - 6), min(max(y, 2), h - 22), str(lesion_id), color="white",
+                fontsize=15, fontweight="bold", va="top", path_effects=outline)
     ax.set_axis_off()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
 
 
-def save_case_figures(result, output_dir: str) -> str:
-    """Render a detected case's figures into ``output_dir/figures/CASE/`` (overview.png, lesionN_PHASE.png).
+def save_case_figures(result, output_dir: str, window: Tuple[float, float] = CT_WINDOW_HU) -> str:
+    """Render a detected case's figures into ``output_dir/figures/CASE/`` (overview.png, lesionN_PHASE.png) in the
+    CT ``window`` (HU; the model's, ``LoadedModel.ct_window``).
 
     ``result`` is a :class:`~nnunet_liver.inference.detector.CaseResult`; only its in-memory arrays are used.
     """
@@ -161,12 +167,13 @@ def save_case_figures(result, output_dir: str) -> str:
         ref_phase = list(case.inputs)[case.reference_channel]
         with open(os.path.join(tmp, "overview.png"), "wb") as f:
             f.write(overview_png(images.get(ref_phase, next(iter(images.values()))), result.instance_map, liver,
-                                 case.spacing, {les["id"]: les["type"] for les in result.record["lesions"]}))
+                                 case.spacing, {les["id"]: les["type"] for les in result.record["lesions"]},
+                                 window=window))
         for les in lesions:
             if not (result.instance_map == les["id"]).any():
                 continue
             for phase, png in lesion_panels(images, result.instance_map, les["id"], les["type"],
-                                            case.spacing).items():
+                                            case.spacing, window=window).items():
                 with open(os.path.join(tmp, f"lesion{les['id']}_{phase}.png"), "wb") as f:
                     f.write(png)
     return folder
@@ -197,8 +204,15 @@ def _dicom_lines(rec: dict) -> List[str]:
                    f"<td>{_fmt(a.get('liver_hu'), 0)} / {_fmt(a.get('aorta_hu'), 0)}</td>"
                    f"<td class='uid'>{html.escape(a['series_uid'])}</td></tr>" for a in dicom.get("acquisitions", []))
     out = dicom.get("outputs") or {}
+    written = ", ".join(out[k] for k in ("seg", "sr") if out.get(k)) or "nothing"
+    notes = [f"<p class='note'>{html.escape(out['not_written'])}</p>"] if out.get("not_written") else []
+    partial = sum(len(e.get("files", [])) for e in dicom.get("series_left_out", []))
+    unreadable = len(dicom.get("unreadable_files", []))
+    if partial or unreadable:
+        notes.append(f"<p class='note'>{partial} image(s) left out of the series used, {unreadable} file(s) not "
+                     f"read as DICOM; CASE.json lists each with its reason.</p>")
     return [f"<p>DICOM study <span class='uid'>{html.escape(dicom.get('study_uid', ''))}</span>; written back: "
-            f"{html.escape(', '.join(v for v in out.values() if v))}</p>",
+            f"{html.escape(written)}</p>"] + notes + [
             "<table><tr><th>phase</th><th>series</th><th>description</th><th>confidence</th>"
             f"<th>liver / aorta HU</th><th>series UID</th></tr>{rows}</table>"]
 
@@ -224,7 +238,7 @@ def _lesion_table(lesions: List[dict]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _case_section(output_dir: str, case_id: str) -> str:
+def _case_section(output_dir: str, case_id: str, window: Tuple[float, float]) -> str:
     with open(os.path.join(output_dir, f"{case_id}.json"), encoding="utf-8") as f:
         rec = json.load(f)
     patient = rec["patient"]
@@ -247,8 +261,9 @@ def _case_section(output_dir: str, case_id: str) -> str:
                                                  "overview")
                  + "<p>Overview: all lesions outlined (projected along z) and numbered.</p></div>")
     parts.append(_lesion_table(lesions))
+    parts.append(characterization_html(rec))  # the second stage's probabilities and LI-RADS ('' without it)
     phases = [p for p in PHASES if p in rec["phases_present"]]
-    lo, hi = CT_WINDOW_HU
+    lo, hi = window
     parts.append(f"<p>Each lesion at its centre slice, every present phase, window {lo:g} to {hi:g} HU.</p>")
     for les in lesions[:_MAX_LESIONS_SHOWN]:
         files = {p: os.path.join(figures, f"lesion{les['id']}_{p}.png") for p in phases}
@@ -262,20 +277,44 @@ def _case_section(output_dir: str, case_id: str) -> str:
     return "\n".join(parts)
 
 
-def write_report(output_dir: str, case_ids: List[str], title: Optional[str] = None) -> str:
-    """Write ``output_dir/report.html`` for the finished cases ``case_ids`` (their JSON and saved figures)."""
+def _not_done_section(output_dir: str) -> str:
+    """The failed and pending cases of ``summary.csv`` (written before the report) with their one-line errors."""
+    import csv
+
+    path = os.path.join(output_dir, "summary.csv")
+    if not os.path.isfile(path):
+        return ""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("status") in ("failed", "pending")]
+    if not rows:
+        return ""
+    items = "".join(f"<tr><td>{html.escape(r['case'])}</td><td>{html.escape(r['status'])}</td>"
+                    f"<td class='err'>{html.escape(r.get('error') or '')}</td></tr>" for r in rows)
+    failed = sum(r["status"] == "failed" for r in rows)
+    return (f"<section id='not-done'><h2>Cases without a result: {failed} failed, {len(rows) - failed} pending</h2>"
+            f"<table><tr><th>case</th><th>status</th><th>error</th></tr>{items}</table></section>")
+
+
+def write_report(output_dir: str, case_ids: List[str], title: Optional[str] = None,
+                 window: Tuple[float, float] = CT_WINDOW_HU) -> str:
+    """Write ``output_dir/report.html`` for the finished cases ``case_ids`` (their JSON and saved figures, drawn in
+    the CT ``window``, HU), and the failed and pending cases that ``summary.csv`` lists, with their errors."""
     title = title or "nnunet-liver-detect report"
-    body = [_case_section(output_dir, c) for c in case_ids]
+    body = [_case_section(output_dir, c, window) for c in case_ids]
+    not_done = _not_done_section(output_dir)
     toc = " ".join(f"<a href='#{html.escape(c)}'>{html.escape(c)}</a>" for c in case_ids)
+    if not_done:
+        toc += " <a href='#not-done'>cases without a result</a>"
     doc = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} .row{{display:flex;gap:6px}}
 figure{{margin:0;font-size:12px;text-align:center}} .row img{{width:160px;image-rendering:pixelated}}
 img.overview{{max-width:480px}} .note{{color:#a60}} .uid{{font-family:monospace;font-size:11px}}
 table{{border-collapse:collapse;margin:.5em 0}} td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}
-section{{border-top:1px solid #ccc;margin-top:1em}} h3{{font-size:14px;margin:.8em 0 .3em}}</style></head>
-<body><h1>{html.escape(title)}</h1><p>{len(case_ids)} case(s). {toc}</p>
-{''.join(body)}
+section{{border-top:1px solid #ccc;margin-top:1em}} h3{{font-size:14px;margin:.8em 0 .3em}}
+td.err{{color:#a00;font-family:monospace;font-size:12px}}</style></head>
+<body><h1>{html.escape(title)}</h1><p>{len(case_ids)} case(s) done. {toc}</p>
+{not_done}{''.join(body)}
 </body></html>
 """
     path = os.path.join(output_dir, "report.html")

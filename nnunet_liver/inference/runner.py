@@ -9,15 +9,19 @@ the input folder ("done", "failed" or "pending" for cases another shard has not 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
-from nnunet_liver.inference.cases import CaseFiles, discover_cases, shard, validate_case_id
+from nnunet_liver.case import validate_case_id
+from nnunet_liver.inference.cases import CaseFiles, shard
 from nnunet_liver.inference.detector import LiverDetector
+from nnunet_liver.inference.inputs import discover_inputs
 from nnunet_liver.labels import LESION_IDS, name_of
 from nnunet_liver.utils.io import InputError, atomic_path, write_image_like, write_json_atomic
 
@@ -68,7 +72,7 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
     """
     if os.path.abspath(input_dir) == os.path.abspath(output_dir):
         raise InputError(f"{output_dir}: the output folder must differ from the input folder")
-    all_cases = discover_cases(input_dir, len(detector.channel_names), detector.file_ending, phase_map, output_dir)
+    all_cases = discover_inputs(input_dir, len(detector.channel_names), detector.file_ending, phase_map, output_dir)
     if not all_cases:
         raise InputError(f"{input_dir}: no DICOM study and no case files named CASE_XXXX{detector.file_ending} "
                          f"(channels: {', '.join(f'{i:04d}={n}' for i, n in enumerate(detector.channel_names))})")
@@ -91,7 +95,9 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
             if os.path.exists(paths["json"]):  # the case is "done" again only once its new JSON lands
                 os.remove(paths["json"])
             write_image_like(res.instance_map, res.case.reference, paths["lesions"])
-            _write_extras(res, output_dir, report)
+            res = _write_extras(res, output_dir, report, detector.model.ct_window)
+            res = dataclasses.replace(res, case_record=res.case_record.with_inputs(
+                _relative_inputs(res.case_record.inputs, input_dir)))
             write_json_atomic(res.record, paths["json"])
             if os.path.exists(paths["error"]):
                 os.remove(paths["error"])
@@ -111,20 +117,50 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
         from nnunet_liver.inference.report import write_report
 
         write_report(output_dir, [c.case_id for c in all_cases if _safe_id(c.case_id)
-                                  and _is_done(output_dir, c.case_id)])
+                                  and _is_done(output_dir, c.case_id)], window=detector.model.ct_window)
     return result
 
 
-def _write_extras(res, output_dir: str, report: bool) -> None:
-    """The report's figures (rendered now, while the images are in memory) and, for a DICOM study, its SEG and SR."""
+def _write_extras(res, output_dir: str, report: bool, window):
+    """The report's figures (rendered now, while the images are in memory, in the model's CT ``window``) and, for a
+    DICOM study, its SEG and SR; returns ``res``, its record holding the DICOM outputs and any output error.
+
+    Neither may lose a finished detection: a failure is recorded in CASE.json (``output_errors.figures``,
+    ``dicom.outputs.not_written``), warned about on stderr, and the case's JSON and NIfTI are still written.
+    """
     if report:
         from nnunet_liver.inference.report import save_case_figures
 
-        save_case_figures(res, output_dir)
-    if getattr(res.case, "dicom", None):
+        try:
+            save_case_figures(res, output_dir, window)
+        except Exception as e:  # noqa: BLE001
+            message = f"report figures not written ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]})"
+            res = dataclasses.replace(res, case_record=res.case_record.with_output_error("figures", message))
+            _warn(res.case.case_id, message)
+    if res.case_record.dicom is not None:
         from nnunet_liver.dicom.export import write_dicom_outputs
 
-        res.record["dicom"] = dict(res.case.dicom, outputs=write_dicom_outputs(res, output_dir))
+        outputs = write_dicom_outputs(res, output_dir)  # never raises: the reason lands in outputs["not_written"]
+        res = dataclasses.replace(res, case_record=res.case_record.with_dicom_outputs(outputs))
+        if outputs.get("not_written"):
+            _warn(res.case.case_id, outputs["not_written"])
+    return res
+
+
+def _warn(case_id: str, message: str) -> None:
+    tqdm.write(f"nnunet-liver-detect: warning: case {case_id}: {message}", file=sys.stderr)
+
+
+def _relative_inputs(inputs: Dict[str, Optional[str]], input_dir: str) -> Dict[str, Optional[str]]:
+    """CASE.json's input paths relative to the input folder (``-i``): folder names above it often carry patient
+    names, and the outputs travel without them."""
+    root = os.path.abspath(input_dir)
+    out = {}
+    for phase, path in inputs.items():
+        if path is not None and os.path.isabs(path) and os.path.commonpath([root, path]) == root:
+            path = os.path.relpath(path, root)
+        out[phase] = path
+    return out
 
 
 def _safe_id(case_id: str) -> bool:

@@ -48,6 +48,12 @@ TISSUES: Dict[str, Tuple[float, float, float, float]] = {
     "stomach_air": (-950, -950, -950, -950),
     "lung": (-850, -850, -850, -850),
     "heart": (40, 230, 150, 115),
+    # used only with organ detail (:mod:`.extras`); appended so that the default phantoms keep their tissue ids
+    "kidney_cortex": (35, 200, 175, 140),
+    "kidney_medulla": (35, 65, 150, 150),
+    "renal_pelvis": (10, 10, 12, 520),  # contrast excreted into the collecting system in the delayed phase
+    "spleen_red": (45, 175, 122, 100),  # the arterial spleen's arciform bands: bright ...
+    "spleen_white": (45, 75, 118, 100),  # ... and dark; homogeneous from the portal-venous phase on
 }
 TISSUE_IDS = {name: i for i, name in enumerate(TISSUES)}
 TISSUE_HU = np.array(list(TISSUES.values()), dtype=np.float32)  # (n_tissues, 4)

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lesion-volume", type=float, default=MIN_LESION_CM3, metavar="CM3",
                    help="smallest random lesion volume in cm3; volumes are log-distributed from it up to "
                    f"{MAX_LESION_CM3:g} cm3, skewed towards small ones (default: %(default)s)")
+    p.add_argument("--organ-detail", action="store_true", help="kidneys with cortex, medulla and a collecting "
+                   "system that fills with excreted contrast in D; an arciform (banded) spleen in A")
+    p.add_argument("--oral-contrast", action="store_true", help="positive oral contrast (300-600 HU) in the "
+                   "stomach and bowel, in every phase including NC")
+    p.add_argument("--lipiodol", action="store_true", help="dense lipiodol deposits (800-2000 HU) in a treated "
+                   "lesion (the largest HCC, else the largest lesion), as after TACE")
     p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return p
@@ -47,7 +53,8 @@ def run(args: argparse.Namespace) -> None:
     out = write_phantom_dataset(args.output, args.num_cases, args.seed, shape=args.shape, spacing=args.spacing,
                                 phases=phases, missing_delayed=args.missing_delayed, misalign_mm=args.misalign_mm,
                                 min_lesion_cm3=args.min_lesion_volume, num_processes=args.num_processes,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, organ_detail=args.organ_detail,
+                                oral_contrast=args.oral_contrast, lipiodol=args.lipiodol)
     print(f"{PROG}: wrote {args.num_cases} cases to {out}")
 
 

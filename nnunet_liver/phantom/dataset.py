@@ -77,7 +77,8 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
                           spacing: Optional[Sequence[float]] = None, phases: Sequence[str] = L.PHASES,
                           missing_delayed: float = 0.0, misalign_mm: float = 0.0,
                           min_lesion_cm3: float = MIN_LESION_CM3, num_processes: int = 1,
-                          overwrite: bool = False, progress: bool = True) -> Path:
+                          overwrite: bool = False, progress: bool = True, organ_detail: bool = False,
+                          oral_contrast: bool = False, lipiodol: bool = False) -> Path:
     """Generate ``num_cases`` phantoms into the nnU-Net raw dataset folder ``out_dir``.
 
     Parameters
@@ -93,6 +94,9 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
     misalign_mm : maximum length of the random rigid shift of each non-reference phase (0 = aligned).
     min_lesion_cm3 : smallest random lesion volume (cm3; default 0.5), see :func:`generate_case`.
     num_processes : worker processes.
+    organ_detail, oral_contrast, lipiodol : the extras of :func:`generate_case` for every case (kidney cortex,
+        medulla and collecting system, an arciform arterial spleen; oral contrast in stomach and bowel; lipiodol
+        deposits in a treated lesion); recorded in ``truth.json`` (settings and each case) when asked for.
 
     Returns
     -------
@@ -114,6 +118,9 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
     out_dir = Path(out_dir)
     kwargs = dict(shape=tuple(int(s) for s in shape), spacing=None if spacing is None else tuple(spacing),
                   phases=phases, misalign_mm=float(misalign_mm), min_lesion_cm3=min_lesion_cm3)
+    extras = {k: True for k, v in (("organ_detail", organ_detail), ("oral_contrast", oral_contrast),
+                                   ("lipiodol", lipiodol)) if v}
+    kwargs.update(extras)
     with atomic_dir(str(out_dir), overwrite=overwrite) as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
@@ -136,7 +143,7 @@ def write_phantom_dataset(out_dir, num_cases: int, seed: int = 0, shape: Sequenc
                  "seed": int(seed), "num_cases": len(results), "phases": list(phases),
                  "settings": {"shape": list(kwargs["shape"]), "spacing": kwargs["spacing"],
                               "missing_delayed": float(missing_delayed), "misalign_mm": float(misalign_mm),
-                              "min_lesion_cm3": min_lesion_cm3},
+                              "min_lesion_cm3": min_lesion_cm3, **extras},
                  "cases": {name: entry for name, entry in results}}
         write_json_atomic(truth, os.path.join(tmp, TRUTH_FILE))
     return out_dir

@@ -3,8 +3,9 @@
 A case is a random cartoon body (:mod:`.anatomy`), 0-6 lesions of the six types (:mod:`.lesions`), and one HU
 image per phase with the case's contrast timing, smooth parenchymal texture, image noise and a partial-volume
 blur matching the slice thickness. Optionally the delayed phase is missing (a constant ``MISSING_PHASE_VALUE``
-channel) and the non-reference phases are shifted by a random rigid translation (the label stays on the reference
-phase, V when present). Everything follows from ``seed``: the same seed gives the same arrays.
+channel), the non-reference phases are shifted by a random rigid translation (the label stays on the reference
+phase, V when present), and :mod:`.extras` adds organ detail, oral contrast or lipiodol deposits. Everything follows
+from ``seed``: the same seed gives the same arrays.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunet_liver import labels as L
+from nnunet_liver.phantom import extras
 from nnunet_liver.phantom.anatomy import STANDARD_FOV_MM, build_anatomy, tissue_hu
 from nnunet_liver.phantom.lesions import (MAX_LESION_CM3, MIN_LESION_CM3, lesion_hu,
                                          margin_weight, place_lesions, sample_volume_cm3)
@@ -52,15 +54,16 @@ class PhantomCase:
     lesion_free: bool = False
     enhancement: float = 1.0
     noise_hu: float = 0.0
+    extras: dict = field(default_factory=dict)  # organ_detail / oral_contrast / lipiodol: what was added
 
     def truth(self) -> dict:
-        """The case's entry in the truth file (JSON-ready)."""
+        """The case's entry in the truth file (JSON-ready); the extras' keys only when some were asked for."""
         return {"seed": self.seed, "shape": list(self.label.shape), "spacing": list(self.spacing),
                 "origin": list(self.origin), "reference_phase": self.reference_phase,
                 "phases": list(self.images), "missing_phases": list(self.missing_phases),
                 "shifts_mm": {k: [round(float(v), 3) for v in s] for k, s in self.shifts_mm.items()},
                 "lesion_free": self.lesion_free, "enhancement": round(self.enhancement, 4),
-                "noise_hu": round(self.noise_hu, 3), "lesions": self.lesions}
+                "noise_hu": round(self.noise_hu, 3), "lesions": self.lesions, **self.extras}
 
 
 def default_spacing(shape: Sequence[int]) -> Tuple[float, float, float]:
@@ -116,7 +119,8 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
                   phases: Sequence[str] = L.PHASES, missing_delayed: bool = False, misalign_mm: float = 0.0,
                   lesion_free: Optional[bool] = None, lesion_types: Optional[Sequence[str]] = None,
                   lesion_volumes_cm3: Optional[Sequence[float]] = None, noise: bool = True,
-                  min_lesion_cm3: float = MIN_LESION_CM3) -> PhantomCase:
+                  min_lesion_cm3: float = MIN_LESION_CM3, organ_detail: bool = False, oral_contrast: bool = False,
+                  lipiodol: bool = False) -> PhantomCase:
     """Generate one multi-phase phantom.
 
     Parameters
@@ -133,6 +137,15 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
     noise : add image noise (off for pattern checks without noise).
     min_lesion_cm3 : smallest random lesion volume (default 0.5 cm3); random volumes are log-distributed from it
         up to 120 cm3, skewed towards the small end. The same seed draws the same random numbers whatever it is.
+    organ_detail : kidneys with cortex, medulla and a collecting system that fills with excreted contrast in D, and
+        an arciform (banded) spleen in A (:func:`.extras.add_organ_detail`).
+    oral_contrast : positive oral contrast (300-600 HU) in the stomach and bowel in every phase
+        (:func:`.extras.oral_contrast`).
+    lipiodol : dense lipiodol deposits (800-2000 HU) in the treated lesion (the largest HCC, else the largest
+        lesion) in every phase (:func:`.extras.lipiodol`).
+
+    The three extras draw from their own random stream: the same seed gives the same anatomy and lesions with or
+    without them, and without them exactly the arrays it gave before they existed.
     """
     shape, spacing, phases, min_lesion_cm3 = check_case_arguments(shape, spacing, phases, lesion_types,
                                                                   min_lesion_cm3)
@@ -149,6 +162,17 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
                                                  *_draw_lesions(rng, lesion_types, lesion_volumes_cm3,
                                                                 min_lesion_cm3))
     look = _Look.draw(rng, label, spacing, noise)
+    added = {}
+    if organ_detail or oral_contrast or lipiodol:
+        more = extras.extras_rng(seed)
+        if organ_detail:
+            added["organ_detail"] = extras.add_organ_detail(more, label, tissue, spacing)
+        if oral_contrast:
+            overrides, added["oral_contrast"] = extras.oral_contrast(more, tissue)
+            look.overrides += overrides
+        if lipiodol:
+            overrides, added["lipiodol"] = extras.lipiodol(more, lesions)
+            look.overrides += overrides
 
     images: Dict[str, np.ndarray] = {}
     missing = ["D"] if (missing_delayed and "D" in phases) else []
@@ -161,7 +185,7 @@ def generate_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE, spacing: Opti
                                                     misalign_mm if phase != ref else 0.0)
     truth = [les.truth(spacing, origin) for les in lesions]
     return PhantomCase(images, label, truth, spacing, origin, int(seed), ref, shifts, missing, free,
-                       look.enhancement, look.noise_hu)
+                       look.enhancement, look.noise_hu, added)
 
 
 def check_case_arguments(shape, spacing, phases, lesion_types=None, min_lesion_cm3=MIN_LESION_CM3):
@@ -191,6 +215,7 @@ class _Look:
     organs: np.ndarray
     sigma: Tuple[float, float, float]
     noise_gain: float
+    overrides: list = field(default_factory=list)  # (box, mask, HU): the extras' dense contents, every phase
 
     @classmethod
     def draw(cls, rng, label: np.ndarray, spacing, noise: bool) -> "_Look":
@@ -211,6 +236,8 @@ def _phase_image(rng, phase: str, tissue, lesions, look: _Look, spacing, misalig
         w = margin_weight(lesion)
         sub = img[lesion.box]
         sub += w * (lesion_hu(lesion, pi, look.enhancement) - sub)
+    for box, mask, hu in look.overrides:
+        img[box][mask] = np.float32(hu)
     if look.noise_hu:
         img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(look.noise_hu * look.noise_gain)
     img = ndimage.gaussian_filter(img, look.sigma, mode="nearest", truncate=3.0)

@@ -25,7 +25,7 @@ from nnunet_liver.phantom.anatomy import BLOOD_POOL_HU
 from nnunet_liver.phantom.shapes import smooth_noise
 
 __all__ = ["MIN_LESION_CM3", "MAX_LESION_CM3", "Lesion", "sample_volume_cm3", "place_lesions",
-           "lesion_hu"]
+           "lesion_hu", "major_features", "CAPSULE_MIN_RADIUS_MM"]
 
 #: (core, rim/capsule/scar) HU in (NC, A, V, D); rim = capsule for HCC, rim for ICC/Meta, scar for Other
 _PATTERN = {
@@ -39,6 +39,24 @@ _PATTERN = {
 #: margin softness (mm): cysts are sharp, ICC infiltrative
 _EDGE_MM = {"HCC": 0.8, "ICC": 1.6, "Meta": 1.0, "Hem": 0.8, "Other": 0.8, "Cyst": 0.15}
 _ROUGH = {"HCC": 0.10, "ICC": 0.25, "Meta": 0.15, "Hem": 0.15, "Other": 0.10, "Cyst": 0.03}
+#: an HCC gets its enhancing capsule (V and D) above this radius (mm); :func:`lesion_hu` paints it
+CAPSULE_MIN_RADIUS_MM = 10.0
+#: the LI-RADS major features each pattern of ``_PATTERN`` shows (nonrim APHE, nonperipheral washout): only the HCC
+#: core is brighter than the liver in A and darker in V and D; FNH-like "Other" enhances in A without washing out;
+#: ICC and Meta enhance as a rim (rim APHE is an LR-M feature, not APHE); hemangiomas fill in from the periphery
+_APHE_WASHOUT = {"HCC": (True, True), "ICC": (False, False), "Meta": (False, False), "Hem": (False, False),
+                 "Other": (True, False), "Cyst": (False, False)}
+
+
+def major_features(lesion_type: str, radius_mm: float) -> dict:
+    """The LI-RADS major features a phantom lesion is painted with: ``{"aphe", "washout", "capsule"}`` (bools).
+
+    Nonrim arterial phase hyper-enhancement, nonperipheral washout and an enhancing capsule (HCC above
+    :data:`CAPSULE_MIN_RADIUS_MM`), as :func:`lesion_hu` draws them.
+    """
+    aphe, washout = _APHE_WASHOUT[lesion_type]
+    return {"aphe": aphe, "washout": washout,
+            "capsule": lesion_type == "HCC" and float(radius_mm) > CAPSULE_MIN_RADIUS_MM}
 
 
 @dataclass
@@ -65,7 +83,7 @@ class Lesion:
                 "center_voxel": [round(float(v), 2) for v in idx],
                 "center_mm": [round(float(o + v * s), 2) for o, v, s in zip(origin, idx, spacing)],
                 "num_voxels": n, "volume_cm3": round(n * float(np.prod(spacing)) / 1000.0, 4),
-                "radius_mm": round(self.radius_mm, 2)}
+                "radius_mm": round(self.radius_mm, 2), **major_features(self.type, self.radius_mm)}
 
 
 #: default range of random lesion volumes (cm3): 0.5 cm3 is a sphere of 9.8 mm diameter, 120 cm3 one of 6.1 cm
@@ -151,7 +169,7 @@ def lesion_hu(lesion: Lesion, phase_index: int, enhancement: float = 1.0) -> np.
     if kind == "HCC":
         if lesion.radius_mm > 12:  # mosaic
             out += 14.0 * aux * (phase_index > 0)
-        capsule = (depth_mm < max(1.2, 0.06 * lesion.radius_mm)) & (lesion.radius_mm > 10)
+        capsule = (depth_mm < max(1.2, 0.06 * lesion.radius_mm)) & (lesion.radius_mm > CAPSULE_MIN_RADIUS_MM)
         out = np.where(capsule & (phase_index >= 2), hu(rim), out)
     elif kind in ("ICC", "Meta"):
         rim_mm = max(2.5, 0.22 * lesion.radius_mm) if kind == "ICC" else max(1.5, 0.18 * lesion.radius_mm)

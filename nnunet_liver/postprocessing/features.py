@@ -18,6 +18,9 @@ Choices where the paper is silent (documented in the README):
   Slices are thick (often 5 mm), so the through-plane direction does not define the ring.
 * A feature whose phase is missing, or whose region is empty (e.g. a lesion too small to have an inner region),
   is ``None``.
+
+Papers: Sarfati et al., "Guiding the classification of hepatocellular carcinoma on 3D CT-scans using deep and
+handcrafted radiological features".
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ the FN, not another kind of error: every merged FN is also counted in ``fn``.
 Size floor (Wang et al., Table I): reference lesions below ``min_ref_volume_cm3`` take no part in the assignment;
 a prediction left unmatched that overlaps such a small reference lesion is ignored (it found a real, if tiny,
 lesion), and so is an unmatched prediction below ``min_pred_volume_cm3``.
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 
@@ -20,11 +23,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_liver.labels import LESION_IDS, name_of
+from nnunet_liver.labels import LESION_NAMES
 
 __all__ = ["MatchResult", "match", "parse_overlap", "overlap_matrix"]
-
-TYPE_NAMES = tuple(name_of(i) for i in LESION_IDS)
 
 
 def parse_overlap(overlap: str) -> Tuple[str, float]:
@@ -155,7 +156,7 @@ def match(reference: Sequence, prediction: Sequence, min_ref_volume_cm3: float =
     kept = [r for r in reference if r.volume_cm3 >= min_ref_volume_cm3]
     small = [r for r in reference if r.volume_cm3 < min_ref_volume_cm3]
     res = MatchResult(overlap=str(overlap))
-    res.per_type = {t: {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0, "fn_merged": 0} for t in TYPE_NAMES}
+    res.per_type = {t: {"tp": 0, "fl": 0, "fp": 0, "fn": 0, "fl_pred": 0, "fn_merged": 0} for t in LESION_NAMES}
     res.ignored_reference = [r.id for r in small]
 
     pred = list(prediction)

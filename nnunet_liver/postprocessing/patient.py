@@ -1,13 +1,18 @@
 """Patient-level rules: classifyPatient and the two-sensitivity consensus (Wang et al.), LiverMax (Huang et al.,
-LIDIA)."""
+LIDIA).
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans"; Huang et al., "LIDIA: Precise Liver Tumor Diagnosis on Multi-Phase Contrast-Enhanced CT via Iterative
+Fusion and Asymmetric Contrastive Learning" (MICCAI).
+"""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable
 
 import numpy as np
 
-from nnunet_liver.labels import LESION_IDS, LESION_PRIORITY, LIVER_REGION_IDS, MALIGNANT_IDS, NORMAL, NUM_CLASSES, \
-    UNCERTAIN, id_of, name_of, priority_rank
+from nnunet_liver.labels import LESION_IDS, LESION_PRIORITY, LIVER_REGION_IDS, NORMAL, NUM_CLASSES, UNCERTAIN, id_of, \
+    is_malignant, name_of, priority_rank
 
 __all__ = ["classify_patient", "consensus", "liver_max", "is_malignant_class", "NORMAL", "UNCERTAIN",
            "PATIENT_CLASSES"]
@@ -43,13 +48,9 @@ def consensus(a: str, b: str) -> str:
     return a if a == b else UNCERTAIN
 
 
-def is_malignant_class(patient_class: str) -> Optional[bool]:
-    """True for HCC/ICC/Meta, False for benign types and "normal", None for "uncertain"."""
-    if patient_class == UNCERTAIN:
-        return None
-    if patient_class == NORMAL:
-        return False
-    return id_of(patient_class) in MALIGNANT_IDS
+#: a patient class's malignancy: True for HCC/ICC/Meta, False for benign types and "normal", None for "uncertain"
+#: (the one accessor, :func:`nnunet_liver.labels.is_malignant`, under the name the detector's API has used)
+is_malignant_class = is_malignant
 
 
 def liver_max(probabilities, label_map=None) -> Dict[str, float]:

@@ -1,17 +1,20 @@
 """Lesion reclassification with UNet-patch (Wang et al., Sec. III-B; ARCHITECTURE.md, "reclassify").
 
-For each lesion of at most ``max_volume_cm3`` (64 cm3): ``n`` (10) patches that contain the lesion, half at its
-own place with a random offset and half transplanted into a lesion-free part of the same liver
-(:func:`nnunet_liver.training.shuffle.make_reclassification_patches`), outside-liver voxels masked. UNet-patch
-segments all ``n`` patches in one batch. The lesion's score is the mean over patches of the volume (cm3) where
-UNet-patch's lesion labels (1..6) overlap the lesion's (transplanted) mask; a lesion scoring below
+For each lesion of at most ``max_volume_cm3`` (64 cm3): ``n`` (10) patches that contain the lesion, half at its own
+place with a random offset and half transplanted into a lesion-free part of the same liver
+(:func:`~nnunet_liver.postprocessing.lesion_shuffle.make_reclassification_patches`), outside-liver voxels masked.
+UNet-patch segments all ``n`` patches in one batch. The lesion's score is the mean over patches of the volume (cm3)
+where UNet-patch's lesion labels (1..6) overlap the lesion's (transplanted) mask; a lesion scoring below
 ``min_score_cm3`` (0.5 cm3) is dropped as a false positive. A kept lesion's new type is the volume vote of
 UNet-patch's lesion labels inside its mask over all patches (ties: the higher-priority type). Larger lesions keep
-their type and skip the step. A lesion whose own volume (on UNet-patch's grid) is below ``min_score_cm3`` cannot
-score enough (the overlap in a patch is at most the lesion's volume), so it is dropped without a network call.
+their type and skip the step. A lesion whose own volume (on UNet-patch's grid) is below ``min_score_cm3`` cannot score
+enough (the overlap in a patch is at most the lesion's volume), so it is dropped without a network call.
 
 The arrays given here are already on UNet-patch's grid (its plans' spacing, its intensity normalisation);
 :class:`nnunet_liver.inference.patch_model.PatchModel` prepares them with nnU-Net's preprocessor.
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_liver.labels import LESION_IDS, majority_type, name_of
+from nnunet_liver.postprocessing.lesion_shuffle import make_reclassification_patches
 
 __all__ = ["ReclassificationResult", "reclassify", "overlap_scores"]
 
@@ -79,7 +83,7 @@ def reclassify(lesions: Sequence, instance_map: np.ndarray, liver_mask: np.ndarr
 
     Parameters
     ----------
-    lesions : ``Lesion`` objects (``id``, ``label``, ``type``, ``volume_cm3``) of the whole-CT grid; not modified.
+    lesions : ``Lesion`` objects (``id``, ``label``, ``volume_cm3``) of the whole-CT grid; not modified.
     instance_map : (Z, Y, X) int, the lesions' ids on UNet-patch's grid (0 elsewhere).
     liver_mask : (Z, Y, X) bool on UNet-patch's grid (predicted liver incl. lesions and hepatic vessels).
     image : (C, Z, Y, X) float32, normalised as UNet-patch's training data, on its grid.
@@ -92,10 +96,8 @@ def reclassify(lesions: Sequence, instance_map: np.ndarray, liver_mask: np.ndarr
 
     Returns
     -------
-    (kept lesions in input order with ``label``/``type`` set to the voted type, {lesion id: ReclassificationResult})
+    (kept lesions in input order with ``label`` set to the voted type, {lesion id: ReclassificationResult})
     """
-    from nnunet_liver.training.shuffle import make_reclassification_patches
-
     rng = np.random.default_rng(0) if rng is None else rng
     if image.ndim != 4 or image.shape[1:] != instance_map.shape or liver_mask.shape != instance_map.shape:
         raise ValueError(f"image {image.shape} must be (C, Z, Y, X) with instance_map {instance_map.shape} and "
@@ -136,5 +138,5 @@ def reclassify(lesions: Sequence, instance_map: np.ndarray, liver_mask: np.ndarr
             votes_cm3={name_of(l): v for l, v in sorted(votes.items())}, num_patches=int(len(patches)))
         if keep:
             kept.append(lesion if after == lesion.label else
-                        dataclasses.replace(lesion, label=int(after), type=name_of(after)))
+                        dataclasses.replace(lesion, label=int(after)))
     return kept, results

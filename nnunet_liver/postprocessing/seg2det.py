@@ -12,6 +12,9 @@ empty slices and between separate in-plane footprints, so only small boxes aroun
 
 Other choices: lesion ids follow each lesion's first voxel in (z, y, x) raster order; ``diameter_mm`` is the
 largest in-plane Feret diameter over the lesion's slices, measured between pixel corners (edge to edge).
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 
@@ -30,13 +33,13 @@ __all__ = ["Lesion", "seg2det", "instance_map", "lesion_mask", "lesions_from_ins
 class Lesion:
     """One 3D lesion. Coordinates are (z, y, x) voxel indices; lengths in mm, volumes in cm3.
 
+    ``label`` is the lesion type's id (1..6); its name, :attr:`type`, is derived from it, so the two never disagree.
     ``mask`` is a bool array of the bounding-box shape holding the lesion's voxels; ``bbox`` is half-open
     ``((z0, z1), (y0, y1), (x0, x1))``. ``centroid_mm`` is (z, y, x) in mm: world coordinates (the SimpleITK
     physical point, reversed to z, y, x) when the image origin/direction are given, else ``index * spacing``.
     """
     id: int
     label: int
-    type: str
     volumes_cm3_by_type: Dict[str, float]
     volume_cm3: float
     num_voxels: int
@@ -52,6 +55,11 @@ class Lesion:
     mask: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     @property
+    def type(self) -> str:
+        """The lesion type's name (``"HCC"`` ... ``"Cyst"``), from :attr:`label`."""
+        return name_of(self.label)
+
+    @property
     def slices(self) -> Tuple[slice, slice, slice]:
         return tuple(slice(a, b) for a, b in self.bbox)
 
@@ -65,8 +73,13 @@ class Lesion:
         return lesion_mask(self, shape)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict of every field except ``mask``."""
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "mask"}
+        """JSON-ready dict of every field except ``mask``, with ``type`` after ``label``."""
+        d = {}
+        for k in self.__dataclass_fields__:
+            if k != "mask":
+                d[k] = getattr(self, k)
+            if k == "label":
+                d["type"] = self.type
         for k in ("volumes_cm3_by_type", "hu_median", "features", "feature_phases", "mean_probability"):
             d[k] = None if d[k] is None else dict(d[k])
         d["centroid_voxel"] = [float(v) for v in self.centroid_voxel]
@@ -306,7 +319,7 @@ def seg2det(label_map, spacing: Sequence[float], images: Optional[Mapping[str, n
         nvox = int(counts.sum())
         cvox = _centroid(m, gbox)
         les = Lesion(
-            id=new_id, label=int(label), type=name_of(label),
+            id=new_id, label=int(label),
             volumes_cm3_by_type={nm: float(c * voxel_cm3) for nm, c in zip(LESION_NAMES, counts)},
             volume_cm3=float(nvox * voxel_cm3), num_voxels=nvox, centroid_voxel=cvox,
             centroid_mm=_world(cvox, sp, origin, direction),
@@ -380,7 +393,7 @@ def lesions_from_instance_map(instances, spacing: Sequence[float], types: Mappin
         nvox = int(m.sum())
         cvox = _centroid(m, box)
         out.append(Lesion(
-            id=i, label=label, type=name_of(label),
+            id=i, label=label,
             volumes_cm3_by_type={nm: (float(nvox * voxel_cm3) if nm == name_of(label) else 0.0)
                                  for nm in LESION_NAMES},
             volume_cm3=float(nvox * voxel_cm3), num_voxels=nvox, centroid_voxel=cvox,

@@ -16,6 +16,9 @@ Exactness, including numpy's first-index tie rule:
 
 Memory: the volume is processed in z-chunks; temporaries are a few chunk-sized arrays and the outputs are uint8
 (one byte per voxel per factor), so the extra memory is a small fraction of the float32 probability array.
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 

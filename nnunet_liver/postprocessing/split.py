@@ -25,6 +25,9 @@ Choices:
 - The detector applies the same split one level lower too: the lowest reported factor's regions (f = 1) are cut among
   the lesions of a lower marker factor (0.25 by default), which keeps apart neighbours that f = 1 already joins
   (``LiverDetector(marker_factor=)``, ``--marker-factor``; DETECT.md).
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 

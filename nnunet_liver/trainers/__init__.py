@@ -16,9 +16,11 @@
 - ``*_tiny`` (liver_tiny_trainers): tiny networks and a few iterations, for CPU tests.
 - ``*_demo*`` (liver_demo_trainers): the bundled demo models' recipe; each setting a class constant of a variant.
 
-Every trainer writes its settings and its start to ``fold_X/training_settings.json``
-(:mod:`nnunet_liver.training.settings`); the training-stage helpers (lesion shuffle, hard cases, warm starts) live in
-:mod:`nnunet_liver.training`.
+A trainer that trains another patch size or network than nnU-Net planned (``training_configuration``) writes that
+configuration into its plans under the configuration's own name, so the model folder's ``plans.json`` describes the
+trained network and ``nnUNetv2_predict`` runs it as trained. Every trainer writes its settings and its start to
+``fold_X/training_settings.json`` (:mod:`nnunet_liver.training.settings`); the training-stage helpers (lesion
+shuffle, hard cases, warm starts) live in :mod:`nnunet_liver.training`.
 
 nnU-Net imports every module of this folder as a top-level module, so the modules use absolute imports and
 distinct names. This file is not imported by nnU-Net's finder; it imports nothing, so ``import nnunet_liver``

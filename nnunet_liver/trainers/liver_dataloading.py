@@ -15,6 +15,10 @@
   cases, ``nnunet-liver-convert patches --hard-cases``) a share ``hard_case_rate`` of the patches is cut around one
   of them, drawn uniformly over all of them, original or shuffled at even odds
   (:func:`nnunet_liver.training.shuffle.sample_hard_case_patch`; Wang et al., the cascade, Sec. III-B).
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans"; Huang et al., "LIDIA: Precise Liver Tumor Diagnosis on Multi-Phase Contrast-Enhanced CT via Iterative
+Fusion and Asymmetric Contrastive Learning" (MICCAI).
 """
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ from torch import nn
 from nnunet_liver.labels import LESION_IDS
 from nnunet_liver.trainers.liver_networks import tiny_configuration
 from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
-from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, wrap_phase_transforms
+from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer
 
 __all__ = ["LiverIFMTrainer_demo", "LiverIFMTrainer_demoUnweighted", "LiverIFMTrainer_demoUnweighted_400epochs",
            "LesionShufflePatchTrainer_demo", "LesionShufflePatchTrainer_demo_220epochs",
@@ -63,22 +63,20 @@ DEMO_PHASE_DROPOUT_P = 0.2
 DEMO_OVERSAMPLE_FOREGROUND = 0.8
 DEMO_LESION_FRACTION = 0.9
 DEMO_WHOLE_BATCH_SIZE = 4
+DEMO_PATCH_BATCH_SIZE = 2
 #: the recipe's cross-entropy weight of the lesion classes (1..6 in both label schemes); every other class 1
 DEMO_LESION_CE_WEIGHT: Dict[str, float] = {"whole": 4.0, "patch": 2.0}
 
 
-def demo_configuration(configuration_manager, patch_size, transpose_forward=None):
+def demo_configuration(configuration_manager, patch_size, transpose_forward=None, batch_size=None):
     """The demo network's configuration: :func:`tiny_configuration` with :data:`DEMO_FEATURES` (pure, idempotent)."""
     return tiny_configuration(configuration_manager, features=DEMO_FEATURES, patch_size=patch_size,
-                              transpose_forward=transpose_forward)
+                              transpose_forward=transpose_forward, batch_size=batch_size)
 
 
-def _make_demo(trainer, batch_size: int = 2) -> None:
-    # the configuration detection applies the network with (training_configuration) is the one it trains with
-    trainer.configuration_manager = trainer.training_configuration(trainer.plans_manager,
-                                                                   trainer.configuration_manager)
-    trainer.configuration_manager.configuration["batch_size"] = batch_size
-    trainer.batch_size = batch_size
+def _make_demo(trainer) -> None:
+    # the demo network, patch size and batch size are the trainer's training_configuration (LiverWholeTrainer)
+    trainer.batch_size = trainer.configuration_manager.batch_size
     trainer.num_epochs = trainer.demo_num_epochs
     trainer.num_iterations_per_epoch = 50
     trainer.num_val_iterations_per_epoch = 5
@@ -103,21 +101,11 @@ def _lesion_weighted_loss(trainer):
     return loss
 
 
-def _demo_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
-                              do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
-                              foreground_labels=None, regions=None, ignore_label=None):
-    base = nnUNetTrainer.get_training_transforms(
-        patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
-        use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
-    return wrap_phase_transforms(base, DEMO_PHASE_DROPOUT_P)
-
-
 class LiverIFMTrainer_demo(LiverIFMTrainer):
     """UNet-whole of the demo: the IFM network, demo-sized (see the module docstring)."""
 
     demo_num_epochs: int = 90
     lesion_ce_weight: float = DEMO_LESION_CE_WEIGHT["whole"]
-    get_training_transforms = staticmethod(_demo_training_transforms)
     phase_dropout_p = DEMO_PHASE_DROPOUT_P
     class_balanced = True
     recorded_settings = LiverIFMTrainer.recorded_settings + ("lesion_ce_weight",)
@@ -128,7 +116,7 @@ class LiverIFMTrainer_demo(LiverIFMTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _make_demo(self, DEMO_WHOLE_BATCH_SIZE)
+        _make_demo(self)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
@@ -140,7 +128,7 @@ class LiverIFMTrainer_demo(LiverIFMTrainer):
     @classmethod
     def training_configuration(cls, plans_manager, configuration_manager):
         return demo_configuration(configuration_manager, DEMO_WHOLE_PATCH_SIZE,
-                                  transpose_forward=plans_manager.transpose_forward)
+                                  transpose_forward=plans_manager.transpose_forward, batch_size=DEMO_WHOLE_BATCH_SIZE)
 
 
 class LiverIFMTrainer_demoUnweighted(LiverIFMTrainer_demo):
@@ -168,7 +156,6 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
     patch_size = DEMO_PATCH_PATCH_SIZE
     demo_num_epochs: int = 40
     lesion_ce_weight: float = DEMO_LESION_CE_WEIGHT["patch"]
-    get_training_transforms = staticmethod(_demo_training_transforms)
     phase_dropout_p = DEMO_PHASE_DROPOUT_P
     scheme_rates = {"original_positive": 0.35, "original_negative": 0.15,
                     "shuffled_positive": 0.35, "shuffled_negative": 0.15}
@@ -193,7 +180,8 @@ class LesionShufflePatchTrainer_demo(LesionShufflePatchTrainer):
     @classmethod
     def training_configuration(cls, plans_manager, configuration_manager):
         return demo_configuration(super().training_configuration(plans_manager, configuration_manager),
-                                  DEMO_PATCH_PATCH_SIZE, transpose_forward=plans_manager.transpose_forward)
+                                  DEMO_PATCH_PATCH_SIZE, transpose_forward=plans_manager.transpose_forward,
+                                  batch_size=DEMO_PATCH_BATCH_SIZE)
 
 
 class LesionShufflePatchTrainer_demo_220epochs(LesionShufflePatchTrainer_demo):

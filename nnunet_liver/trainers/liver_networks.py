@@ -23,6 +23,9 @@ Presence is read from the data (:func:`phase_presence`): a missing phase arrives
 (possibly with nnU-Net's zero padding around it), i.e. a channel with at most two distinct values in a sample. No
 real CT channel is like that except a patch of pure air, where every channel is absent and the module falls back to
 treating all of them as present.
+
+Papers: Huang et al., "LIDIA: Precise Liver Tumor Diagnosis on Multi-Phase Contrast-Enhanced CT via Iterative Fusion
+and Asymmetric Contrastive Learning" (MICCAI).
 """
 from __future__ import annotations
 
@@ -217,13 +220,15 @@ def _nonlin_kwargs(nonlin) -> Optional[dict]:
 
 
 def tiny_configuration(configuration_manager, features: Sequence[int] = TINY_FEATURES,
-                       patch_size: Sequence[int] = TINY_PATCH_SIZE, transpose_forward: Sequence[int] = None):
+                       patch_size: Sequence[int] = TINY_PATCH_SIZE, transpose_forward: Sequence[int] = None,
+                       batch_size: Optional[int] = None):
     """A copy of an nnU-Net ConfigurationManager with a tiny U-Net (``len(features)`` stages) for CPU tests.
 
     Idempotent (a tiny configuration stays as it is), pure (the predictor rebuilds the same network from the
     saved plans). The patch size is ``min(plan, patch_size)`` per axis, rounded down to a multiple of the
     network's total stride. Strides and kernels are the plan's first stages. ``patch_size`` is (z, y, x); give the
-    plans' ``transpose_forward`` to have it in nnU-Net's (transposed) axis order.
+    plans' ``transpose_forward`` to have it in nnU-Net's (transposed) axis order. The batch size is ``batch_size``,
+    or ``min(plan, 2)`` when None.
     """
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
@@ -247,5 +252,5 @@ def tiny_configuration(configuration_manager, features: Sequence[int] = TINY_FEA
         total = [t * int(si) for t, si in zip(total, s)]
     ps = [max(t, (min(int(p), int(q)) // t) * t) for p, q, t in zip(cfg["patch_size"], patch_size, total)]
     cfg["patch_size"] = ps
-    cfg["batch_size"] = min(int(cfg.get("batch_size", 2)), 2)
+    cfg["batch_size"] = min(int(cfg.get("batch_size", 2)), 2) if batch_size is None else int(batch_size)
     return ConfigurationManager(cfg)

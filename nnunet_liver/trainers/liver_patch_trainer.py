@@ -12,6 +12,9 @@ false positives were prepared on the preprocessed grid (``nnunet-liver-convert p
 ``$nnUNet_preprocessed/DATASET/<data identifier>_hardCases/`` at the start of training and ``hard_case_rate``
 (default 0.25) of the training patches are cut around them, original or shuffled; without them (or with
 ``hard_case_rate = 0``) training is unchanged. Training reads nothing from ``nnUNet_raw``.
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 
@@ -75,11 +78,11 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if with_patch_size(self.configuration_manager, self.patch_size, self.plans_manager.transpose_forward) is None:
+        planned = self.planned_configuration
+        if with_patch_size(planned, self.patch_size, self.plans_manager.transpose_forward) is None:
             self.print_to_log_file(
                 f"LesionShufflePatchTrainer: the planned network's strides do not divide the patch size "
-                f"{self.patch_size}; training on the planned patch size {self.configuration_manager.patch_size}")
-        self.configuration_manager = self.training_configuration(self.plans_manager, self.configuration_manager)
+                f"{self.patch_size}; training on the planned patch size {planned.patch_size}")
 
     def training_settings(self) -> dict:
         """:meth:`LiverWholeTrainer.training_settings` and the hard cases of the training split (FN, FP counts)."""
@@ -99,8 +102,8 @@ class LesionShufflePatchTrainer(LiverIFMTrainer):
     def training_configuration(cls, plans_manager, configuration_manager) -> ConfigurationManager:
         """The configuration this trainer trains with, from the plans' one (pure).
 
-        Reclassification reads the patch size from here: the plans saved with the model keep nnU-Net's planned
-        patch size, while UNet-patch is trained (and must be applied) on ``cls.patch_size`` patches.
+        UNet-patch is trained (and applied) on ``cls.patch_size`` patches, not nnU-Net's planned patch size; the
+        trainer writes this configuration into the plans saved with the model (``record_trained_configuration``).
         """
         cm = with_patch_size(configuration_manager, cls.patch_size, plans_manager.transpose_forward)
         return configuration_manager if cm is None else cm

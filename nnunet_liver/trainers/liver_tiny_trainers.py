@@ -18,9 +18,7 @@ __all__ = ["LiverWholeTrainer_tiny", "LiverIFMTrainer_tiny", "LesionShufflePatch
 
 
 def _make_tiny(trainer) -> None:
-    # the configuration detection applies the network with (training_configuration) is the one it trains with
-    trainer.configuration_manager = trainer.training_configuration(trainer.plans_manager,
-                                                                   trainer.configuration_manager)
+    # the tiny network and patch size are the trainer's training_configuration (LiverWholeTrainer.__init__)
     trainer.num_epochs = 2
     trainer.num_iterations_per_epoch = 5
     trainer.num_val_iterations_per_epoch = 2

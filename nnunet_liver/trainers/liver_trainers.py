@@ -5,6 +5,7 @@ nnU-Net imports this file as a top-level module through ``nnUNet_extTrainer``: i
 """
 from __future__ import annotations
 
+import copy
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -26,10 +27,33 @@ from nnunet_liver.trainers.liver_transforms import (DetectPhasePresenceTransform
                                                     PhaseDropoutTransform)
 
 __all__ = ["LiverWholeTrainer", "LiverIFMTrainer", "LiverIFMTrainer_classBalanced", "check_labels", "phase_order",
-           "PHASE_DROPOUT_P", "wrap_phase_transforms"]
+           "PHASE_DROPOUT_P", "wrap_phase_transforms", "record_trained_configuration"]
 
 #: probability that a training sample has a random subset of its phases dropped (LiverIFMTrainer)
 PHASE_DROPOUT_P = 0.5
+
+
+def record_trained_configuration(plans: dict, configuration: str,
+                                 trained: ConfigurationManager) -> ConfigurationManager:
+    """Write ``trained`` into ``plans`` (in place) as configuration ``configuration``, and return nnU-Net's
+    configuration manager of it.
+
+    Only the entries that differ from the plans' (resolved) configuration are written into its entry (patch size,
+    network, batch size), so the data identifier, normalisation and resampling, and an ``inherits_from``, stay.
+    Then the checkpoint's ``init_args["configuration"]`` (the name nnU-Net trains under) names the trained network
+    in the plans that nnU-Net saves with the model, and ``nnUNetPredictor.initialize_from_trained_model_folder``
+    applies it as trained. A no-op when ``trained`` is the plans' configuration.
+    """
+    planned = PlansManager(plans).get_configuration(configuration).configuration
+    entry = plans["configurations"][configuration]
+    for key, value in trained.configuration.items():
+        if planned.get(key) != value:
+            entry[key] = copy.deepcopy(value)
+    recorded = PlansManager(plans).get_configuration(configuration)
+    if recorded.configuration != trained.configuration:
+        raise ValueError(f"configuration {configuration!r}: the trained configuration drops plan entries "
+                         f"{sorted(set(planned) - set(trained.configuration))}; it cannot be written into the plans")
+    return recorded
 
 
 def check_labels(dataset_json: dict, expected: Dict[str, int], what: str) -> None:
@@ -81,6 +105,15 @@ class LiverWholeTrainer(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         self.check_dataset(dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        #: nnU-Net's planned configuration, before :meth:`training_configuration`
+        self.planned_configuration: ConfigurationManager = self.configuration_manager
+        # train with training_configuration, written into the plans under the configuration's own name: the model
+        # folder's plans.json (nnU-Net saves these plans at the start of training) then holds the configuration the
+        # network was trained with, which nnU-Net's own predictor reads (patch size included)
+        self.configuration_manager = record_trained_configuration(
+            self.plans_manager.plans, configuration,
+            self.training_configuration(self.plans_manager, self.configuration_manager))
+        self.plans_manager = PlansManager(self.plans_manager.plans)  # the old one caches the planned configuration
         #: what the network started from (set by nnunet_liver.training.warm_start); None: nnU-Net's initialisation
         self.initial_weights: Optional[dict] = None
 
@@ -113,10 +146,11 @@ class LiverWholeTrainer(nnUNetTrainer):
     @classmethod
     def training_configuration(cls, plans_manager: PlansManager,
                                configuration_manager: ConfigurationManager) -> ConfigurationManager:
-        """The configuration this trainer trains with, from the plans' one (pure): the plans' own here.
+        """The configuration this trainer trains with, from the plans' one (pure, idempotent): the plans' own here.
 
-        Detection builds the network and slides its window with this configuration, so a variant that trains on
-        another patch size (``_tiny``, ``_demo``, UNet-patch) is applied on the patches it was trained on.
+        A variant that trains on another patch size or network (``_tiny``, ``_demo``, UNet-patch) returns it here;
+        the trainer writes it into its plans (:func:`record_trained_configuration`), so the model folder's
+        plans.json describes the trained network and nnU-Net's predictor applies it on the patches it was trained on.
         """
         return configuration_manager
 
@@ -168,12 +202,14 @@ class LiverIFMTrainer(LiverWholeTrainer):
 
     The dataset's channels are phases named from NC, A, V, D in time order (1 to 4 of them). Missing phases are
     constant channels; their presence is detected per sample before augmentation and re-imposed after it (see
-    ``liver_transforms``); a random subset of the present phases is dropped with probability ``PHASE_DROPOUT_P``.
+    ``liver_transforms``); a random subset of the present phases is dropped with probability ``phase_dropout_p``
+    (``PHASE_DROPOUT_P``; a variant sets its own).
     """
 
     #: detection may fill a missing phase file with the constant channel for models of this trainer
     supports_missing_phases = True
-    #: the phase dropout probability of get_training_transforms (recorded; the transforms are static in nnU-Net)
+    #: the phase dropout probability: get_training_transforms (a classmethod, so that a variant's value reaches
+    #: nnU-Net's pipeline) reads it, training_settings.json records it
     phase_dropout_p: float = PHASE_DROPOUT_P
     recorded_settings = LiverWholeTrainer.recorded_settings + ("phases", "phase_dropout_p")
 
@@ -191,17 +227,20 @@ class LiverIFMTrainer(LiverWholeTrainer):
                                                            enable_deep_supervision)
         return insert_ifm(network, num_input_channels)
 
-    @staticmethod
-    def get_training_transforms(patch_size: Union[np.ndarray, Tuple[int]], rotation_for_DA: dict,
+    @classmethod
+    def get_training_transforms(cls, patch_size: Union[np.ndarray, Tuple[int]], rotation_for_DA: dict,
                                 deep_supervision_scales: Union[List, Tuple, None], mirror_axes: Tuple[int, ...],
                                 do_dummy_2d_data_aug: bool, use_mask_for_norm: List[bool] = None,
                                 is_cascaded: bool = False, foreground_labels: Union[Tuple[int, ...], List[int]] = None,
                                 regions: List[Union[List[int], Tuple[int, ...], int]] = None,
                                 ignore_label: int = None) -> BasicTransform:
+        """nnU-Net's training transforms wrapped for variable phase sets, dropping phases with probability
+        ``cls.phase_dropout_p``. (nnU-Net's is a staticmethod that ``get_dataloaders`` calls on the trainer; a
+        classmethod is called the same way and reads the variant's class constant.)"""
         base = nnUNetTrainer.get_training_transforms(
             patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
             use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
-        return wrap_phase_transforms(base, PHASE_DROPOUT_P)
+        return wrap_phase_transforms(base, cls.phase_dropout_p)
 
 
 class LiverIFMTrainer_classBalanced(LiverIFMTrainer):

@@ -13,6 +13,9 @@ transposed, cropped and resampled as nnU-Net did the case (nearest neighbour), i
 where ``LesionShufflePatchTrainer`` reads them: training never reads the raw dataset. It draws a share of its
 patches around them (:func:`~nnunet_liver.training.shuffle.sample_hard_case_patch`). The labels of a hard case's
 patch are always the reference's: an FP region stays liver, an FN lesion keeps its type.
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 
@@ -121,18 +124,16 @@ def _raw_hard_cases(raw_folder: str) -> Dict[str, list]:
 def _to_preprocessed_grid(hard_map: np.ndarray, properties: dict, plans_manager, configuration_manager, shape,
                           case: str) -> np.ndarray:
     """A raw-grid (1, Z, Y, X) hard-case map on a preprocessed case's grid: nnU-Net's transpose and crop, then the
-    plans' label resampling with order 0 (:func:`nnunet_liver.inference.predict.resample_seg_like`)."""
-    from types import SimpleNamespace
-
-    from nnunet_liver.inference.predict import resample_seg_like
+    plans' label resampling with order 0 (:func:`nnunet_liver.nnunet_mirror.resample_seg_like`)."""
+    from nnunet_liver.nnunet_mirror import resample_seg_like
 
     transposed = tuple(hard_map.shape[1:][i] for i in plans_manager.transpose_forward)
     before = tuple(int(v) for v in properties["shape_before_cropping"])
     if transposed != before:
         raise ValueError(f"{case}: hard-case map shape {transposed} (transposed) differs from the preprocessed "
                          f"case's {before}")
-    grids = SimpleNamespace(plans_manager=plans_manager, configuration_manager=configuration_manager)
-    return resample_seg_like(grids, hard_map, properties, shape, order=0)[0].astype(np.uint16)
+    return resample_seg_like(hard_map, properties, shape, plans_manager, configuration_manager,
+                             order=0)[0].astype(np.uint16)
 
 
 def prepare_hard_cases(dataset_name_or_id, configuration: str = "3d_fullres",

@@ -1,5 +1,4 @@
-"""Lesion shuffle: liver patches for training UNet-patch and for reclassifying lesion proposals (Wang et al., the
-cascade, Sec. III-B).
+"""Lesion shuffle: UNet-patch's training patches (Wang et al., the cascade, Sec. III-B).
 
 Four training schemes (:data:`SCHEMES`), drawn per patch at configurable rates:
 
@@ -14,23 +13,29 @@ Images and labels are shuffled together; voxels outside the liver are then maske
 label 0). Label maps use the patch scheme: 0 outside liver, 1..6 lesion types, 7 liver. Arrays are (C, Z, Y, X)
 images (normalised intensities) and (Z, Y, X) labels; patch sizes are (z, y, x) voxels. Inputs are never modified.
 
-Reclassification at inference uses :func:`make_reclassification_patches` (original and shuffled positives of one
-lesion proposal). Hard cases (UNet-whole's FP and FN on the training data, Wang et al. Sec. III-B) are cut by
-:func:`sample_hard_case_patch`, original or shuffled, with their reference labels.
+The primitives (crop, placement, transplant) live in :mod:`nnunet_liver.postprocessing.lesion_shuffle`, with the
+patches reclassification cuts of one lesion proposal (:func:`make_reclassification_patches`, re-exported here), so
+that UNet-patch is applied on patches made the way it is trained on. Hard cases (UNet-whole's FP and FN on the
+training data, Wang et al. Sec. III-B) are cut by :func:`sample_hard_case_patch`, original or shuffled, with their
+reference labels.
 
 A lesion here is what detection calls a lesion: a slice-overlap component of the lesion voxels
 (:func:`nnunet_liver.postprocessing.seg2det.lesion_components`, the rule seg2det applies to UNet-whole's output),
 typed by the majority vote of its voxels (:func:`nnunet_liver.labels.majority_type`, the package's one vote), so
 UNet-patch is trained on the units it reclassifies.
+
+Papers: Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection and False Positive Removal in
+Liver CT Scans".
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import ndimage
 
 from nnunet_liver.labels import LESION_IDS, PATCH_LIVER, PATCH_MASKED, majority_type
+from nnunet_liver.postprocessing.lesion_shuffle import (PLACEMENT_TRIES, crop, make_reclassification_patches,
+                                                        negative_start, start_around, transplant_lesion)
 from nnunet_liver.postprocessing.seg2det import lesion_components, lesion_foreground
 
 __all__ = ["SCHEMES", "DEFAULT_SCHEME_RATES", "crop", "case_lesions", "component_type", "sample_training_patch",
@@ -38,23 +43,6 @@ __all__ = ["SCHEMES", "DEFAULT_SCHEME_RATES", "crop", "case_lesions", "component
 
 SCHEMES: Tuple[str, ...] = ("original_positive", "original_negative", "shuffled_positive", "shuffled_negative")
 DEFAULT_SCHEME_RATES: Dict[str, float] = {s: 0.25 for s in SCHEMES}
-_TRIES = 30
-
-
-def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], pad_value=0) -> np.ndarray:
-    """Crop the last ``len(size)`` axes of ``array`` at ``start`` (may lie outside), padding with ``pad_value``."""
-    nd = len(size)
-    lead = array.shape[:-nd]
-    out = np.full(lead + tuple(size), pad_value, dtype=array.dtype)
-    src, dst = [], []
-    for s, n, dim in zip(start, size, array.shape[-nd:]):
-        lo, hi = max(s, 0), min(s + n, dim)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s, hi - s))
-    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
-    return out
 
 
 def case_lesions(label: np.ndarray) -> List[Tuple[Tuple[slice, ...], np.ndarray]]:
@@ -71,74 +59,8 @@ def component_type(label: np.ndarray, box: Tuple[slice, ...], mask: np.ndarray) 
     return majority_type({c: int(counts[c]) for c in LESION_IDS if counts[c] > 0})
 
 
-def _start_around(box: Tuple[slice, ...], patch_size, rng) -> List[int]:
-    """Random patch start keeping ``box`` inside the patch (centred on the box where it does not fit)."""
-    start = []
-    for sl, p in zip(box, patch_size):
-        lo, hi = sl.start, sl.stop
-        if hi - lo <= p:
-            start.append(int(rng.integers(hi - p, lo + 1)))
-        else:
-            start.append((lo + hi) // 2 - p // 2)
-    return start
-
-
-def _negative_start(label: np.ndarray, patch_size, rng, tries: int = _TRIES) -> Optional[List[int]]:
-    """Start of a patch centred on a random liver voxel that holds no lesion voxel, or None."""
-    liver = np.argwhere(label == PATCH_LIVER)
-    if len(liver) == 0:
-        return None
-    lesion = np.isin(label, LESION_IDS)
-    for _ in range(tries):
-        c = liver[rng.integers(len(liver))]
-        start = [int(ci) - p // 2 + int(rng.integers(-(p // 4), p // 4 + 1)) for ci, p in zip(c, patch_size)]
-        if not crop(lesion, start, patch_size, False).any():
-            return start
-    return None
-
-
-def transplant_lesion(image: np.ndarray, label: np.ndarray, src_image: np.ndarray, src_label: np.ndarray,
-                      src_mask: np.ndarray, rng, target: Optional[np.ndarray] = None, tries: int = _TRIES):
-    """Paste a lesion into a patch, onto target voxels where possible.
-
-    Parameters
-    ----------
-    image, label : (C, Z, Y, X) float, (Z, Y, X) int
-        The patch (not modified).
-    src_image, src_label, src_mask : (C, z, y, x), (z, y, x), (z, y, x) bool
-        The lesion's box: intensities, labels and its voxels. Cropped centrally where larger than the patch.
-    target : (Z, Y, X) bool, optional
-        Where the lesion should land (default: liver voxels of ``label``). The offset with most lesion voxels on
-        the target among ``tries`` random offsets is used (the first with all of them wins).
-
-    Returns
-    -------
-    image, label, lesion_mask (Z, Y, X) bool : the patch with the lesion's voxels and labels copied in, and where.
-    """
-    shape = label.shape
-    sizes = [min(a, b) for a, b in zip(src_mask.shape, shape)]
-    cut = tuple(slice((a - s) // 2, (a - s) // 2 + s) for a, s in zip(src_mask.shape, sizes))
-    src_image, src_label, src_mask = src_image[(slice(None),) + cut], src_label[cut], src_mask[cut]
-    target = (label == PATCH_LIVER) if target is None else target
-    best, best_hit = None, -1
-    for _ in range(tries):
-        off = [int(rng.integers(0, n - s + 1)) for n, s in zip(shape, sizes)]
-        region = tuple(slice(o, o + s) for o, s in zip(off, sizes))
-        hit = int(np.count_nonzero(target[region] & src_mask))
-        if hit > best_hit:
-            best, best_hit = region, hit
-        if hit == np.count_nonzero(src_mask):
-            break
-    image, label = image.copy(), label.copy()
-    where = np.zeros(shape, bool)
-    where[best] = src_mask
-    image[:, where] = src_image[:, src_mask]
-    label[where] = src_label[src_mask]
-    return image, label, where
-
-
 def erase_lesions(case_image: np.ndarray, case_label: np.ndarray, start: Sequence[int], patch_size, rng,
-                  masked_value: float = 0.0, tries: int = _TRIES):
+                  masked_value: float = 0.0, tries: int = PLACEMENT_TRIES):
     """Crop a patch at ``start`` and replace its lesion voxels by lesion-free liver texture of the same case.
 
     The texture is the case image shifted by a random vector under which the lesion voxels land on liver (label 7)
@@ -223,7 +145,7 @@ def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_
         scheme = "original_negative"
     patch_size = tuple(int(p) for p in patch_size)
     if scheme == "original_negative":
-        start = _negative_start(case_label, patch_size, rng)
+        start = negative_start(case_label, patch_size, rng)
         if start is None:
             scheme = "shuffled_negative"
             start = [int(rng.integers(min(0, d - p), max(0, d - p) + 1)) for d, p in zip(case_label.shape, patch_size)]
@@ -233,7 +155,7 @@ def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_
             label = crop(case_label, start, patch_size, PATCH_MASKED)
     elif scheme in ("original_positive", "shuffled_negative"):
         box, _ = comps[rng.integers(len(comps))]
-        start = _start_around(box, patch_size, rng)
+        start = start_around(box, patch_size, rng)
         if scheme == "original_positive":
             image = crop(case_image, start, patch_size, masked_value)
             label = crop(case_label, start, patch_size, PATCH_MASKED)
@@ -250,7 +172,7 @@ def sample_training_patch(case_image: np.ndarray, case_label: np.ndarray, patch_
 
 def _negative_crop(case_image: np.ndarray, case_label: np.ndarray, patch_size, rng, masked_value: float):
     """A lesion-free liver crop (image, label); where the case has none, a random crop with its lesions erased."""
-    start = _negative_start(case_label, patch_size, rng)
+    start = negative_start(case_label, patch_size, rng)
     if start is None:
         start = [int(rng.integers(min(0, d - p), max(0, d - p) + 1)) for d, p in zip(case_label.shape, patch_size)]
         return erase_lesions(case_image, case_label, start, patch_size, rng, masked_value)
@@ -277,7 +199,7 @@ def sample_hard_case_patch(case_image: np.ndarray, case_label: np.ndarray, patch
     """
     patch_size = tuple(int(p) for p in patch_size)
     if not shuffled:
-        start = _start_around(box, patch_size, rng)
+        start = start_around(box, patch_size, rng)
         image = crop(case_image, start, patch_size, masked_value)
         label = crop(case_label, start, patch_size, PATCH_MASKED)
     else:
@@ -286,72 +208,3 @@ def sample_hard_case_patch(case_image: np.ndarray, case_label: np.ndarray, patch
                                             case_label[tuple(box)], np.asarray(mask, bool), rng)
     image = _mask_outside(image.astype(np.float32, copy=True), label, masked_value)
     return image, label.astype(np.int16)
-
-
-def make_reclassification_patches(image: np.ndarray, liver_mask: np.ndarray, lesion_mask: np.ndarray, n: int = 10,
-                                  patch_size: Sequence[int] = (16, 128, 128), rng=None, masked_value: float = 0.0
-                                  ) -> Tuple[np.ndarray, np.ndarray]:
-    """N patches of one lesion proposal for UNet-patch: half original positives, half shuffled positives.
-
-    Parameters
-    ----------
-    image : (C, Z, Y, X) float32
-        Normalised case image (the patch model's input normalisation).
-    liver_mask : (Z, Y, X) bool
-        Predicted liver (lesions included, e.g. labels 1..8 of the whole-CT model).
-    lesion_mask : (Z, Y, X) bool
-        The lesion proposal's voxels (non-empty).
-    n : int
-        Number of patches; ``ceil(n / 2)`` original positives (random offsets keeping the lesion's box inside the
-        patch), the rest shuffled positives (the lesion's voxels transplanted onto lesion-free liver of the same
-        case, ``liver_mask & ~lesion_mask``, in a crop that avoids the original lesion where possible).
-    patch_size : (pz, py, px)
-    rng : numpy Generator or int seed, optional
-    masked_value : float
-        Image value outside the liver (and outside the transplanted lesion).
-
-    Returns
-    -------
-    patches : (N, C, pz, py, px) float32
-    lesion_masks : (N, pz, py, px) bool
-        Where the lesion (original or transplanted) lies in each patch.
-    """
-    rng = np.random.default_rng(rng)
-    image = np.asarray(image)
-    liver_mask = np.asarray(liver_mask, bool)
-    lesion_mask = np.asarray(lesion_mask, bool)
-    if image.ndim != 4 or image.shape[1:] != liver_mask.shape or liver_mask.shape != lesion_mask.shape:
-        raise ValueError(f"image must be (C, Z, Y, X) and masks (Z, Y, X) of the same grid; got image {image.shape}, "
-                         f"liver_mask {liver_mask.shape}, lesion_mask {lesion_mask.shape}")
-    if not lesion_mask.any():
-        raise ValueError("lesion_mask is empty: nothing to reclassify")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    patch_size = tuple(int(p) for p in patch_size)
-    box = ndimage.find_objects(lesion_mask.astype(np.uint8))[0]
-    region = liver_mask | lesion_mask
-    free = liver_mask & ~lesion_mask
-    patches = np.empty((n, image.shape[0]) + patch_size, np.float32)
-    masks = np.empty((n,) + patch_size, bool)
-    n_orig = (n + 1) // 2
-    for i in range(n):
-        if i < n_orig or not free.any():
-            start = _start_around(box, patch_size, rng)
-            img = crop(image, start, patch_size, masked_value).astype(np.float32)
-            keep = crop(region, start, patch_size, False)
-            les = crop(lesion_mask, start, patch_size, False)
-        else:
-            free_label = np.where(free, PATCH_LIVER, np.where(lesion_mask, LESION_IDS[0], PATCH_MASKED))
-            start = _negative_start(free_label, patch_size, rng) or _start_around(
-                ndimage.find_objects(free.astype(np.uint8))[0], patch_size, rng)
-            img = crop(image, start, patch_size, masked_value).astype(np.float32)
-            tgt = crop(free, start, patch_size, False)
-            keep = crop(region, start, patch_size, False)
-            lab = np.where(tgt, PATCH_LIVER, PATCH_MASKED).astype(np.int16)
-            src_lab = np.where(lesion_mask[box], LESION_IDS[0], PATCH_MASKED).astype(np.int16)
-            img, _, les = transplant_lesion(img, lab, image[(slice(None),) + box], src_lab, lesion_mask[box], rng,
-                                            target=tgt)
-            keep = keep | les  # (a crop that could not avoid the original lesion keeps it; it is not in `les`)
-        img[:, ~keep] = masked_value
-        patches[i], masks[i] = img, les
-    return patches, masks

@@ -12,19 +12,25 @@ them as ``-pretrained_weights`` does). A UNet-patch (labels 0..7) can start from
 are the patch scheme's. The trainer records the start (checkpoint, heads, and the settings recorded beside that
 checkpoint) in its ``training_settings.json`` (:mod:`nnunet_liver.training.settings`). Torch's thread count is left
 to the environment (``OMP_NUM_THREADS``), where ``nnUNetv2_train -device cpu`` takes every core.
+
+Errors end as every command's do (:func:`nnunet_liver.utils.io.run_cli`): a missing checkpoint, an unknown dataset,
+configuration or trainer, or a checkpoint of another network is bad input (exit 2); a failure while training is a
+failed step (exit 1).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Optional, Sequence
 
 from torch import nn
 
 from nnunet_liver.labels import LIVER, PATCH_LABELS, PATCH_LIVER, PATCH_MASKED
+from nnunet_liver.utils.io import InputError, run_cli
 
-__all__ = ["load_weights_with_heads", "warm_start_record", "train_from", "main"]
+__all__ = ["load_weights_with_heads", "warm_start_record", "train_from", "main", "PROG"]
+
+PROG = "python -m nnunet_liver.training.warm_start"
 
 # the patch scheme's ids 0..7 are the whole scheme's first eight classes: 0 (outside the liver, masked / background),
 # the six lesion types 1..6 with the same ids, 7 liver; so a whole-CT head's first eight channels are a patch head
@@ -74,24 +80,40 @@ def warm_start_record(checkpoint: str, heads: bool, tensors: int) -> dict:
 
 def train_from(dataset: str, configuration: str, fold, trainer_name: str, checkpoint: str, plans: str = "nnUNetPlans",
                device: str = "cuda", heads: bool = True, npz: bool = False, validate: bool = True):
-    """nnU-Net's single-process training of one fold, started from ``checkpoint`` (module docstring)."""
+    """nnU-Net's single-process training of one fold, started from ``checkpoint`` (module docstring).
+
+    Raises
+    ------
+    InputError
+        a missing checkpoint, a fold that is not a number or "all", an unknown dataset, plans or trainer, a trainer
+        that is not ours, or a checkpoint of another network.
+    """
     import torch
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.run.run_training import get_trainer_from_args
 
     if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+        raise InputError(f"{checkpoint}: no such checkpoint")
+    if fold != "all" and not str(fold).isdigit():
+        raise InputError(f"fold {fold!r}: a fold number or 'all'")
     fold = fold if fold == "all" else int(fold)
-    trainer = get_trainer_from_args(dataset, configuration, fold, trainer_name, plans, False,
-                                    device=torch.device(device))
-    trainer.initialize()
-    if heads:
-        n = load_weights_with_heads(trainer.network, checkpoint)
-    else:
-        load_pretrained_weights(trainer.network, checkpoint, verbose=False)
-        n = sum(1 for k in trainer.network.state_dict() if _SEG_LAYERS not in k)
+    try:
+        trainer = get_trainer_from_args(str(dataset), configuration, fold, trainer_name, plans, False,
+                                        device=torch.device(device))
+    except (ValueError, RuntimeError, FileNotFoundError) as e:  # nnU-Net's lookups of the dataset, plans, trainer
+        raise InputError(f"dataset {dataset}, configuration {configuration}, trainer {trainer_name}: "
+                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     if not hasattr(trainer, "initial_weights"):
-        raise ValueError(f"{trainer_name}: not an nnunet_liver trainer, it cannot record the warm start")
+        raise InputError(f"{trainer_name}: not an nnunet_liver trainer, it cannot record the warm start")
+    trainer.initialize()
+    try:
+        if heads:
+            n = load_weights_with_heads(trainer.network, checkpoint)
+        else:
+            load_pretrained_weights(trainer.network, checkpoint, verbose=False)
+            n = sum(1 for k in trainer.network.state_dict() if _SEG_LAYERS not in k)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     trainer.initial_weights = warm_start_record(checkpoint, heads, n)
     trainer.print_to_log_file(f"started from {n} weight tensors of {checkpoint} (segmentation heads "
                               f"{'copied' if heads else 're-initialised'})")
@@ -102,7 +124,7 @@ def train_from(dataset: str, configuration: str, fold, trainer_name: str, checkp
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nnunet_liver.training.warm_start",
+    p = argparse.ArgumentParser(prog=PROG,
                                 description="nnUNetv2_train of one fold started from every weight of a checkpoint, "
                                             "segmentation heads included")
     p.add_argument("dataset_name_or_id")
@@ -117,13 +139,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--npz", action="store_true", help="nnUNetv2_train's --npz for the final validation")
     p.add_argument("--no-validation", action="store_true", help="skip nnU-Net's final validation of the fold")
     args = p.parse_args(argv)
-    try:
+
+    def work() -> None:
         train_from(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.init, args.p, args.device,
                    heads=not args.no_heads, npz=args.npz, validate=not args.no_validation)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(p.prog, work)
 
 
 if __name__ == "__main__":

@@ -52,12 +52,14 @@ def write_ct_series(folder: str, volume_hu: np.ndarray, spacing_zyx: Sequence[fl
                     patient: Optional[dict] = None, frame_of_reference_uid: Optional[str] = None,
                     signed: bool = True, padding_value: Optional[int] = None, transfer_syntax: Optional[str] = None,
                     series_uid: Optional[str] = None, scramble_names: bool = False, slice_thickness: Optional[float]
-                    = None, rng_seed: int = 0) -> str:
+                    = None, rng_seed: int = 0, attributes: Optional[dict] = None) -> str:
     """Write ``volume_hu`` (z, y, x; HU rounded to integers) as one file per slice in ``folder``; return the series UID.
 
     ``direction`` is SimpleITK's (x, y, z axis columns, row-major; default identity). ``signed=False`` stores
     ``HU + 1024`` unsigned with intercept -1024; ``padding_value`` (stored value) replaces voxels outside a disk
-    filling the slice; ``transfer_syntax`` compresses (e.g. ``pydicom.uid.RLELossless``).
+    filling the slice; ``transfer_syntax`` compresses (e.g. ``pydicom.uid.RLELossless``); ``attributes``
+    ({keyword: value}) are set on every slice last (``None`` deletes one), e.g. ``ContrastBolusRoute`` or
+    ``TimezoneOffsetFromUTC``.
     """
     from pydicom.uid import CTImageStorage
 
@@ -111,6 +113,12 @@ def write_ct_series(folder: str, volume_hu: np.ndarray, spacing_zyx: Sequence[fl
             stored = stored.copy()
             stored[outside] = padding_value
         ds.WindowCenter, ds.WindowWidth = "50", "400"
+        for keyword, value in (attributes or {}).items():
+            if value is None:
+                if keyword in ds:
+                    delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
         ds.PixelData = stored.tobytes()
         if transfer_syntax is not None:
             ds.compress(transfer_syntax, stored)
