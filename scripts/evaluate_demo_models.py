@@ -338,7 +338,7 @@ def detect_runs(input_dir, out_root, runs=None, model="demo", patch="demo", prog
 
     from nnunet_liver.inference import LiverDetector
     from nnunet_liver.inference.cases import discover_cases
-    from nnunet_liver.inference.runner import output_paths
+    from nnunet_liver.inference.runner import output_paths, with_relative_inputs
     from nnunet_liver.utils.io import write_image_like, write_json_atomic
 
     runs = SPLIT_RUNS if runs is None else runs
@@ -355,7 +355,7 @@ def detect_runs(input_dir, out_root, runs=None, model="demo", patch="demo", prog
             continue
         prediction = first.predict_case(case, factors=all_factors)
         for name, det in dets.items():
-            res = det.detect_case(case, prediction=prediction)
+            res = with_relative_inputs(det.detect_case(case, prediction=prediction), input_dir)
             write_image_like(res.instance_map, res.case.reference, paths[name]["lesions"])
             write_json_atomic(res.record, paths[name]["json"])
     return {name: str(f) for name, f in folders.items()}

@@ -96,8 +96,7 @@ def run_folder(detector: LiverDetector, input_dir: str, output_dir: str, num_par
                 os.remove(paths["json"])
             write_image_like(res.instance_map, res.case.reference, paths["lesions"])
             res = _write_extras(res, output_dir, report, detector.model.ct_window)
-            res = dataclasses.replace(res, case_record=res.case_record.with_inputs(
-                _relative_inputs(res.case_record.inputs, input_dir)))
+            res = with_relative_inputs(res, input_dir)
             write_json_atomic(res.record, paths["json"])
             if os.path.exists(paths["error"]):
                 os.remove(paths["error"])
@@ -151,16 +150,16 @@ def _warn(case_id: str, message: str) -> None:
     tqdm.write(f"nnunet-liver-detect: warning: case {case_id}: {message}", file=sys.stderr)
 
 
-def _relative_inputs(inputs: Dict[str, Optional[str]], input_dir: str) -> Dict[str, Optional[str]]:
-    """CASE.json's input paths relative to the input folder (``-i``): folder names above it often carry patient
-    names, and the outputs travel without them."""
+def with_relative_inputs(res, input_dir: str):
+    """The result with CASE.json's input paths relative to the input folder (``-i``): folder names above it often
+    carry patient names, and the outputs travel without them."""
     root = os.path.abspath(input_dir)
     out = {}
-    for phase, path in inputs.items():
+    for phase, path in res.case_record.inputs.items():
         if path is not None and os.path.isabs(path) and os.path.commonpath([root, path]) == root:
             path = os.path.relpath(path, root)
         out[phase] = path
-    return out
+    return dataclasses.replace(res, case_record=res.case_record.with_inputs(out))
 
 
 def _safe_id(case_id: str) -> bool:
