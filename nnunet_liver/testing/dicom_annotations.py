@@ -35,7 +35,8 @@ def write_seg(path: str, headers: Sequence, segments: Sequence[Tuple[str, np.nda
               fractional: bool = False, transfer_syntax: Optional[str] = None, series_number: int = 300,
               omit_empty_frames: bool = True) -> str:
     """A DICOM SEG over the series of ``headers`` (position order); ``segments``: (label, mask (z, y, x) bool or
-    fraction in [0, 1] when ``fractional``, SNOMED name of :data:`SCT` or None for a generic tissue code)."""
+    fraction in [0, 1] when ``fractional``, SNOMED name of :data:`SCT` or None for a generic tissue code).
+    ``transfer_syntax``: highdicom's (RLE, JPEG 2000, JPEG-LS) or the deflated data set (written by pydicom)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -50,7 +51,8 @@ def write_seg(path: str, headers: Sequence, segments: Sequence[Tuple[str, np.nda
         arrays.append(np.asarray(mask, np.float32 if fractional else bool))
     pixels = np.stack(arrays, axis=-1)
     kwargs = {}
-    if transfer_syntax is not None:
+    deflate = transfer_syntax == "1.2.840.10008.1.2.1.99"  # the whole data set deflated: pydicom writes it
+    if transfer_syntax is not None and not deflate:
         kwargs["transfer_syntax_uid"] = transfer_syntax
     seg = hd.seg.Segmentation(
         source_images=list(headers), pixel_array=pixels,
@@ -61,7 +63,9 @@ def write_seg(path: str, headers: Sequence, segments: Sequence[Tuple[str, np.nda
         software_versions="1", device_serial_number="1", series_description="Segmentation",
         omit_empty_frames=omit_empty_frames, **kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    seg.save_as(path)
+    if deflate:
+        seg.file_meta.TransferSyntaxUID = transfer_syntax
+    seg.save_as(path, enforce_file_format=True)
     return str(seg.SeriesInstanceUID)
 
 
