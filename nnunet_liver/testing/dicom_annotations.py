@@ -17,14 +17,15 @@ SCT = {"liver": ("10200004", "Liver"), "mass": ("4147007", "Mass"), "portal vein
 
 
 def sorted_headers(folder: str) -> list:
-    """The headers of the CT series in ``folder`` (any depth), in position order along the slice normal."""
-    import pydicom
+    """The headers of the CT images in ``folder`` (any depth; other files skipped), in position order along the
+    slice normal."""
+    from nnunet_liver.dicom.index import read_header
 
     headers = []
     for root, _, files in os.walk(folder):
         for name in files:
-            ds = pydicom.dcmread(os.path.join(root, name), stop_before_pixels=True)
-            if str(ds.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.2":
+            ds = read_header(os.path.join(root, name))[0]
+            if ds is not None and str(ds.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.2":
                 headers.append(ds)
     o = np.asarray([float(v) for v in headers[0].ImageOrientationPatient]).reshape(2, 3)
     n = np.cross(o[0], o[1])
