@@ -133,6 +133,9 @@ def test_hcc_tace_seg_preset_on_a_tcia_shaped_download(tmp_path, capsys):
     assert record["summaries"][-1]["label_cases"] == {"HCC": 1, "liver": 1, "portal_splenic_vein": 1}
     dataset = json.loads((ds / "dataset.json").read_text())
     assert dataset["channel_names"] == {"0": "NC", "1": "A", "2": "V", "3": "D"} and dataset["numTraining"] == 1
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    verify_dataset_integrity(str(ds), num_processes=1)  # what --verify_dataset_integrity runs; raises on a problem
 
 
 def test_hcc_tace_seg_preset_needs_the_metadata(tmp_path):
