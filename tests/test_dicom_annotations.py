@@ -105,6 +105,7 @@ def test_seg_frames_placed_by_position_not_order_and_fractional(tmp_path, pool):
     write_seg(path, headers, [("Liver", fraction, "liver")], fractional=True)
     ds = pydicom.dcmread(path)
     n, rows, cols = int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)
+    assert n == int(truth.any(axis=(1, 2)).sum()) < len(headers)  # only the slices with the organ: the rest is 0
     frames = np.frombuffer(ds.PixelData, np.uint8).reshape(n, rows, cols)
     order = np.random.default_rng(3).permutation(n)  # frames shuffled: positions travel with them
     ds.PixelData = frames[order].tobytes()
