@@ -317,3 +317,19 @@ def test_real_dcmqi_seg_agrees_with_dcmqi(tmp_path, dcmqi_reference):
     if found is None:
         pytest.skip("dcmqi's segimage2itkimage is not installed")
     np.testing.assert_array_equal(found[0] > 0, want > 0)
+
+
+def test_tumour_type_per_case_from_csv(tmp_path, pool, capsys):
+    study = tmp_path / "in" / "p1"
+    case = _study(pool, study)
+    tumour = case.label == 4
+    write_seg(str(study / "seg.dcm"), _headers(study, "V"), [("Neoplasm", tumour, "neoplasm"),
+                                                             ("Liver", case.label == 7, "liver")])
+    table = tmp_path / "types.csv"
+    table.write_text("case,tumor_type\np1,Cyst\nother,HCC\n", encoding="utf-8")
+    assert _convert(tmp_path, "--tumor-types", str(table), "--tumor-type", "Meta") == 0  # the CSV's row first
+    got = _label(tmp_path, "p1")
+    np.testing.assert_array_equal(got, np.where(tumour, L.CYST, np.where(case.label == 7, L.LIVER, 0)))
+    table.write_text("p1,Kidney\n", encoding="utf-8")
+    assert _convert(tmp_path, "--tumor-types", str(table), "--overwrite") == 2
+    assert "types.csv: row 1" in capsys.readouterr().err
