@@ -174,6 +174,7 @@ def test_label_mapping_rules():
 
     assert mapping.target(S("Liver"))[0] == "liver"
     assert mapping.target(S("Segment_1", [("SCT", "10200004", "Liver")]))[0] == "liver"
+    assert mapping.target(S("Segment_2", [("SRT", "T-62000", "Liver")]))[0] == "liver"
     assert mapping.target(S("PORTAL-VEIN"))[0] == "portal_splenic_vein"
     assert mapping.target(S("gtv  PRIMARY"))[0] == "tumor"
     assert mapping.target(S("hepatic veins"))[0] == "hepatic_vessels"

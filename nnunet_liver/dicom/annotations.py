@@ -78,6 +78,7 @@ DEFAULT_CODES: Dict[str, str] = {
     "10200004": "liver", "32764006": "portal_splenic_vein", "35819009": "portal_splenic_vein",
     "28231008": "gallbladder", "78961009": "spleen", "15776009": "pancreas", "69695003": "stomach",
     "108369006": TUMOR, "4147007": TUMOR, "25370001": "HCC",
+    "T-62000": "liver",  # SNOMED RT's Liver, as older tools (dcmqi's examples) write it
 }
 _SNOMED = ("SCT", "SRT", "SNM3", "99SDM")
 #: overlaps: a voxel claimed by several structures takes the class that comes first here
