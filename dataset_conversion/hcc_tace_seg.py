@@ -33,7 +33,7 @@ import csv
 import os
 import re
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from nnunet_liver import labels as L
 from nnunet_liver.dataset_conversion.common import case_name

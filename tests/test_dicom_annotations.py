@@ -14,7 +14,7 @@ pytest.importorskip("highdicom")
 from nnunet_liver import labels as L  # noqa: E402
 from nnunet_liver.dataset_conversion.cli import main  # noqa: E402
 from nnunet_liver.dicom.annotations import (LabelMapping, find_annotations, label_map, parse_label_map,  # noqa: E402
-                                            structures)
+                                            read_annotation, structures)
 from nnunet_liver.dicom.index import index_studies  # noqa: E402
 from nnunet_liver.testing.dicom_annotations import (box_contour, mask_contours, sorted_headers,  # noqa: E402
                                                     write_rtstruct, write_seg)
@@ -121,7 +121,7 @@ def test_seg_frames_placed_by_position_not_order_and_fractional(tmp_path, pool):
                                                ("1.2.840.10008.1.2.4.90", True), ("1.2.840.10008.1.2.4.80", True),
                                                ("1.2.840.10008.1.2.1.99", False)])
 def test_seg_compressed_transfer_syntaxes(tmp_path, pool, syntax, fractional):
-    """RLE, JPEG 2000 and JPEG-LS (highdicom allows binary 1-bit frames in JPEG 2000 only), and the deflated data set."""
+    """RLE, JPEG 2000 and JPEG-LS (highdicom writes binary 1-bit frames in JPEG 2000 only), the deflated data set."""
     study = tmp_path / "s"
     case = _study(pool, study)
     headers = _headers(study, "V")
@@ -146,7 +146,8 @@ def test_rtstruct_even_odd_holes_exact_and_contours_within_one_voxel(tmp_path, p
         ring[k, 10:40, 12:44] = True
         ring[k, 18:32, 20:36] = False
         ring[k, 23:27, 26:30] = True
-        contours += [(k, box_contour(10, 39, 12, 43)), (k, box_contour(18, 31, 20, 35)), (k, box_contour(23, 26, 26, 29))]
+        contours += [(k, box_contour(10, 39, 12, 43)), (k, box_contour(18, 31, 20, 35)),
+                     (k, box_contour(23, 26, 26, 29))]
     liver = case.label == 7
     write_rtstruct(str(study / "rt" / "rs.dcm"), headers, {"Tumor": contours, "Liver": mask_contours(liver),
                                                              "Couch": [(0, box_contour(1, 3, 1, 3))]})
@@ -166,7 +167,8 @@ def test_rtstruct_even_odd_holes_exact_and_contours_within_one_voxel(tmp_path, p
 
 
 def test_label_mapping_rules():
-    mapping = LabelMapping(parse_label_map(["GTV primary=tumor", "SCT:15825003=ignore", "Hepatic_Veins=hepatic_vessels"]))
+    mapping = LabelMapping(parse_label_map(["GTV primary=tumor", "SCT:15825003=ignore",
+                                            "Hepatic_Veins=hepatic_vessels"]))
 
     class S:
         def __init__(self, name, codes=()):
@@ -271,12 +273,8 @@ ENCODINGS = ["liver_seg.dcm", "encoded/liver_deflate.dcm", "encoded/liver_rle.dc
 
 
 def _read_real(name, headers):
-    import highdicom  # noqa: F401 - the reader's dependency
-
-    ds = pydicom.dcmread(os.path.join(DCMQI, name), stop_before_pixels=True)
-    from nnunet_liver.dicom.annotations import _annotation_file  # noqa: PLC2701 - same package's test of its reader
-
-    return label_map(structures(_annotation_file(os.path.join(DCMQI, name), ds)), LabelMapping(), None, headers, "ct")
+    annotation = read_annotation(os.path.join(DCMQI, name))
+    return label_map(structures(annotation), LabelMapping(), None, headers, "ct")
 
 
 @pytest.fixture(scope="module")

@@ -49,8 +49,8 @@ from nnunet_liver import labels as L
 from nnunet_liver.utils.io import InputError
 
 __all__ = ["SEG_STORAGE", "RTSTRUCT_STORAGE", "TUMOR", "IGNORE", "DEFAULT_NAMES", "DEFAULT_CODES", "OVERLAP_ORDER",
-           "AnnotationFile", "Structure", "LabelMapping", "find_annotations", "annotated_series", "read_structures",
-           "label_map", "parse_label_map"]
+           "AnnotationFile", "Structure", "LabelMapping", "read_annotation", "find_annotations", "annotated_series",
+           "structures", "read_structures", "label_map", "parse_label_map"]
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -143,6 +143,16 @@ def _annotation_file(path: str, ds) -> AnnotationFile:
             for c in _seq(roi, "ContourSequence"):
                 instances += [str(i.ReferencedSOPInstanceUID) for i in _seq(c, "ContourImageSequence")]
     return AnnotationFile(path, kind, ds, list(dict.fromkeys(series)), list(dict.fromkeys(instances)))
+
+
+def read_annotation(path: str) -> AnnotationFile:
+    """One SEG or RTSTRUCT file (header only); InputError when it is neither."""
+    from nnunet_liver.dicom.index import read_header
+
+    ds, reason = read_header(path)
+    if ds is None or str(getattr(ds, "SOPClassUID", "")) not in (SEG_STORAGE, RTSTRUCT_STORAGE):
+        raise InputError(f"{path}: not a DICOM SEG or RTSTRUCT ({reason or 'another SOP class'})")
+    return _annotation_file(path, ds)
 
 
 def find_annotations(study) -> List[AnnotationFile]:
