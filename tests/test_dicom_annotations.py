@@ -332,3 +332,21 @@ def test_tumour_type_per_case_from_csv(tmp_path, pool, capsys):
     table.write_text("p1,Kidney\n", encoding="utf-8")
     assert _convert(tmp_path, "--tumor-types", str(table), "--overwrite") == 2
     assert "types.csv: row 1" in capsys.readouterr().err
+
+
+def test_the_annotated_reconstruction_is_used_even_where_the_rule_picks_another(tmp_path, capsys):
+    """A SEG drawn on the 10 mm reconstruction of V: that series is the reference (the rule would take the 5 mm one)."""
+    study = tmp_path / "in" / "p1"
+    case = phantom(0)  # 24 x 96 x 96, as the other converter tests with a second reconstruction
+    write_study(str(study), case, extras=True)  # V also as "Recon 10mm" (every second slice), a scout, a dose report
+    thick = study / f"series{SERIES['V'][0] + 100}"
+    headers = sorted_headers(str(thick))
+    liver = case.label[::2] == 7
+    write_seg(str(study / "seg.dcm"), headers, [("Liver", liver, "liver")])
+    assert _convert(tmp_path) == 0
+    got = _label(tmp_path, "p1")
+    np.testing.assert_array_equal(got, np.where(liver, L.LIVER, 0))
+    record = json.loads((tmp_path / "raw" / "Dataset530_DicomStudies" / "dicom" / "p1.json").read_text())
+    assert record["reference_series_uid"] == str(headers[0].SeriesInstanceUID) and record["reference_phase"] == "V"
+    v = sitk.ReadImage(str(tmp_path / "raw" / "Dataset530_DicomStudies" / "imagesTr" / "p1_0002.nii.gz"))
+    assert v.GetSize()[2] == len(headers) and v.GetSpacing()[2] == pytest.approx(2 * case.spacing[0])
