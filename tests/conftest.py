@@ -3,6 +3,7 @@
 - ``nnunet_dirs``: tmp ``nnUNet_raw``/``nnUNet_preprocessed``/``nnUNet_results`` and the environment (``env``) to run
   nnU-Net's commands as subprocesses (nnU-Net reads these variables at import time), with our trainers on
   ``nnUNet_extTrainer``, no augmentation workers, no torch.compile, one thread.
+- ``train_dataset``: plan and train a dataset a test wrote (the steps below).
 - ``tiny_whole_model``: 8 phantom cases (16 x 64 x 64, every fourth one without its delayed phase) ->
   ``nnunet-liver-plan`` (nnU-Net's planning with the CT window) ->
   ``nnUNetv2_train ... -tr LiverIFMTrainer_tiny -device cpu``; returns a :class:`TrainedModel` (model folder,
@@ -91,6 +92,13 @@ def plan_and_train(dirs: NnUNetDirs, dataset_id: int, dataset_name: str, trainer
     if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
         raise RuntimeError(f"{trainer} wrote no checkpoint_final.pth in {folder}")
     return TrainedModel(folder, dataset_id, dirs.raw / dataset_name, trainer, dirs.env)
+
+
+@pytest.fixture(scope="session")
+def train_dataset(nnunet_dirs):
+    """``train_dataset(dataset_id, dataset_name, trainer)``: :func:`plan_and_train` on a dataset a test wrote into
+    ``nnunet_dirs.raw``."""
+    return lambda dataset_id, dataset_name, trainer: plan_and_train(nnunet_dirs, dataset_id, dataset_name, trainer)
 
 
 @pytest.fixture(scope="session")

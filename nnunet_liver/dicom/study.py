@@ -90,8 +90,12 @@ def _describe(s: SeriesHeaders, g: SeriesGeometry) -> dict:
             "slice_thickness_mm": g.slice_thickness_mm}
 
 
-def _pick_reconstruction(members: List[tuple]) -> tuple:
-    """The thinnest reconstruction at most MAX_SLICE_SPACING_MM apart (else the thinnest), more slices, lower number."""
+def _pick_reconstruction(members: List[tuple], prefer: Optional[str] = None) -> tuple:
+    """The thinnest reconstruction at most MAX_SLICE_SPACING_MM apart (else the thinnest), more slices, lower number;
+    the series ``prefer`` (the annotated one) whenever it is a member."""
+    for m in members:
+        if prefer is not None and m[0].uid == prefer:
+            return m
     ok = [m for m in members if m[1].spacing[2] <= MAX_SLICE_SPACING_MM + 1e-6] or members
     return min(ok, key=lambda m: (round(m[1].spacing[2], 3), -len(m[1].files), m[0].number or 0))
 
@@ -118,8 +122,12 @@ def _hu(v: float) -> Optional[float]:
     return round(float(v), 1) if np.isfinite(v) else None
 
 
-def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None) -> StudyPhases:
+def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None,
+                   prefer_series: Optional[str] = None) -> StudyPhases:
     """Choose the series and identify the phase of each acquisition of ``study`` (see the module docstring).
+
+    ``prefer_series``: a SeriesInstanceUID (the series annotations are drawn on) that is used for its acquisition
+    whatever the reconstruction rule says; InputError when it is not a usable axial CT series.
 
     Raises
     ------
@@ -136,6 +144,11 @@ def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None
     candidates = [c for c in candidates if c not in skipped]
     left_out += [{"series_uid": s.uid, "series_number": s.number, "description": str(s.get("SeriesDescription", "")),
                   "reason": "--phase-map skip"} for s in skipped]
+    if prefer_series is not None and not any(c.uid == prefer_series for c in candidates):
+        why = next((l["reason"] for l in left_out if l["series_uid"] == prefer_series), "not in the study")
+        name = (study.series[prefer_series].describe() if prefer_series in study.series else
+                f"series {prefer_series}")
+        raise InputError(f"{what}: the annotated {name} cannot be used as the reference: {why}")
     if not candidates:
         kinds = "; ".join(f"series {l['series_number'] if l['series_number'] is not None else l['series_uid']}: "
                           f"{l['reason']}" for l in left_out) or "no series"
@@ -159,7 +172,7 @@ def identify_study(study: DicomStudy, phase_map: Optional[Dict[str, str]] = None
             groups.append([m])
     agents = [_has_agent(m[0]) for m in measured]
     agent_known = any(a is True for a in agents) and any(a is False for a in agents)
-    chosen = [_pick_reconstruction(g) for g in groups]
+    chosen = [_pick_reconstruction(g, prefer_series) for g in groups]
     times = study_times([None if c[3] is None else c[3][:2] for c in chosen])
     if len(times) > 1 and None not in times and max(times) - min(times) < 1.0:
         times = [None] * len(times)  # one time for every acquisition (an anonymiser's): no order to read
@@ -223,7 +236,7 @@ def _relative_record(study: DicomStudy, record: dict) -> dict:
 
 
 def load_dicom_case(study: DicomStudy, channel_names: Sequence[str], allow_missing: bool,
-                    registration_transform: str = "rigid"):
+                    registration_transform: str = "rigid", reference_series: Optional[str] = None):
     """Identify, read and align a DICOM study as a :class:`nnunet_liver.case.LoadedCase`.
 
     The reference phase is read first (its grid sizes the case array), then every other phase one at a time: read,
@@ -235,11 +248,14 @@ def load_dicom_case(study: DicomStudy, channel_names: Sequence[str], allow_missi
     Raises InputError for a study that cannot be read or identified (bad input), and
     :class:`~nnunet_liver.registration.RegistrationError` when registering a phase of another frame of reference onto
     the reference fails (a failed step).
+
+    ``reference_series``: a SeriesInstanceUID (the series a study's annotations are drawn on) that becomes the
+    reference phase instead of V; its phase must be one the model takes.
     """
     import SimpleITK as sitk
 
     validate_case_id(study.case_id)
-    found = identify_study(study, study.phase_map)
+    found = identify_study(study, study.phase_map, reference_series)
     names = list(channel_names)
     used = [p for p in names if p in found.geometry]
     unused = sorted(set(found.geometry) - set(names))
@@ -252,6 +268,13 @@ def load_dicom_case(study: DicomStudy, channel_names: Sequence[str], allow_missi
                          f"{', '.join(sorted(found.geometry))}) and the model is not an IFM model (only IFM models "
                          f"accept missing phases)")
     ref_phase = "V" if "V" in used else used[0]
+    if reference_series is not None:
+        annotated = [p for p, s in found.series.items() if s.uid == reference_series]
+        if not annotated or annotated[0] not in used:
+            raise InputError(f"study {study.case_id}: the annotated series {reference_series} was identified as "
+                             f"{annotated[0] if annotated else 'no phase'}, not one of the phases written "
+                             f"({', '.join(names)})")
+        ref_phase = annotated[0]
     ref = read_series(found.geometry[ref_phase])
     ref_frame = str(found.series[ref_phase].get("FrameOfReferenceUID", "") or "")
     shape = (len(names),) + tuple(reversed(ref.GetSize()))
