@@ -30,6 +30,15 @@ Variants (one change each, recorded in ``training_settings.json``):
 The memory bank (the projections of the last 1024 lesions with their types, detached) is saved in each checkpoint
 under ``lesion_memory_bank`` and restored with it (``nnUNetv2_train --c``). Each DDP process keeps its own bank; rank
 0's is saved. torch.compile is off for these trainers (the head reads the decoder through a forward hook).
+
+Where ours differs from LIDIA: no Mask2Former queries or pixel decoder (the lesions are the reference lesions of the
+patch, their embeddings pooled from nnU-Net's own decoder), nnU-Net's SGD schedule instead of the paper's learning
+rate of 1e-5, UNet-patch's six lesion types instead of the paper's eight classes (our "Other" is the heterogeneous
+class of Eq. (5)).
+
+Papers: Huang et al., "LIDIA: Precise Liver Tumor Diagnosis on Multi-Phase Contrast-Enhanced CT via Iterative Fusion
+and Asymmetric Contrastive Learning"; Wang et al., "A Cascaded Approach for ultraly High Performance Lesion Detection
+and False Positive Removal in Liver CT Scans".
 """
 from __future__ import annotations
 
