@@ -211,10 +211,32 @@ def test_lidia_trainers_found_by_nnunet_ext_trainer():
     names = ["LesionShufflePatchTrainer_LIDIA", "LesionShufflePatchTrainer_LIDIAfocal",
              "LesionShufflePatchTrainer_LIDIAacl", "LesionShufflePatchTrainer_LIDIAce",
              "LesionShufflePatchTrainer_LIDIA_SAM", "LesionShufflePatchTrainer_LIDIA_tiny",
-             "LesionShufflePatchTrainer_LIDIA_SAM_tiny"]
+             "LesionShufflePatchTrainer_LIDIA_SAM_tiny", "LesionShufflePatchTrainer_LIDIA_SAM_demo_1epoch"]
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
             f"print('FOUND', [f(n).__name__ for n in {names!r}])\n")
     env = {**os.environ, "nnUNet_extTrainer": nnunet_liver.TRAINERS_DIR, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     line = [l for l in out.splitlines() if l.startswith("FOUND")][0]
     assert line == f"FOUND {names!r}"
+
+
+def test_cuda_checks_demo_variant_is_the_demo_patch_network_with_the_head(tmp_path, monkeypatch):
+    from nnunet_liver.trainers.liver_demo_trainers import LesionShufflePatchTrainer_demo
+    from nnunet_liver.trainers.liver_lidia_trainers import LesionShufflePatchTrainer_LIDIA_SAM_demo_1epoch as Demo
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    p = plans()
+    p["continue_training"] = False
+    p["configurations"]["3d_fullres"]["batch_dice"] = False
+    t = Demo(p, "3d_fullres", 0, whole_json(labels=patch_dataset_json_labels()), torch.device("cpu"))
+    t.batch_size = 2
+    s = t.training_settings()
+    assert s["use_sam"] is True and s["num_epochs"] == 1 and s["lesion_ce_weight"] == 2.0 and s["lambda_acl"] == 0.01
+    torch.manual_seed(0)
+    net = Demo.build_network_architecture(t.plans_manager, t.configuration_manager, 4, 8, False)
+    torch.manual_seed(0)
+    ref = LesionShufflePatchTrainer_demo.build_network_architecture(t.plans_manager, t.configuration_manager, 4, 8,
+                                                                    False)
+    body = [k for k in net.state_dict() if not k.startswith("lesion_head.")]
+    assert body == list(ref.state_dict()) and lesion_head_of(net) is not None

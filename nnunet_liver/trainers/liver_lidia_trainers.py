@@ -26,6 +26,8 @@ Variants (one change each, recorded in ``training_settings.json``):
   still has a trained classifier.
 - ``_LIDIAce``: cross-entropy alone (the head's baseline, Table 3's first row).
 - ``_LIDIA_SAM``: ``_LIDIA`` optimised with SAM (:mod:`liver_sam`): LIDIA as the paper trains it.
+- ``_LIDIA_SAM_demo_1epoch``: ``_LIDIA_SAM`` on the demo's UNet-patch recipe for one epoch: the CUDA check's short
+  real training of the variant (``benchmarks/cuda_check.py``).
 
 The memory bank (the projections of the last 1024 lesions with their types, detached) is saved in each checkpoint
 under ``lesion_memory_bank`` and restored with it (``nnUNetv2_train --c``). Each DDP process keeps its own bank; rank
@@ -52,6 +54,8 @@ from torch import autocast
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_liver.labels import LESION_NAMES
+from nnunet_liver.trainers.liver_demo_trainers import (LesionShufflePatchTrainer_demo,
+                                                       LesionShufflePatchTrainer_demo_1epoch)
 from nnunet_liver.trainers.liver_lesion_head import (PROJECTION_DIM, attach_lesion_head, capture_features,
                                                      lesion_head_of, lesion_instances, pool_lesion_features)
 from nnunet_liver.trainers.liver_lidia_losses import MemoryBank, asymmetric_contrastive_loss, focal_loss
@@ -60,7 +64,7 @@ from nnunet_liver.trainers.liver_sam import SAM, SAM_RHO, sam_train_step
 
 __all__ = ["LesionShufflePatchTrainer_LIDIA", "LesionShufflePatchTrainer_LIDIAfocal",
            "LesionShufflePatchTrainer_LIDIAacl", "LesionShufflePatchTrainer_LIDIAce",
-           "LesionShufflePatchTrainer_LIDIA_SAM", "MEMORY_BANK_KEY"]
+           "LesionShufflePatchTrainer_LIDIA_SAM", "LesionShufflePatchTrainer_LIDIA_SAM_demo_1epoch", "MEMORY_BANK_KEY"]
 
 #: the checkpoint's entry holding the memory bank
 MEMORY_BANK_KEY = "lesion_memory_bank"
@@ -253,3 +257,17 @@ class LesionShufflePatchTrainer_LIDIA_SAM(LesionShufflePatchTrainer_LIDIA):
     """LIDIA as the paper trains it: focal + ACL, optimised with sharpness-aware minimisation."""
 
     use_sam = True
+
+
+class LesionShufflePatchTrainer_LIDIA_SAM_demo_1epoch(LesionShufflePatchTrainer_LIDIA_SAM,
+                                                     LesionShufflePatchTrainer_demo_1epoch):
+    """``LesionShufflePatchTrainer_LIDIA_SAM`` with the demo's UNet-patch recipe (network, patches, sampling, loss)
+    for one epoch of 50 iterations: the CUDA check's real training of the LIDIA variant."""
+
+    recorded_settings = LesionShufflePatchTrainer_LIDIA.recorded_settings + ("lesion_ce_weight",)
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        return attach_lesion_head(LesionShufflePatchTrainer_demo.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision))
