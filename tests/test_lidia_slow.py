@@ -73,4 +73,4 @@ def test_lidia_variant_trains_resumes_with_its_memory_bank_and_detects(nnunet_di
         # the final-type rule: the head's most probable type
         assert les["type"] == r["type_after"] == max(LESION_NAMES, key=lambda n: (probs[n], -LESION_NAMES.index(n)))
     assert (out / "report.html").is_file()
-    assert "lesion head" in (out / "report.html").read_text(encoding="utf-8")
+    assert "Lesion head" in (out / "report.html").read_text(encoding="utf-8")
