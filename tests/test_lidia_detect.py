@@ -119,3 +119,28 @@ def test_patch_model_averages_the_head_over_patches_and_folds(tmp_path, monkeypa
     pm.lesion_head = None
     with pytest.raises(ValueError, match="without a lesion head"):
         pm.predict_patches(patches, masks)
+
+
+def test_head_fields_follow_the_case_schema():
+    import json
+
+    import jsonschema
+
+    from nnunet_liver.inference import schema_path
+    from nnunet_liver.postprocessing.reclassify import ReclassificationResult
+
+    schema = json.loads(Path(schema_path()).read_text(encoding="utf-8"))
+    lesion = schema["properties"]["lesions"]["items"]["properties"]
+    probs = dict(zip(LESION_NAMES, [0.1, 0.1, 0.5, 0.1, 0.1, 0.1]))
+    r = ReclassificationResult(3, True, "HCC", "Meta", score_cm3=1.2, votes_cm3={"HCC": 9.0}, num_patches=10,
+                               lesion_head=True, type_vote="HCC", type_probabilities=probs)
+    jsonschema.validate(r.to_dict(), lesion["reclassification"])
+    jsonschema.validate(probs, lesion["type_probabilities"])
+    jsonschema.validate(None, lesion["type_probabilities"])
+    for bad in ({"Tumour": 0.5}, {"HCC": 1.5}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, lesion["type_probabilities"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dict(r.to_dict(), type_vote="Tumour"), lesion["reclassification"])
+    rules = schema["properties"]["settings"]["properties"]["reclassification"]["properties"]
+    jsonschema.validate("lesion head", rules["type_rule"])
