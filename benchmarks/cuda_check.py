@@ -16,7 +16,11 @@ was printed). Exit code 1 if any check failed, 0 otherwise. Checks, in order:
 4. ``trainers``: phantoms with the delayed phase missing in some cases (``nnunet-liver-phantom``), nnU-Net's planning
    (``nnunet-liver-plan``), the UNet-patch dataset (``nnunet-liver-convert patches``), then the real
    ``nnUNetv2_train`` of the IFM whole-CT trainer (every fold, in parallel on a GPU) and of the lesion-shuffle
-   patch trainer, with nnU-Net's mixed precision and ``torch.compile`` as nnU-Net decides them on the device (the
+   patch trainer, and one epoch of LIDIA's lesion-head variant of UNet-patch (focal + asymmetric contrastive loss
+   with SAM's two passes per step, through nnU-Net's GradScaler and gradient clipping; its memory bank must be in
+   the checkpoint and its head must give per-type probabilities in ``PatchModel``; Huang et al., "LIDIA: Precise
+   Liver Tumor Diagnosis on Multi-Phase Contrast-Enhanced CT via Iterative Fusion and Asymmetric Contrastive
+   Learning"), with nnU-Net's mixed precision and ``torch.compile`` as nnU-Net decides them on the device (the
    ``nnUNet_compile`` variable is left unset on CUDA, so nnU-Net's default applies; on the CPU nnU-Net never
    compiles). The checkpoints then load in the predictor (``load_model`` + ``make_predictor`` on one case,
    ``PatchModel`` on a batch of patches).
@@ -84,6 +88,7 @@ class Profile:
     train_shape: tuple
     whole_trainer: str
     patch_trainer: str
+    lidia_trainer: str  # UNet-patch with LIDIA's lesion head, focal + ACL + SAM
     folds: int
     train_folds: int  # folds trained for real; the others are copies of fold 0 (noted in the results)
     detect_shape: tuple
@@ -100,7 +105,8 @@ class Profile:
 PROFILES = {
     # the IFM and patch trainers' demo-sized variants for 1 epoch of 50 iterations
     "cuda": Profile(train_cases=10, train_shape=(32, 128, 128), whole_trainer="LiverIFMTrainer_demo_1epoch",
-                    patch_trainer="LesionShufflePatchTrainer_demo_1epoch", folds=5, train_folds=5,
+                    patch_trainer="LesionShufflePatchTrainer_demo_1epoch",
+                    lidia_trainer="LesionShufflePatchTrainer_LIDIA_SAM_demo_1epoch", folds=5, train_folds=5,
                     detect_shape=(300, 512, 512), detect_spacing=(1.25, 0.75, 0.75), tensor_shape=(64, 256, 256),
                     bench_ifm_args=["--patch", "64", "160", "160", "--batch", "2", "--stages", "6", "--rounds", "3",
                                     "--repeats", "3"],
@@ -111,7 +117,8 @@ PROFILES = {
                              "bench_ifm": 60, "bench_detect": 150}, enforce_budgets=True),
     # the _tiny variants: 2 epochs of 5 iterations; fold 0 trained, copied into the other folds
     "cpu": Profile(train_cases=6, train_shape=(16, 48, 48), whole_trainer="LiverIFMTrainer_tiny",
-                   patch_trainer="LesionShufflePatchTrainer_tiny", folds=5, train_folds=1,
+                   patch_trainer="LesionShufflePatchTrainer_tiny",
+                   lidia_trainer="LesionShufflePatchTrainer_LIDIA_SAM_tiny", folds=5, train_folds=1,
                    detect_shape=(24, 96, 96), detect_spacing=(2.5, 3.0, 3.0), tensor_shape=(16, 64, 64),
                    bench_ifm_args=["--patch", "16", "32", "32", "--batch", "1", "--stages", "3", "--rounds", "1",
                                    "--repeats", "1"],
@@ -605,7 +612,7 @@ def check_trainers(ctx: Context, r: CheckResult) -> None:
     start_clinical_case(ctx)
     prepare_datasets(ctx, r, budget)
     p = ctx.p
-    n_jobs = p.train_folds + 1
+    n_jobs = p.train_folds + 2
     threads = max(1, ctx.cpus // n_jobs)
     # data-augmentation workers shared out among the parallel runs
     da = "0" if not ctx.cuda else str(max(1, min(4, (ctx.cpus - n_jobs) // n_jobs)))
@@ -616,6 +623,8 @@ def check_trainers(ctx: Context, r: CheckResult) -> None:
     jobs = {f"train_whole_fold{f}": [console("nnUNetv2_train"), WHOLE_ID, "3d_fullres", f, "-tr", p.whole_trainer,
                                      "-device", dev] for f in range(p.train_folds)}
     jobs["train_patch_fold0"] = [console("nnUNetv2_train"), PATCH_ID, "3d_fullres", "0", "-tr", p.patch_trainer,
+                                 "-device", dev]
+    jobs["train_lidia_fold0"] = [console("nnUNetv2_train"), PATCH_ID, "3d_fullres", "0", "-tr", p.lidia_trainer,
                                  "-device", dev]
     started = {name: ctx.runner.start(name, cmd, env) for name, cmd in jobs.items()}  # in parallel
     results = ctx.runner.wait_all(started, budget - (time.monotonic() - t0))
@@ -631,7 +640,9 @@ def check_trainers(ctx: Context, r: CheckResult) -> None:
     r.figures["parallel_trainings"] = n_jobs
     whole = ctx.res / WHOLE_NAME / f"{p.whole_trainer}__nnUNetPlans__3d_fullres"
     patch = ctx.res / PATCH_NAME / f"{p.patch_trainer}__nnUNetPlans__3d_fullres"
-    flags = {"whole_fold0": _training_flags(whole / "fold_0"), "patch_fold0": _training_flags(patch / "fold_0")}
+    lidia = ctx.res / PATCH_NAME / f"{p.lidia_trainer}__nnUNetPlans__3d_fullres"
+    flags = {"whole_fold0": _training_flags(whole / "fold_0"), "patch_fold0": _training_flags(patch / "fold_0"),
+             "lidia_fold0": _training_flags(lidia / "fold_0")}
     r.figures["training"] = flags
     for k, v in flags.items():
         if not v["losses_finite"]:
@@ -670,6 +681,7 @@ def check_trainers(ctx: Context, r: CheckResult) -> None:
     labels = pm.predict_patches(x)
     if labels.shape != (2, *pm.patch_size):
         raise CheckFailed(f"PatchModel: labels of shape {labels.shape}, expected {(2, *pm.patch_size)}")
+    r.figures["lidia"] = check_lidia_model(lidia, ctx.device)
     r.figures.update(predictor_load_and_predict_s=round(time.perf_counter() - t, 2),
                      predictor_probability_sum_error=sum_err, whole_is_ifm=model.is_ifm,
                      patch_size=list(pm.patch_size))
@@ -677,6 +689,37 @@ def check_trainers(ctx: Context, r: CheckResult) -> None:
     if ctx.cuda:
         torch.cuda.empty_cache()
     ctx.whole_model, ctx.patch_model = whole, patch
+
+
+def check_lidia_model(folder: Path, device: str) -> dict:
+    """The LIDIA variant's model: its memory bank in the checkpoint, SAM recorded in its settings, its lesion head's
+    per-type probabilities in ``PatchModel`` (finite, summing to 1) on a batch of patches with a painted lesion."""
+    import numpy as np
+    import torch
+
+    from nnunet_liver.inference.patch_model import PatchModel
+    from nnunet_liver.trainers.liver_lidia_trainers import MEMORY_BANK_KEY
+    from nnunet_liver.training.settings import read_training_settings
+
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    bank = ckpt.get(MEMORY_BANK_KEY)
+    if bank is None or int(bank["count"]) == 0:
+        raise CheckFailed(f"{folder.name}: no memory bank entries in checkpoint_final.pth")
+    settings = read_training_settings(str(folder), 0)
+    if not settings.get("use_sam"):
+        raise CheckFailed(f"{folder.name}: training_settings.json does not record SAM")
+    pm = PatchModel(str(folder), [0], device=device)
+    if not pm.has_lesion_head:
+        raise CheckFailed(f"{folder.name}: the loaded UNet-patch has no lesion head")
+    patches = np.random.default_rng(1).normal(size=(2, len(pm.model.channel_names), *pm.patch_size))
+    masks = np.zeros((len(patches), *pm.patch_size), bool)
+    c = [s // 2 for s in pm.patch_size]
+    masks[:, c[0] - 1:c[0] + 1, c[1] - 3:c[1] + 3, c[2] - 3:c[2] + 3] = True
+    _, probs = pm.predict_patches(patches, masks)
+    if probs is None or not np.isfinite(probs).all() or abs(float(probs.sum()) - 1) > 1e-3:
+        raise CheckFailed(f"{folder.name}: lesion head probabilities {probs} are not a distribution")
+    return {"memory_bank_entries": int(bank["count"]), "use_sam": True,
+            "head_probabilities": [round(float(v), 4) for v in probs]}
 
 
 def check_ddp(ctx: Context, r: CheckResult) -> None:

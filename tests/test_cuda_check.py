@@ -180,6 +180,9 @@ def test_cpu_dry_run(tmp_path):
     training = checks["trainers"]["figures"]["training"]
     assert all(t["losses_finite"] and t["epochs"] >= 1 for t in training.values())
     assert checks["trainers"]["figures"]["whole_is_ifm"]
+    lidia = checks["trainers"]["figures"]["lidia"]  # one epoch of LIDIA's lesion-head variant with SAM
+    assert "lidia_fold0" in training and lidia["memory_bank_entries"] > 0 and lidia["use_sam"]
+    assert abs(sum(lidia["head_probabilities"]) - 1) < 1e-3
     assert checks["trainers"]["figures"]["cases_without_delayed_phase"] >= 1
     detect = checks["detect"]["figures"]
     assert detect["differing_voxels"] == 0 and detect["mismatches"] == [] and detect["folds"] == 5

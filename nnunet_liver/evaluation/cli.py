@@ -5,7 +5,10 @@
 
 Writes ``OUT/summary.json`` and CSV tables (``lesion_table.csv``, ``reference_counts.csv`` (Table I),
 ``patient.csv``, ``per_case.csv``, ``lesions.csv`` (one row per lesion with its outcome), and when
-available ``auc.csv``, ``strata.csv``, ``froc.csv`` + ``froc.png``); prints the tables.
+available ``auc.csv`` (LiverMax), ``lesion_head_auc.csv`` (the lesion head's per-type one-vs-rest AUC over the matched
+lesions, for detector outputs of a UNet-patch with the lesion head of Huang et al., "LIDIA: Precise Liver Tumor
+Diagnosis on Multi-Phase Contrast-Enhanced CT via Iterative Fusion and Asymmetric Contrastive Learning"),
+``strata.csv``, ``froc.csv`` + ``froc.png``); prints the tables.
 """
 from __future__ import annotations
 
@@ -86,6 +89,9 @@ def report_text(res) -> str:
                f"patient-class accuracy {_pct(p.class_accuracy)}")
     if res.auc:
         out.append(format_table("LiverMax AUC", _auc_rows(res.auc), ["auc", "positives", "negatives"], PCT))
+    if res.lesion_head_auc:
+        out.append(format_table("Lesion head AUC (matched lesions)", _auc_rows(res.lesion_head_auc),
+                                ["auc", "positives", "negatives"], PCT))
     if res.froc:
         fr = res.froc.sensitivity_at
         out.append("FROC sensitivity at FP/case: " + ", ".join(f"{k}: {_pct(v)}" for k, v in fr.items())
@@ -151,6 +157,8 @@ def write_outputs(res, out_dir: str, plot: bool = True) -> List[str]:
         _write_csv(p("strata.csv"), [{"volume_cm3": k, **v} for k, v in _rows(res.strata).items()])
     if res.auc:
         _write_csv(p("auc.csv"), [{"type": k, **v} for k, v in _auc_rows(res.auc).items()])
+    if res.lesion_head_auc:
+        _write_csv(p("lesion_head_auc.csv"), [{"type": k, **v} for k, v in _auc_rows(res.lesion_head_auc).items()])
     if res.froc:
         _write_csv(p("froc.csv"), [{"fp_per_case": k, "sensitivity": v} for k, v in res.froc.sensitivity_at.items()]
                    + [{"fp_per_case": "mean", "sensitivity": res.froc.mean_sensitivity},

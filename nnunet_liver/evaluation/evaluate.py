@@ -2,7 +2,8 @@
 
 Reference: ``REF_DIR/CASE.nii.gz``, 13-class label maps. Prediction, per case, either a label map
 ``PRED_DIR/CASE.nii.gz`` or the detector's output ``PRED_DIR/CASE_lesions.nii.gz`` (instance map) +
-``PRED_DIR/CASE.json`` (lesion types and scores, patient class, LiverMax). Spacing comes from the image headers.
+``PRED_DIR/CASE.json`` (lesion types and scores, patient class, LiverMax, and the lesion head's type probabilities
+when UNet-patch has one). Spacing comes from the image headers.
 
 Patient classes: reference = ``classify_patient`` of the reference lesions of at least ``min_ref_volume_cm3``
 (the same floor as the lesion-level tables, so a patient whose only lesion is too small to count is "normal");
@@ -44,6 +45,17 @@ class CaseEvaluation:
     pred_class: str
     livermax: Optional[Dict[str, float]]
     dice_counts: Dict[str, Tuple[int, int, int]]
+    #: the lesion head's type probabilities per predicted lesion id (detector outputs of a model with the head)
+    type_probabilities: Optional[Dict[int, Dict[str, float]]] = None
+
+    def head_scored_pairs(self) -> List[Tuple[Dict[str, float], str]]:
+        """(the lesion head's probabilities, reference type) of every matched pair (TP and FL) whose prediction has
+        them."""
+        if not self.type_probabilities:
+            return []
+        ref = {l.id: l for l in self.ref_lesions}
+        return [(self.type_probabilities[p], ref[r].type) for r, p in self.match.pairs
+                if self.type_probabilities.get(p) is not None]
 
     def lesion_rows(self) -> List[dict]:
         """One row per reference lesion and per unpaired prediction: outcome TP, FL, FN, FP or ignored; ``fn_merged``
@@ -101,11 +113,20 @@ class EvaluationResult:
     strata: Optional[Dict[str, M.LesionRow]] = None
     patient: Optional[M.PatientTable] = None
     auc: Optional[M.AUCTable] = None
+    #: LIDIA's per-type one-vs-rest AUC of the lesion head's probabilities over the matched lesions (detector outputs
+    #: of a UNet-patch with the lesion head only; absent from summary.json otherwise)
+    lesion_head_auc: Optional[M.AUCTable] = None
     froc: Optional[M.FROCResult] = None
     average_precision: Optional[float] = None
     dice: Dict[str, M.DiceSummary] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        out = self._to_dict()
+        if self.lesion_head_auc is not None:
+            out["lesion_head_auc"] = self.lesion_head_auc.to_dict()
+        return out
+
+    def _to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "settings": self.settings,
                 "lesion": {k: r.to_dict() for k, r in self.lesion.items()},
                 "reference_counts": self.reference_counts,
@@ -226,6 +247,7 @@ class Prediction:
     livermax: Optional[Dict[str, float]]
     types: np.ndarray  # lesion type per voxel (0 elsewhere)
     full: Optional[np.ndarray]  # the whole 13-class label map (label-map mode only)
+    type_probabilities: Optional[Dict[int, Dict[str, float]]] = None  # the lesion head's, per lesion id
 
 
 def read_prediction(case: str, pred_dir: str, ref_path: str, ref_img, spacing, min_pred_volume_cm3: float = 0.5
@@ -275,7 +297,14 @@ def read_prediction(case: str, pred_dir: str, ref_path: str, ref_img, spacing, m
     pred_types = np.zeros(pred.shape, np.uint8)
     for les in pred_les:
         np.putmask(pred_types[les.slices], les.mask, np.uint8(les.label))
-    return Prediction(mode, pred_path, pred_les, pred_class, livermax, pred_types, None)
+    probabilities = None
+    if any("type_probabilities" in l for l in d["lesions"]):  # a UNet-patch with the lesion head
+        try:
+            probabilities = {int(l["id"]): None if l.get("type_probabilities") is None else
+                             {str(k): float(v) for k, v in l["type_probabilities"].items()} for l in d["lesions"]}
+        except (AttributeError, TypeError, ValueError):
+            raise InputError(f"{json_path}: lesions' type_probabilities must map type names to numbers") from None
+    return Prediction(mode, pred_path, pred_les, pred_class, livermax, pred_types, None, probabilities)
 
 
 def read_reference(ref_path: str):
@@ -298,7 +327,7 @@ def evaluate_case(case: str, ref_path: str, pred_dir: str, overlap: str = "any",
               overlap=overlap)
     ref_class = classify_patient(ref_les, min_volume_cm3=min_ref_volume_cm3)
     return CaseEvaluation(case, pred.mode, m, ref_les, pred.lesions, ref_class, pred.patient_class, pred.livermax,
-                      _dice_counts(ref, pred.types, pred.full))
+                          _dice_counts(ref, pred.types, pred.full), pred.type_probabilities)
 
 
 def evaluate_folders(ref_dir: str, pred_dir: str, overlap: str = "any", min_ref_volume_cm3: float = 0.5,
@@ -340,6 +369,8 @@ def _aggregate(res: EvaluationResult, min_ref: float, strata: bool) -> None:
     if with_lm:
         res.auc = M.auc_table((c.livermax, {l.type for l in c.ref_lesions if l.volume_cm3 >= min_ref})
                               for c in with_lm)
+    if any(c.type_probabilities for c in cs):
+        res.lesion_head_auc = M.lesion_type_auc_table(pair for c in cs for pair in c.head_scored_pairs())
     scores, hits = [], []
     scored = all(l.score is not None for c in cs for l in c.pred_lesions) and any(c.pred_lesions for c in cs)
     if scored:

@@ -27,7 +27,7 @@ from nnunet_liver.labels import LESION_NAMES, UNCERTAIN, is_malignant
 
 __all__ = ["SIZE_BINS_CM3", "FROC_RATES", "LesionRow", "PatientTable", "TypeAUC", "AUCTable", "FROCResult",
            "DiceSummary", "lesion_row", "lesion_table", "size_bin", "strata_table", "reference_counts_table",
-           "patient_table", "auc_mann_whitney", "auc_table", "froc", "average_precision", "dice_from_counts",
+           "patient_table", "auc_mann_whitney", "auc_table", "lesion_type_auc_table", "froc", "average_precision", "dice_from_counts",
            "dice_summary", "confusion_counts"]
 
 #: the lesion types whose rows make up "Malign", in id order
@@ -259,6 +259,22 @@ def auc_table(cases: Iterable[Tuple[Dict[str, float], Sequence[str]]]) -> AUCTab
         per_type[t] = TypeAUC(auc=auc_mann_whitney(s, y), positives=int(sum(y)), negatives=len(y) - int(sum(y)))
     vals = [v.auc for v in per_type.values() if v.auc is not None]
     return AUCTable(per_type=per_type, mean=float(np.mean(vals)) if vals else None, types=len(vals), cases=len(cases))
+
+
+def lesion_type_auc_table(lesions: Iterable[Tuple[Dict[str, float], str]]) -> AUCTable:
+    """LIDIA's per-type one-vs-rest AUC of lesion-level type probabilities (the lesion head's). ``lesions`` yields
+    ``(probabilities {type: p}, reference type)`` for every detected lesion matched to a reference lesion; for each
+    type, a lesion is positive when its reference type is that type, its score the probability of that type.
+    ``cases`` of the returned table counts the lesions."""
+    lesions = list(lesions)
+    per_type = {}
+    for t in LESION_NAMES:
+        s = [probs.get(t, 0.0) for probs, _ in lesions]
+        y = [ref == t for _, ref in lesions]
+        per_type[t] = TypeAUC(auc=auc_mann_whitney(s, y), positives=int(sum(y)), negatives=len(y) - int(sum(y)))
+    vals = [v.auc for v in per_type.values() if v.auc is not None]
+    return AUCTable(per_type=per_type, mean=float(np.mean(vals)) if vals else None, types=len(vals),
+                    cases=len(lesions))
 
 
 def _sweep(scores: Sequence[float], hits: Sequence[bool]):

@@ -156,6 +156,8 @@ class LiverDetector:
             recls["skipped_reason"] = "no patch model given (--patch-model); lesions are not reclassified"
         else:
             recls["patch_size"] = list(self.patch_model.patch_size)
+            if self.patch_model.has_lesion_head:
+                recls["type_rule"] = "lesion head"  # the kept lesion's type: the head's most probable type
         return {"factors": [float(f) for f in self.factors], "device": str(self.device), "register": self.register,
                 "mirroring": self.use_mirroring, "split": self.split, "marker_factor": self.marker_factor,
                 "min_marker_cm3": self.min_marker_cm3 if self.marker_factor is not None else None,
@@ -311,8 +313,11 @@ def _final_lesions(lesions, recls_results, same_ids):
     final, lesions_json = [], []
     for new_id, les in enumerate(lesions, start=1):
         entry = les.to_dict()
+        recls = recls_results.get(les.id)
         entry.update(id=new_id, detection_id=int(les.id), sensitivity="same" if les.id in same_ids else "diff",
-                     reclassification=recls_results[les.id].to_dict() if les.id in recls_results else None)
+                     reclassification=recls.to_dict() if recls is not None else None)
+        if recls is not None and recls.lesion_head:  # LIDIA's lesion head: its probabilities beside the vote
+            entry["type_probabilities"] = None if recls.type_probabilities is None else dict(recls.type_probabilities)
         lesions_json.append(entry)
         final.append(dataclasses.replace(les, id=new_id))
     return final, lesions_json

@@ -1,4 +1,7 @@
-"""UNet-patch for reclassification: its grid, its intensity normalisation, one batched call per fold."""
+"""UNet-patch for reclassification: its grid, its intensity normalisation, one batched call per fold; with the lesion
+head of Huang et al., "LIDIA: Precise Liver Tumor Diagnosis on Multi-Phase Contrast-Enhanced CT via Iterative Fusion
+and Asymmetric Contrastive Learning" (``LesionShufflePatchTrainer_LIDIA*``), the lesion's per-type probabilities
+from the same calls."""
 from __future__ import annotations
 
 import contextlib
@@ -60,9 +63,20 @@ class PatchModel:
         self.network = self.model.network.to(self.device).eval()
         self.patch_size: Tuple[int, ...] = tuple(int(p) for p in self.model.configuration_manager.patch_size)
         self.spacing: Tuple[float, ...] = tuple(float(s) for s in self.model.configuration_manager.spacing)
+        from nnunet_liver.trainers.liver_lesion_head import lesion_head_of
+
+        #: LIDIA's lesion head of the network (None for a UNet-patch without one)
+        self.lesion_head = lesion_head_of(self.network)
+
+    @property
+    def has_lesion_head(self) -> bool:
+        return self.lesion_head is not None
 
     def describe(self) -> dict:
-        return self.model.describe()
+        out = self.model.describe()
+        if self.has_lesion_head:  # a model without the head keeps its record as it was
+            out["lesion_head"] = True
+        return out
 
     def prepare_image(self, data: np.ndarray, spacing: Sequence[float],
                       preprocessed: Optional[Tuple[np.ndarray, dict]] = None) -> PreparedImage:
@@ -136,27 +150,52 @@ class PatchModel:
             out.append(LesionMasks(prepared, np.where(seg == liver_id, 0, seg), seg > 0))
         return out
 
-    def predict_patches(self, patches: np.ndarray) -> np.ndarray:
+    def predict_patches(self, patches: np.ndarray, lesion_masks: Optional[np.ndarray] = None):
         """Labels (N, pz, py, px) for a batch (N, C, pz, py, px): one forward pass per fold, the folds' logits
         averaged and the label their argmax, as nnU-Net ensembles folds (``predict_logits_from_preprocessed_data``:
         the sum of the folds' logits divided by their number; ``convert_logits_to_segmentation``: the argmax of the
-        logits, which is the probabilities' for a softmax model)."""
+        logits, which is the probabilities' for a softmax model).
+
+        ``lesion_masks`` (N, pz, py, px) bool, the lesion's mask in each patch (a model with the lesion head only):
+        returns ``(labels, probabilities (6,))``, the head's softmax over the lesion types for the lesion pooled in
+        each patch, averaged over the patches and then over the folds (None when no patch holds a lesion voxel).
+        """
         import torch
 
+        from nnunet_liver.trainers.liver_lesion_head import capture_features, pool_lesion_features
+
+        if lesion_masks is not None and self.lesion_head is None:
+            raise ValueError("lesion masks given to a UNet-patch without a lesion head")
         x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).to(self.device)
-        logits = None
+        logits, probabilities = None, None
+        if lesion_masks is not None:
+            masks = np.asarray(lesion_masks, dtype=bool)
+            holding = np.flatnonzero(masks.reshape(len(masks), -1).any(1))
+            ids = masks.astype(np.int64) * (np.arange(len(masks)) + 1).reshape((-1,) + (1,) * (masks.ndim - 1))
+            instances = torch.from_numpy(ids)
         autocast = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()  # as nnU-Net
-        with torch.inference_mode(), autocast:
+        capture = capture_features(self.lesion_head) if lesion_masks is not None else contextlib.nullcontext()
+        with torch.inference_mode(), autocast, capture:
             for params in self.model.parameters:
                 self.network.load_state_dict(params)
                 out = self.network(x)
                 out = (out[0] if isinstance(out, (list, tuple)) else out).float()
                 logits = out if logits is None else logits + out
+                if lesion_masks is not None and len(holding):
+                    pooled = pool_lesion_features(self.lesion_head.features, instances, len(masks))[holding]
+                    p = torch.softmax(self.lesion_head(pooled)[0].float(), dim=1).mean(0)
+                    probabilities = p if probabilities is None else probabilities + p
             if len(self.model.parameters) > 1:
                 logits /= len(self.model.parameters)
+                if probabilities is not None:
+                    probabilities /= len(self.model.parameters)
         if logits.device.type == "cpu":  # numpy's argmax is several times faster there; same first-index rule
-            return logits.numpy().argmax(1)
-        return logits.argmax(1).cpu().numpy()
+            labels = logits.numpy().argmax(1)
+        else:
+            labels = logits.argmax(1).cpu().numpy()
+        if lesion_masks is None:
+            return labels
+        return labels, None if probabilities is None else probabilities.cpu().numpy().astype(np.float64)
 
 
 def reclassify_on_case(patch_model: PatchModel, masks: Optional[LesionMasks], lesions: List,
@@ -173,7 +212,8 @@ def reclassify_on_case(patch_model: PatchModel, masks: Optional[LesionMasks], le
         return [], {}
     return reclassify(lesions, masks.instances, masks.liver, masks.prepared.image, masks.prepared.spacing,
                       patch_model.predict_patches, n=n, patch_size=patch_model.patch_size,
-                      max_volume_cm3=max_volume_cm3, min_score_cm3=min_score_cm3, rng=rng)
+                      max_volume_cm3=max_volume_cm3, min_score_cm3=min_score_cm3, rng=rng,
+                      lesion_head=patch_model.has_lesion_head)
 
 
 def prepare_factor_masks(patch_model: PatchModel, prepared: PreparedImage, instance_maps: Dict[float, np.ndarray],

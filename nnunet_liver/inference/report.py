@@ -238,6 +238,25 @@ def _lesion_table(lesions: List[dict]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _lesion_head_table(lesions: List[dict]) -> str:
+    """The lesion head's per-type probabilities (UNet-patch with LIDIA's lesion head only; '' otherwise)."""
+    if not any("type_probabilities" in les for les in lesions):
+        return ""
+    from nnunet_liver.labels import LESION_NAMES
+
+    head = ("<tr><th>#</th><th>type</th><th>voxel vote</th>" + "".join(f"<th>{n}</th>" for n in LESION_NAMES)
+            + "</tr>")
+    rows = []
+    for les in lesions:
+        probs = les.get("type_probabilities") or {}
+        vote = (les.get("reclassification") or {}).get("type_vote")
+        cells = "".join(f"<td>{_fmt(probs.get(n), 3)}</td>" for n in LESION_NAMES)
+        rows.append(f"<tr><td>{les['id']}</td><td>{html.escape(les['type'])}</td><td>{_fmt(vote)}</td>{cells}</tr>")
+    return ("<p>Lesion head (LIDIA's lesion-level classifier on UNet-patch): per-type probabilities, averaged over "
+            "the reclassification patches and the folds; a reclassified lesion's type is the most probable one, the "
+            "voxel vote of UNet-patch's segmentation beside it.</p>" + f"<table>{head}{''.join(rows)}</table>")
+
+
 def _case_section(output_dir: str, case_id: str, window: Tuple[float, float]) -> str:
     with open(os.path.join(output_dir, f"{case_id}.json"), encoding="utf-8") as f:
         rec = json.load(f)
@@ -261,6 +280,7 @@ def _case_section(output_dir: str, case_id: str, window: Tuple[float, float]) ->
                                                  "overview")
                  + "<p>Overview: all lesions outlined (projected along z) and numbered.</p></div>")
     parts.append(_lesion_table(lesions))
+    parts.append(_lesion_head_table(lesions))
     parts.append(characterization_html(rec))  # the second stage's probabilities and LI-RADS ('' without it)
     phases = [p for p in PHASES if p in rec["phases_present"]]
     lo, hi = window

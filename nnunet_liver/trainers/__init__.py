@@ -13,6 +13,11 @@
   (liver_losses). With hard cases prepared in ``nnUNet_preprocessed`` (``nnunet-liver-convert patches
   --hard-cases``, then ``python -m nnunet_liver.training.hard_cases``) a quarter of the patches are cut around
   UNet-whole's false negatives and false positives.
+- ``LesionShufflePatchTrainer_LIDIA`` (liver_lidia_trainers): UNet-patch with a lesion-level head (liver_lesion_head)
+  trained with focal loss and the asymmetric contrastive loss over a memory bank (liver_lidia_losses);
+  ``_LIDIAfocal``, ``_LIDIAacl``, ``_LIDIAce`` for the ablation, ``_LIDIA_SAM`` with sharpness-aware minimisation
+  (liver_sam), as Huang et al., "LIDIA: Precise Liver Tumor Diagnosis on Multi-Phase Contrast-Enhanced CT via
+  Iterative Fusion and Asymmetric Contrastive Learning", train their lesion classification.
 - ``*_tiny`` (liver_tiny_trainers): tiny networks and a few iterations, for CPU tests.
 - ``*_demo*`` (liver_demo_trainers): the bundled demo models' recipe; each setting a class constant of a variant.
 

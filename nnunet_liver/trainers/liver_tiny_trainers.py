@@ -10,11 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_liver.trainers.liver_lesion_head import attach_lesion_head
+from nnunet_liver.trainers.liver_lidia_trainers import LesionShufflePatchTrainer_LIDIA
 from nnunet_liver.trainers.liver_networks import tiny_configuration
 from nnunet_liver.trainers.liver_patch_trainer import LesionShufflePatchTrainer
 from nnunet_liver.trainers.liver_trainers import LiverIFMTrainer, LiverWholeTrainer
 
-__all__ = ["LiverWholeTrainer_tiny", "LiverIFMTrainer_tiny", "LesionShufflePatchTrainer_tiny"]
+__all__ = ["LiverWholeTrainer_tiny", "LiverIFMTrainer_tiny", "LesionShufflePatchTrainer_tiny",
+           "LesionShufflePatchTrainer_LIDIA_tiny", "LesionShufflePatchTrainer_LIDIA_SAM_tiny"]
 
 
 def _make_tiny(trainer) -> None:
@@ -78,3 +81,29 @@ class LesionShufflePatchTrainer_tiny(LesionShufflePatchTrainer):
     def training_configuration(cls, plans_manager, configuration_manager):
         return tiny_configuration(super().training_configuration(plans_manager, configuration_manager),
                                   transpose_forward=plans_manager.transpose_forward)
+
+
+class LesionShufflePatchTrainer_LIDIA_tiny(LesionShufflePatchTrainer_LIDIA):
+    """``LesionShufflePatchTrainer_LIDIA`` (lesion head, focal + ACL, memory bank) on the tiny network."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _make_tiny(self)
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        return attach_lesion_head(LesionShufflePatchTrainer_tiny.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision))
+
+    @classmethod
+    def training_configuration(cls, plans_manager, configuration_manager):
+        return tiny_configuration(super().training_configuration(plans_manager, configuration_manager),
+                                  transpose_forward=plans_manager.transpose_forward)
+
+
+class LesionShufflePatchTrainer_LIDIA_SAM_tiny(LesionShufflePatchTrainer_LIDIA_tiny):
+    """``LesionShufflePatchTrainer_LIDIA_SAM`` (SAM's two passes per step) on the tiny network."""
+
+    use_sam = True
