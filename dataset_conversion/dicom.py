@@ -65,8 +65,8 @@ def convert_dicom_study(job) -> dict:
         loaded = load_dicom_case(study, phases, allow_missing=True, registration_transform=transform,
                                  reference_series=reference)
     except (InputError, RegistrationError) as e:  # an unlabelled study is skipped, the others are converted
-        if annotations:
-            raise InputError(f"labelled study {case} ({study.relative(annotations[0].path)}): {e}") from None
+        if annotations:  # a failed registration stays a failed step (exit 1), bad images bad input (exit 2)
+            raise type(e)(f"labelled study {case} ({study.relative(annotations[0].path)}): {e}") from None
         return {"error": str(e)}
     label, label_record = None, None
     if annotations:

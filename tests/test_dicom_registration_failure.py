@@ -44,5 +44,5 @@ def test_registration_failure_is_a_failed_step(shifted_study, monkeypatch, capsy
 
     from nnunet_liver.dataset_conversion.dicom import convert_dicom_study
 
-    record = convert_dicom_study(("unused", ["NC", "A", "V", "D"], "s", (shifted_study, "rigid")))
+    record = convert_dicom_study(("unused", ["NC", "A", "V", "D"], "s", (shifted_study, "rigid", {})))
     assert "registration of D to V failed" in record["error"]  # skipped, written nothing
