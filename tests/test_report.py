@@ -94,6 +94,27 @@ def test_report_without_figures_still_lists_lesions(tmp_path):
         write_report(str(tmp_path), ["missing"])
 
 
+def test_lesion_head_table_only_with_the_heads_probabilities(tmp_path):
+    from nnunet_liver.labels import LESION_NAMES
+
+    probs = {"HCC": 0.7, "ICC": 0.1, "Meta": 0.05, "Hem": 0.05, "Other": 0.05, "Cyst": 0.05}
+    lesion = {"id": 1, "label": 1, "type": "HCC", "volume_cm3": 2.5, "match": "same",
+              "type_probabilities": probs, "reclassification": {"type_vote": "Meta"}}
+    record = {"case": "h", "phases_present": ["V"], "geometry": {"reference_phase": "V"},
+              "settings": {"reclassification": {"enabled": True}},
+              "patient": {"class": "HCC", "class_by_factor": {"1": "HCC"}, "malignant": True, "livermax": {}},
+              "lesions": [lesion]}
+    (tmp_path / "h.json").write_text(json.dumps(record))
+    page = Path(write_report(str(tmp_path), ["h"])).read_text(encoding="utf-8")
+    assert "Lesion head" in page
+    table = page[page.index("Lesion head"):]
+    assert all(f"<th>{n}</th>" in table for n in LESION_NAMES)
+    assert "<td>1</td><td>HCC</td><td>Meta</td><td>0.700</td><td>0.100</td>" in table
+    del lesion["type_probabilities"]  # a model without the head: no table
+    (tmp_path / "h.json").write_text(json.dumps(record))
+    assert "Lesion head" not in Path(write_report(str(tmp_path), ["h"])).read_text(encoding="utf-8")
+
+
 def test_figures_and_text_use_the_given_ct_window(tmp_path):
     """The panels and the overview map HU to grey with the window they are given (the model's, from its plans);
     the report names it."""

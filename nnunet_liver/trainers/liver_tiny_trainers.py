@@ -90,6 +90,9 @@ class LesionShufflePatchTrainer_LIDIA_tiny(LesionShufflePatchTrainer_LIDIA):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         _make_tiny(self)
+        # the head's losses and the memory bank need lesions in the batches: with the hard-case patches (no lesion)
+        # five iterations of two patches can miss every lesion, twenty practically never (each costs ~0.2 s)
+        self.num_iterations_per_epoch = 20
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
