@@ -125,14 +125,17 @@ def _check_trained_configuration_recorded(model, which, monkeypatch):
         predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(folder), (0,), "checkpoint_final.pth")
     assert predictor.configuration_manager.configuration == loaded.configuration_manager.configuration
+    return list(planned["patch_size"]), list(trained["patch_size"]), list(predictor.configuration_manager.patch_size)
 
 
 @pytest.mark.slow
 def test_reclassification_applies_unet_patch_on_its_training_patch_size(tiny_patch_model, monkeypatch):
-    _check_trained_configuration_recorded(tiny_patch_model, "patch", monkeypatch)
+    planned, trained, applied = _check_trained_configuration_recorded(tiny_patch_model, "patch", monkeypatch)
+    assert applied == trained != planned
 
 
 @pytest.mark.slow
 def test_detection_applies_unet_whole_on_its_training_patch_size(tiny_whole_model, monkeypatch):
     """Same for UNet-whole: a variant that trains on its own patch size (``_tiny``, ``_demo``) is applied with it."""
-    _check_trained_configuration_recorded(tiny_whole_model, "whole", monkeypatch)
+    planned, trained, applied = _check_trained_configuration_recorded(tiny_whole_model, "whole", monkeypatch)
+    assert applied == trained != planned
